@@ -1,0 +1,28 @@
+"""aconn: asyncio-native database connections, scoped per unit of work.
+
+Django's persistent-connection model (``CONN_MAX_AGE``, ``CONN_HEALTH_CHECKS``,
+checks when every request starts and ends) for async code, with connections
+scoped by a context variable instead of a thread.
+"""
+
+from __future__ import annotations
+
+from .errors import AconnError, AcquireTimeout, ClosedError, ConfigError, ScopeError
+from .handler import Connections
+from .scope import Scope
+from .settings import Settings
+from .stats import PoolStats
+
+__all__ = (
+    "AconnError",
+    "AcquireTimeout",
+    "ClosedError",
+    "ConfigError",
+    "Connections",
+    "PoolStats",
+    "Scope",
+    "ScopeError",
+    "Settings",
+)
+
+__version__ = "0.1.0"

@@ -1,0 +1,40 @@
+"""Backends: one module per driver, behind the protocol in :mod:`aconn.backends.base`."""
+
+from __future__ import annotations
+
+import importlib
+
+from ..errors import ConfigError
+from ..settings import Settings
+from .base import Backend, ErrorKind, ServerLimits
+
+__all__ = ("Backend", "ErrorKind", "ServerLimits", "load_backend")
+
+
+def load_backend(settings: Settings) -> Backend:
+    """Build the backend for one alias: ``mysql``, ``sqlite`` or a class path.
+
+    :raises ConfigError: if the engine cannot be loaded or rejects the options.
+    """
+    engine = settings.engine
+    cls: type[Backend]
+    if engine == "mysql":
+        from .mysql import MySQLBackend
+
+        cls = MySQLBackend
+    elif engine == "sqlite":
+        from .sqlite import SQLiteBackend
+
+        cls = SQLiteBackend
+    else:
+        module_name, sep, attr = engine.replace(":", ".").rpartition(".")
+        try:
+            found = getattr(importlib.import_module(module_name), attr) if sep else None
+        except ImportError as exc:
+            raise ConfigError(settings.alias, "ENGINE", f"cannot import {engine!r}: {exc}") from None
+        except AttributeError:
+            found = None
+        if not (isinstance(found, type) and issubclass(found, Backend)):
+            raise ConfigError(settings.alias, "ENGINE", f"{engine!r} is not an aconn Backend class")
+        cls = found
+    return cls(settings)

@@ -1,0 +1,100 @@
+"""The small protocol every backend implements.
+
+A backend adapts one driver. The pool never touches a driver object except
+through these methods, so a backend is the only place allowed to read a
+driver's private attributes (for liveness checks with no round trip).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from ..settings import Settings
+
+__all__ = ("Backend", "ErrorKind", "ServerLimits")
+
+
+class ErrorKind(enum.Enum):
+    """How the pool should treat an exception raised by the driver."""
+
+    #: the connection is gone or its byte stream is out of step: discard it
+    DISCONNECT = "disconnect"
+    #: the server refused a new connection for now (e.g. MySQL 1040): retry with backoff
+    RETRYABLE = "retryable"
+    #: anything else (SQL errors, constraint violations...): the connection may be fine
+    OTHER = "other"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerLimits:
+    """Server-side limits that apply to one connection, read when it opens."""
+
+    #: seconds the server keeps an idle session (MySQL ``wait_timeout``), None if unlimited
+    idle_timeout: float | None = None
+    #: the server's ``max_connections`` (None when not applicable)
+    max_connections: int | None = None
+    #: the per-user limit (MySQL ``max_user_connections``; None or 0 = unlimited)
+    max_user_connections: int | None = None
+    #: server version string, for reports
+    version: str = ""
+
+
+class Backend:
+    """Base class of backends. Subclasses override every method.
+
+    One backend instance serves one alias; it is built from the alias'
+    :class:`~aconn.settings.Settings` when the handler is constructed, and
+    must validate driver options there (raising ``ConfigError``).
+    """
+
+    #: short name used in messages and stats
+    vendor: ClassVar[str] = "base"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    async def connect(self) -> tuple[Any, ServerLimits]:
+        """Open a connection, handshake and session setup included, and read the limits.
+
+        The caller bounds the whole call in time.
+        """
+        raise NotImplementedError
+
+    async def close(self, conn: Any) -> None:
+        """Close gracefully. The caller bounds it in time and calls :meth:`abort` on timeout."""
+        raise NotImplementedError
+
+    def abort(self, conn: Any) -> None:
+        """Close at once, with no I/O to wait for."""
+        raise NotImplementedError
+
+    def is_dead(self, conn: Any, *, peek: bool = True) -> bool:
+        """Cheap liveness: True if the connection is known unusable. No round trip.
+
+        ``peek=False`` asks for flags only (no system call), for the release path.
+        """
+        raise NotImplementedError
+
+    async def ping(self, conn: Any) -> None:
+        """One round trip proving the session is alive; never reconnects. Raises if not."""
+        raise NotImplementedError
+
+    def in_transaction(self, conn: Any) -> bool:
+        """True if a transaction may be open (when unsure, True)."""
+        raise NotImplementedError
+
+    async def rollback(self, conn: Any) -> None:
+        """Roll back any open transaction."""
+        raise NotImplementedError
+
+    def classify(self, exc: BaseException, *, connecting: bool = False) -> ErrorKind:
+        """Tell what an exception means; ``connecting`` is True for errors from :meth:`connect`."""
+        raise NotImplementedError
+
+    def interrupt(self, conn: Any) -> None:
+        """Stop a statement still running for a cancelled caller (no-op where not needed)."""
+
+    async def aclose(self) -> None:
+        """Release what the backend itself holds, after every connection is closed."""

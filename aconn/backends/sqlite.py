@@ -1,0 +1,99 @@
+"""SQLite on aiosqlite: the embedded default.
+
+Reads aiosqlite's private ``_connection`` and ``_running`` for liveness;
+``tests/test_backend_sqlite.py`` fails if the driver changes them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sqlite3
+from typing import Any, ClassVar
+
+import aiosqlite
+
+from ..errors import ConfigError
+from ..settings import Settings
+from .base import Backend, ErrorKind, ServerLimits
+
+__all__ = ("SQLiteBackend",)
+
+# sqlite3.connect() keyword arguments (a builtin: its signature cannot be introspected)
+_DRIVER_KEYS = frozenset(
+    {"timeout", "detect_types", "check_same_thread", "factory", "cached_statements", "uri", "autocommit"}
+)
+_counter = itertools.count()
+
+
+class SQLiteBackend(Backend):
+    """aiosqlite connections to a file, or to an in-memory database shared by the alias.
+
+    ``NAME=':memory:'`` gives every connection of the alias the same in-memory
+    database (SQLite shared cache); it lives until the handler closes.
+    """
+
+    vendor: ClassVar[str] = "sqlite"
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        options = dict(settings.options)
+        for key in options:
+            if key not in _DRIVER_KEYS and key != "init_command":
+                raise ConfigError(settings.alias, f"OPTIONS.{key}", "not a sqlite3.connect() option")
+        self._init_command: str | None = options.pop("init_command", None)
+        self._anchor: sqlite3.Connection | None = None
+        if settings.name == ":memory:":
+            self._database = f"file:aconn-{settings.alias}-{next(_counter)}?mode=memory&cache=shared"
+            options["uri"] = True
+        else:
+            self._database = settings.name
+        # isolation_level=None: autocommit, the driver never opens a transaction by itself
+        self._kwargs: dict[str, Any] = {"isolation_level": None if settings.autocommit else "DEFERRED", **options}
+
+    async def connect(self) -> tuple[Any, ServerLimits]:
+        if self._kwargs.get("uri") and self._anchor is None and "mode=memory" in self._database:
+            # keep the shared in-memory database alive between connections
+            self._anchor = sqlite3.connect(self._database, uri=True, check_same_thread=False)
+        conn = aiosqlite.connect(self._database, **self._kwargs)
+        try:
+            await conn
+            if self._init_command:
+                await conn.executescript(self._init_command)
+        except BaseException:
+            conn.stop()
+            raise
+        return conn, ServerLimits(version=sqlite3.sqlite_version)
+
+    async def close(self, conn: Any) -> None:
+        await conn.close()
+
+    def abort(self, conn: Any) -> None:
+        self.interrupt(conn)
+        conn.stop()  # closes in the worker thread once the running call returns
+
+    def is_dead(self, conn: Any, *, peek: bool = True) -> bool:
+        return conn._connection is None or not conn._running
+
+    async def ping(self, conn: Any) -> None:
+        await conn.execute_fetchall("SELECT 1")
+
+    def in_transaction(self, conn: Any) -> bool:
+        return not self.settings.autocommit or bool(conn.in_transaction)
+
+    async def rollback(self, conn: Any) -> None:
+        await conn.rollback()
+
+    def interrupt(self, conn: Any) -> None:
+        raw = conn._connection
+        if raw is not None:
+            raw.interrupt()  # thread-safe in sqlite3: stops a statement a cancelled caller left running
+
+    def classify(self, exc: BaseException, *, connecting: bool = False) -> ErrorKind:
+        if isinstance(exc, sqlite3.ProgrammingError | ValueError) and "closed" in str(exc).lower():
+            return ErrorKind.DISCONNECT
+        return ErrorKind.OTHER
+
+    async def aclose(self) -> None:
+        if self._anchor is not None:
+            self._anchor.close()
+            self._anchor = None

@@ -1,0 +1,35 @@
+"""The aconn error family.
+
+Driver errors (``pymysql.err.OperationalError``, ``sqlite3.Error``...) are not
+wrapped: they reach the caller unchanged, because users already catch them.
+"""
+
+from __future__ import annotations
+
+__all__ = ("AconnError", "AcquireTimeout", "ClosedError", "ConfigError", "ScopeError")
+
+
+class AconnError(Exception):
+    """Base class of every error aconn raises itself."""
+
+
+class ConfigError(AconnError, ValueError):
+    """Settings are invalid: the message names the alias and the key."""
+
+    def __init__(self, alias: str, key: str | None, message: str) -> None:
+        self.alias = alias
+        self.key = key
+        where = f"DATABASES[{alias!r}]" + (f"[{key!r}]" if key else "")
+        super().__init__(f"{where}: {message}")
+
+
+class ScopeError(AconnError, RuntimeError):
+    """A connection was asked for outside a scope, or from a task that does not own it."""
+
+
+class AcquireTimeout(AconnError, TimeoutError):
+    """No connection could be had within ``ACQUIRE_TIMEOUT``."""
+
+
+class ClosedError(AconnError, RuntimeError):
+    """The handler (or one of its aliases) is closed."""

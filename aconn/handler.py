@@ -1,0 +1,262 @@
+"""The handler: aliases, lifecycle, scopes and the connections they hand out."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import warnings
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextvars import ContextVar
+from time import monotonic
+from types import TracebackType
+from typing import Any, ParamSpec, TypeVar
+
+from .backends import load_backend
+from .errors import AconnError, ClosedError, ConfigError, ScopeError
+from .pool import Pool
+from .scope import Scope
+from .settings import Settings, parse_databases
+from .stats import PoolStats
+
+__all__ = ("Connections",)
+
+logger = logging.getLogger("aconn")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: how often, at most, entering a scope sweeps the idle sets for expired connections
+SWEEP_INTERVAL = 1.0
+
+
+class Connections:
+    """Database connections of one process, by alias, handed out per scope.
+
+    :param databases: alias -> Django ``DATABASES`` entry (a dict) or a URL string.
+    :raises ConfigError: at construction, naming the alias and key of invalid settings.
+    """
+
+    def __init__(self, databases: Mapping[str, Any]) -> None:
+        self._settings: dict[str, Settings] = parse_databases(databases)
+        self._pools: dict[str, Pool] = {
+            alias: Pool(settings, load_backend(settings)) for alias, settings in self._settings.items()
+        }
+        self._scope_var: ContextVar[Scope] = ContextVar(f"aconn.scope.{id(self):x}")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._opened = False
+        self._closing = False
+        self._closed = False
+        self._active_scopes = 0
+        self._drained: asyncio.Event | None = None
+        self._next_sweep = 0.0
+        self._housekeeper: Any = None
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open" if self._opened else "new"
+        return f"<aconn.Connections {state} aliases={list(self._pools)}>"
+
+    @property
+    def aliases(self) -> tuple[str, ...]:
+        """The configured aliases."""
+        return tuple(self._pools)
+
+    def settings(self, alias: str = "default") -> Settings:
+        """The parsed, frozen settings of an alias (the password hidden from its repr)."""
+        return self._pool(alias).settings
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Bind to the running loop, connect once per alias, start housekeeping. Idempotent.
+
+        :raises ClosedError: if the handler was closed.
+        :raises Exception: the driver's error if an alias cannot connect.
+        """
+        if self._closing:
+            raise ClosedError("this aconn handler is closed; build a new Connections")
+        if self._opened:
+            return
+        self._bind_loop()
+        for pool in self._pools.values():
+            await pool.warm()
+        from .housekeeping import Housekeeper
+
+        self._housekeeper = Housekeeper(self)
+        self._housekeeper.start()
+        self._opened = True
+
+    async def aclose(self, timeout: float = 10.0) -> None:
+        """Wait for scopes in flight (up to ``timeout`` seconds), then close every connection.
+
+        Idempotent. Scopes still running after the wait close their connections when they exit.
+        """
+        if self._closing:
+            return
+        self._closing = True
+        try:
+            own = 1 if self._scope_var.get(None) is not None else 0
+            if self._active_scopes > own:
+                self._drained = asyncio.Event()
+                try:
+                    async with asyncio.timeout(timeout):
+                        while self._active_scopes > own:
+                            await self._drained.wait()
+                            self._drained.clear()
+                except TimeoutError:
+                    logger.warning(
+                        "aconn: %d scope(s) still running after %gs; their connections "
+                        "close when they exit", self._active_scopes - own, timeout,
+                    )
+            if self._housekeeper is not None:
+                await self._housekeeper.stop()
+            for pool in self._pools.values():
+                await pool.close()
+            for pool in self._pools.values():
+                await pool.backend.aclose()
+        finally:
+            self._closed = True
+
+    async def __aenter__(self) -> Connections:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True) and any(pool._size for pool in self._pools.values()):
+            warnings.warn(
+                f"{self!r} was never closed: call `await connections.aclose()` (or use "
+                "`async with connections`) so the server sees its sessions end",
+                ResourceWarning,
+                stacklevel=2,
+            )
+
+    def _bind_loop(self) -> asyncio.AbstractEventLoop:
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif self._loop is not loop:
+            raise AconnError(
+                "this aconn handler belongs to another event loop (it was first used in a "
+                "different asyncio.run() or thread); connections cannot cross event loops: "
+                "build one Connections per event loop, and open and close it inside that loop"
+            )
+        return loop
+
+    # -- scopes ---------------------------------------------------------------------------
+
+    def scope(self) -> Scope:
+        """One unit of work: ``async with connections.scope(): ...``.
+
+        Connections are taken on first use inside it and given back when it
+        exits. A scope entered inside another one in the same task reuses it.
+
+        :raises ClosedError: on entry, if the handler is closed.
+        """
+        return Scope(self)
+
+    def _scope_started(self) -> None:
+        self._active_scopes += 1
+        now = monotonic()
+        if now >= self._next_sweep:
+            self._next_sweep = now + SWEEP_INTERVAL
+            if self._loop is not None:
+                for pool in self._pools.values():
+                    pool.sweep()
+
+    def _scope_ended(self) -> None:
+        self._active_scopes -= 1
+        if self._drained is not None:
+            self._drained.set()
+
+    async def connection(self, alias: str = "default") -> Any:
+        """The driver's connection for ``alias``, bound to the current scope and task.
+
+        The same object is returned for the rest of the scope.
+
+        :raises ScopeError: outside a scope, or from a task that does not own the scope.
+        :raises ConfigError: for an unknown alias.
+        :raises AcquireTimeout: when no connection can be had within ``ACQUIRE_TIMEOUT``.
+        :raises ClosedError: when the handler is closed.
+        """
+        scope = self._scope_var.get(None)
+        if scope is None:
+            raise ScopeError(
+                f"connections.connection({alias!r}) was called outside a scope: wrap the unit "
+                "of work in `async with connections.scope():` (or decorate it with "
+                "@connections.scoped, or add aconn.asgi.ConnectionsMiddleware to the app)"
+            )
+        task = asyncio.current_task()
+        if scope._task is not task:
+            owner = scope._task.get_name() if scope._task is not None else "?"
+            name = task.get_name() if task is not None else "?"
+            raise ScopeError(
+                f"task {name!r} asked for a connection ({alias!r}) in a scope owned by task "
+                f"{owner!r}: a connection is never shared between tasks. Open a scope of its "
+                "own in the child task: `async with connections.scope():`"
+            )
+        holder = scope._held.get(alias)
+        if holder is not None:
+            return holder.conn
+        pool = self._pool(alias)
+        if self._loop is not asyncio.get_running_loop():
+            self._bind_loop()
+        holder = await pool.acquire()
+        scope._held[alias] = holder
+        return holder.conn
+
+    def scoped(self, func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+        """Decorator: each call of the coroutine function runs in a scope of its own.
+
+        Called inside a scope of the same task, it joins that scope (as nested scopes do).
+        """
+
+        @functools.wraps(func)
+        async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            async with Scope(self):
+                return await func(*args, **kwargs)
+
+        return wrapper
+
+    async def close_old(self) -> None:
+        """Django's ``close_old_connections()``: apply the boundary checks to idle connections now.
+
+        For code that cannot use scopes; with scopes it is never needed.
+        """
+        if self._loop is None:
+            return
+        self._bind_loop()
+        for pool in self._pools.values():
+            pool.sweep()
+        await asyncio.gather(*(t for p in self._pools.values() for t in p._background))
+
+    def stats(self, alias: str = "default") -> PoolStats:
+        """A frozen snapshot of the counters and gauges of ``alias``.
+
+        :raises ConfigError: for an unknown alias.
+        """
+        return self._pool(alias).stats()
+
+    def _pool(self, alias: str) -> Pool:
+        try:
+            return self._pools[alias]
+        except KeyError:
+            raise ConfigError(
+                alias, None, f"no such alias; configured: {', '.join(map(repr, self._pools))}"
+            ) from None
+
+    # -- frameworks -----------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Any = None) -> AsyncIterator[None]:
+        """For a framework's ``lifespan=`` parameter: open at startup, close at shutdown."""
+        async with self:
+            yield

@@ -1,0 +1,87 @@
+"""Background upkeep while a handler is open: retire expired idle connections, keep MIN_CONNS.
+
+It runs in an anyio task group hosted by one task of the handler's own, so
+that ``open()`` and ``aclose()`` may be called from different tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from time import monotonic
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from .pool import MAX_BACKOFF, Pool
+
+if TYPE_CHECKING:
+    from .handler import Connections
+
+__all__ = ("Housekeeper",)
+
+logger = logging.getLogger("aconn")
+
+#: the housekeeper looks at least this often, even with nothing due
+MAX_INTERVAL = 30.0
+#: and at most this often
+MIN_INTERVAL = 0.05
+#: backoff ceiling while the server refuses MIN_CONNS refills
+MAX_REFILL_BACKOFF = 30.0
+
+
+class Housekeeper:
+    """One loop per alias: sleep until the next idle deadline, sweep, top up MIN_CONNS."""
+
+    def __init__(self, handler: Connections) -> None:
+        self._handler = handler
+        self._task: asyncio.Task[None] | None = None
+        self._cancel: anyio.CancelScope | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="aconn-housekeeper")
+
+    async def stop(self) -> None:
+        if self._cancel is not None:
+            self._cancel.cancel()
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        with anyio.CancelScope() as self._cancel:
+            async with anyio.create_task_group() as tg:
+                for pool in self._handler._pools.values():
+                    tg.start_soon(self._tend, pool, name=f"aconn-housekeeper-{pool.alias}")
+
+    async def _tend(self, pool: Pool) -> None:
+        backoff = MAX_BACKOFF / 4
+        failures = 0
+        while not pool.closed:
+            pool.sweep()
+            delay = MAX_INTERVAL
+            if pool._size < pool.settings.min_conns and pool._waiting == 0:
+                try:
+                    await pool.fill()
+                except Exception as exc:
+                    failures += 1
+                    if failures == 1 or math.log2(failures).is_integer():
+                        logger.warning(
+                            "aconn alias %r: cannot keep MIN_CONNS=%d open (%s); retrying "
+                            "(attempt %d, next in %.1fs)", pool.alias, pool.settings.min_conns,
+                            _safe(exc), failures, backoff,
+                        )
+                    delay = backoff
+                    backoff = min(backoff * 2, MAX_REFILL_BACKOFF)
+                else:
+                    if failures:
+                        logger.info("aconn alias %r: server reachable again", pool.alias)
+                    failures = 0
+                    backoff = MAX_BACKOFF / 4
+                    continue  # open the next one at once
+            due = pool.next_expiry() - monotonic()
+            await anyio.sleep(max(MIN_INTERVAL, min(delay, due)))
+
+
+def _safe(exc: Any) -> str:
+    return f"{type(exc).__name__}: {exc}"

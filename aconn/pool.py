@@ -1,0 +1,586 @@
+"""One alias' connections: the idle set, the cap, the waiters and the holders.
+
+Every state change is a plain synchronous step (decide), and the network is
+awaited after it (do I/O), so no lock exists and nothing is held across I/O.
+The counters obey ``size == idle + in_use + opening + closing`` at every
+``await`` point, which the tests check after cancelling at each of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import traceback
+from collections import deque
+from time import monotonic
+from typing import Any, Final
+
+from .backends.base import Backend, ErrorKind, ServerLimits
+from .errors import AcquireTimeout, ClosedError
+from .settings import Settings
+from .stats import PoolStats
+
+__all__ = ("Holder", "Pool")
+
+logger = logging.getLogger("aconn")
+
+#: a health-check ping is skipped for a connection used successfully this recently
+PING_BYPASS: Final = 0.5
+#: bound on each network step the pool takes itself at release (ping, rollback, close)
+CLEANUP_TIMEOUT: Final = 5.0
+#: ceiling of the backoff between retries of a refused connect
+MAX_BACKOFF: Final = 1.0
+
+_IDLE, _IN_USE, _CLOSING = "idle", "in use", "closing"
+
+
+class _Slot:
+    """Granted to a waiter: the right to open a new connection in a slot freed for it."""
+
+    __repr__ = lambda self: "SLOT"  # noqa: E731
+
+
+SLOT: Final = _Slot()
+
+
+class Holder:
+    """One pooled connection, its state and its timestamps."""
+
+    __slots__ = (
+        "close_at", "conn", "idle_limit", "last_used", "leak_timer",
+        "opened_at", "state", "task", "taken_at", "taken_stack",
+    )  # fmt: skip
+
+    def __init__(self, conn: Any, now: float, close_at: float, idle_limit: float) -> None:
+        self.conn = conn
+        self.opened_at = now
+        self.close_at = close_at
+        self.idle_limit = idle_limit
+        self.last_used = now
+        self.state = _IN_USE
+        self.task: asyncio.Task[Any] | None = None
+        self.taken_at = now
+        self.taken_stack: list[str] | None = None
+        self.leak_timer: asyncio.TimerHandle | None = None
+
+    def __repr__(self) -> str:
+        return f"<Holder {self.state} conn={type(self.conn).__name__}@{id(self.conn):#x}>"
+
+
+def idle_limit_from_server(idle_timeout: float | None) -> float:
+    """The idle limit aconn applies below the server's own (MySQL ``wait_timeout``).
+
+    The margin is a fifth of the server's value, at most 60 s, so that a
+    connection is retired well before the server may have dropped it.
+    """
+    if not idle_timeout:
+        return math.inf
+    return idle_timeout - min(60.0, idle_timeout * 0.2)
+
+
+class Pool:
+    """The connections of one alias in this process."""
+
+    def __init__(self, settings: Settings, backend: Backend) -> None:
+        self.settings = settings
+        self.alias = settings.alias
+        self.backend = backend
+        self.limits: ServerLimits | None = None
+        self.closed = False
+        self._idle: list[Holder] = []  # a stack: the most recently used on top
+        self._busy: set[Holder] = set()
+        self._waiters: deque[asyncio.Future[Holder | _Slot]] = deque()
+        self._background: set[asyncio.Task[None]] = set()
+        self._size = 0
+        self._in_use = 0
+        self._opening = 0
+        self._closing = 0
+        self._waiting = 0
+        self._health_checks = settings.health_checks
+        self._warned_idle_limit = False
+        self._c_opened = 0
+        self._c_closed: dict[str, int] = dict.fromkeys(
+            ("max_age", "idle", "unusable", "error", "shutdown"), 0
+        )
+        self._c_pings = 0
+        self._c_pings_failed = 0
+        self._c_rollbacks = 0
+        self._c_waits = 0
+        self._c_wait_total = 0.0
+        self._c_wait_max = 0.0
+        self._c_timeouts = 0
+        self._c_connect_errors = 0
+        self._c_leaks = 0
+
+    # -- acquire --------------------------------------------------------------------------
+
+    async def acquire(self) -> Holder:
+        """Take a connection: a checked idle one, a new one, or one handed over by a release.
+
+        :raises AcquireTimeout: when none could be had within ``ACQUIRE_TIMEOUT``.
+        :raises ClosedError: when the pool is closed.
+        """
+        if self.closed:
+            raise ClosedError(f"aconn alias {self.alias!r} is closed")
+        while self._waiting == 0 and self._idle:
+            holder = self._pop_idle()
+            if holder is None:
+                break
+            if self._health_checks and holder.taken_at - holder.last_used > PING_BYPASS:
+                if not await self._health_check(holder):
+                    continue
+            return self._taken(holder)
+        return await self._acquire_slow()
+
+    def _pop_idle(self) -> Holder | None:
+        """Pop the most recent usable idle connection; discard the unusable ones found on the way."""
+        idle = self._idle
+        is_dead = self.backend.is_dead
+        now = monotonic()
+        while idle:
+            holder = idle.pop()
+            if now >= holder.close_at:
+                self._discard(holder, "max_age")
+            elif now - holder.last_used >= holder.idle_limit:
+                self._discard(holder, "idle")
+            elif is_dead(holder.conn):
+                self._discard(holder, "unusable")
+            else:
+                holder.state = _IN_USE
+                holder.taken_at = now
+                self._in_use += 1
+                return holder
+        return None
+
+    async def _health_check(self, holder: Holder) -> bool:
+        """Ping a connection taken from the idle set; on failure close it and return False."""
+        self._c_pings += 1
+        try:
+            async with asyncio.timeout(min(self.settings.connect_timeout, CLEANUP_TIMEOUT)):
+                await self.backend.ping(holder.conn)
+        except BaseException as exc:
+            self._c_pings_failed += 1
+            self._in_use -= 1
+            self._discard(holder, "unusable", exc)
+            if not isinstance(exc, Exception):
+                raise  # cancelled while pinging: the connection is closed, the slot freed
+            return False
+        return True
+
+    async def _acquire_slow(self) -> Holder:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.acquire_timeout
+        while True:
+            if self.closed:
+                raise ClosedError(f"aconn alias {self.alias!r} is closed")
+            if self._waiting == 0 and self._idle:
+                holder = self._pop_idle()
+                if holder is None:
+                    continue
+                if self._health_checks and holder.taken_at - holder.last_used > PING_BYPASS:
+                    if not await self._health_check(holder):
+                        continue
+                return self._taken(holder)
+            if self._waiting == 0 and self._size < self.settings.max_conns:
+                self._size += 1
+                self._opening += 1
+                return await self._open(deadline)
+            granted = await self._wait(loop, deadline)
+            if granted is SLOT:
+                return await self._open(deadline)
+            assert isinstance(granted, Holder)
+            return self._taken(granted)
+
+    async def _wait(self, loop: asyncio.AbstractEventLoop, deadline: float) -> Holder | _Slot:
+        """Queue first-in first-out until a release hands over a connection or a slot."""
+        waiter: asyncio.Future[Holder | _Slot] = loop.create_future()
+        self._waiters.append(waiter)
+        self._waiting += 1
+        started = loop.time()
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await waiter
+        except BaseException as exc:
+            # A grant that arrived as we were cancelled or timed out is passed on, never lost.
+            if waiter.done() and not waiter.cancelled():
+                self._return_grant(waiter.result())
+            else:
+                waiter.cancel()
+            if isinstance(exc, TimeoutError):
+                self._c_timeouts += 1
+                raise AcquireTimeout(self._timeout_message()) from None
+            raise
+        finally:
+            self._waiting -= 1
+            if self._waiting == 0:
+                self._waiters.clear()  # only dead futures can be left: drop them
+            waited = loop.time() - started
+            self._c_waits += 1
+            self._c_wait_total += waited
+            if waited > self._c_wait_max:
+                self._c_wait_max = waited
+
+    def _return_grant(self, granted: Holder | _Slot) -> None:
+        if granted is SLOT:
+            self._opening -= 1
+            self._release_slot()
+        else:
+            assert isinstance(granted, Holder)
+            self._in_use -= 1
+            self._put_back(granted)
+
+    def _timeout_message(self) -> str:
+        holders = sorted(
+            {h.task.get_name() if h.task is not None else "?" for h in self._busy}
+        )
+        shown = ", ".join(holders[:10]) + (f" and {len(holders) - 10} more" if len(holders) > 10 else "")
+        return (
+            f"aconn alias {self.alias!r}: no connection within ACQUIRE_TIMEOUT="
+            f"{self.settings.acquire_timeout:g}s (MAX_CONNS={self.settings.max_conns}, "
+            f"{self._in_use} in use, {self._opening} opening, {self._waiting} waiting; "
+            f"held by tasks: {shown or 'none'})"
+        )
+
+    async def _open(self, deadline: float) -> Holder:
+        """Open a connection in a slot already counted in ``size`` and ``opening``."""
+        loop = asyncio.get_running_loop()
+        settings = self.settings
+        backoff = 0.05
+        refused = 0
+        try:
+            while True:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    self._c_timeouts += 1
+                    raise AcquireTimeout(self._timeout_message())
+                bound = min(remaining, settings.connect_timeout)
+                try:
+                    async with asyncio.timeout(bound):
+                        conn, limits = await self.backend.connect()
+                    break
+                except TimeoutError:
+                    self._c_connect_errors += 1
+                    self._c_timeouts += 1
+                    raise AcquireTimeout(
+                        f"aconn alias {self.alias!r}: connecting to {settings.target} took longer "
+                        f"than {bound:g}s (CONNECT_TIMEOUT={settings.connect_timeout:g}s, "
+                        f"ACQUIRE_TIMEOUT={settings.acquire_timeout:g}s)"
+                    ) from None
+                except Exception as exc:
+                    self._c_connect_errors += 1
+                    if self.backend.classify(exc, connecting=True) is not ErrorKind.RETRYABLE:
+                        raise
+                    refused += 1
+                    remaining = deadline - loop.time()
+                    if remaining <= backoff:
+                        raise AcquireTimeout(self._budget_message(exc, refused)) from exc
+                    if refused == 1:
+                        logger.warning(
+                            "aconn alias %r: server refused a new connection (%s); retrying "
+                            "with backoff for up to %.1fs", self.alias, exc, remaining,
+                        )
+                    await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
+                    backoff = min(backoff * 2, MAX_BACKOFF)
+        except BaseException:
+            self._opening -= 1
+            self._release_slot()
+            raise
+        self._opening -= 1
+        if self.closed:
+            self.backend.abort(conn)
+            self._release_slot()
+            raise ClosedError(f"aconn alias {self.alias!r} is closed")
+        self._c_opened += 1
+        self.limits = limits
+        holder = Holder(conn, monotonic(), *self._deadlines(limits))
+        self._in_use += 1
+        return self._taken(holder)
+
+    def _deadlines(self, limits: ServerLimits) -> tuple[float, float]:
+        """``(close_at, idle_limit)`` of a connection opening now."""
+        settings = self.settings
+        now = monotonic()
+        max_age = settings.conn_max_age
+        # jittered down by up to 5% so that a fleet does not reconnect at once
+        close_at = math.inf if max_age is None else now + max_age * (1 - random.random() * 0.05)
+        if settings.idle_timeout is not None:
+            idle_limit = settings.idle_timeout
+        else:
+            idle_limit = idle_limit_from_server(limits.idle_timeout)
+        if not self._warned_idle_limit and limits.idle_timeout and not settings.health_checks:
+            if max_age is None or max_age >= limits.idle_timeout:
+                self._warned_idle_limit = True
+                logger.warning(
+                    "aconn alias %r: CONN_MAX_AGE=%s is not below the server's wait_timeout=%gs; "
+                    "aconn retires idle connections after %gs, but set CONN_MAX_AGE below %g "
+                    "or enable CONN_HEALTH_CHECKS", self.alias, max_age, limits.idle_timeout,
+                    idle_limit, idle_limit,
+                )
+        return close_at, idle_limit
+
+    def _budget_message(self, exc: BaseException, attempts: int) -> str:
+        limit = self.limits.max_connections if self.limits else None
+        server = f"the server's max_connections={limit}" if limit else "the server's max_connections"
+        return (
+            f"aconn alias {self.alias!r}: the server refused {attempts} new connection(s) until "
+            f"ACQUIRE_TIMEOUT={self.settings.acquire_timeout:g}s ran out ({exc}). Every process "
+            f"may open MAX_CONNS={self.settings.max_conns}: processes x MAX_CONNS (plus other "
+            f"clients) must stay below {server}; lower MAX_CONNS or raise the server's limit"
+        )
+
+    def _taken(self, holder: Holder) -> Holder:
+        holder.task = asyncio.current_task()
+        self._busy.add(holder)
+        leak_timeout = self.settings.leak_timeout
+        if leak_timeout is not None:
+            holder.taken_stack = traceback.format_stack(limit=16)[:-2]
+            holder.leak_timer = asyncio.get_running_loop().call_later(
+                leak_timeout, self._leaked, holder
+            )
+        return holder
+
+    def _leaked(self, holder: Holder) -> None:
+        holder.leak_timer = None
+        self._c_leaks += 1
+        task = holder.task.get_name() if holder.task is not None else "?"
+        logger.warning(
+            "aconn alias %r: a connection has been held by task %r for more than "
+            "LEAK_TIMEOUT=%gs; it was taken at:\n%s", self.alias, task,
+            self.settings.leak_timeout, "".join(holder.taken_stack or ()),
+        )
+
+    # -- release --------------------------------------------------------------------------
+
+    def release(self, holder: Holder, exc: BaseException | None) -> Any:
+        """Give a connection back at scope exit.
+
+        Returns None when done (the common case: no I/O at all), else a
+        coroutine with the work that needs the network, to be awaited shielded.
+        """
+        self._busy.discard(holder)
+        holder.task = None
+        if holder.leak_timer is not None:
+            holder.leak_timer.cancel()
+            holder.leak_timer = None
+        conn = holder.conn
+        now = monotonic()
+        backend = self.backend
+        if (
+            exc is None
+            and now < holder.close_at
+            and not self.closed
+            and not backend.in_transaction(conn)
+            and not backend.is_dead(conn, peek=False)
+        ):
+            holder.last_used = now
+            self._in_use -= 1
+            self._put_back(holder)
+            return None
+        return self._release_slow(holder, exc)
+
+    async def _release_slow(self, holder: Holder, exc: BaseException | None) -> None:
+        backend = self.backend
+        conn = holder.conn
+        reason: str | None = None
+        if isinstance(exc, asyncio.CancelledError | TimeoutError):
+            # cancelled or timed out, maybe mid-query: its byte stream may be out of step
+            backend.interrupt(conn)
+            reason = "error"
+        elif backend.is_dead(conn):
+            reason = "unusable"
+        elif exc is not None:
+            try:
+                async with asyncio.timeout(CLEANUP_TIMEOUT):
+                    await backend.ping(conn)
+            except Exception:
+                reason = "unusable"
+        if reason is None and backend.in_transaction(conn):
+            try:
+                async with asyncio.timeout(CLEANUP_TIMEOUT):
+                    await backend.rollback(conn)
+                self._c_rollbacks += 1
+            except Exception as rollback_exc:
+                logger.info("aconn alias %r: rollback at release failed: %r", self.alias, rollback_exc)
+                reason = "error"
+        now = monotonic()
+        if reason is None:
+            if self.closed:
+                reason = "shutdown"
+            elif now >= holder.close_at:
+                reason = "max_age"
+        if reason is None:
+            holder.last_used = now
+            self._in_use -= 1
+            self._put_back(holder)
+        else:
+            await self._close(holder, reason, from_state=_IN_USE)
+
+    def _put_back(self, holder: Holder) -> None:
+        """A reusable connection: to the oldest live waiter, else on top of the idle stack."""
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                holder.state = _IN_USE
+                self._in_use += 1
+                waiter.set_result(holder)
+                return
+        holder.state = _IDLE
+        self._idle.append(holder)
+
+    def _release_slot(self) -> None:
+        """A connection is gone: give its slot to the oldest live waiter, else free it."""
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                self._opening += 1
+                waiter.set_result(SLOT)
+                return
+        self._size -= 1
+
+    # -- close ----------------------------------------------------------------------------
+
+    def _discard(self, holder: Holder, reason: str, exc: BaseException | None = None) -> None:
+        """Close a connection that is not in use (idle, or just failed a check), in the background."""
+        if self.backend.is_dead(holder.conn, peek=False) or exc is not None:
+            self._count_closed(holder, reason)
+            holder.state = _CLOSING
+            self.backend.abort(holder.conn)
+            self._release_slot()
+            return
+        self._closing += 1
+        holder.state = _CLOSING
+        task = asyncio.get_running_loop().create_task(self._close_counted(holder, reason))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _close(self, holder: Holder, reason: str, *, from_state: str) -> None:
+        """Close a connection in use or idle now; bounded, then aborted."""
+        if from_state == _IN_USE:
+            self._in_use -= 1
+        self._closing += 1
+        holder.state = _CLOSING
+        await self._close_counted(holder, reason)
+
+    async def _close_counted(self, holder: Holder, reason: str) -> None:
+        self._count_closed(holder, reason)
+        try:
+            async with asyncio.timeout(CLEANUP_TIMEOUT):
+                await self.backend.close(holder.conn)
+        except BaseException:
+            self.backend.abort(holder.conn)
+            raise
+        finally:
+            self._closing -= 1
+            self._release_slot()
+
+    def _count_closed(self, holder: Holder, reason: str) -> None:
+        self._c_closed[reason] += 1
+        if reason != "shutdown":
+            # CONN_MAX_AGE=0 closes at every scope exit by design: not worth an INFO line each
+            level = logging.DEBUG if reason == "max_age" and self.settings.conn_max_age == 0 else logging.INFO
+            logger.log(
+                level,
+                "aconn alias %r: closed a connection (%s) after %.1fs", self.alias,
+                _REASONS[reason], monotonic() - holder.opened_at,
+            )
+
+    def sweep(self) -> None:
+        """Close idle connections past their deadline or idle limit (no I/O on healthy ones)."""
+        if not self._idle:
+            return
+        now = monotonic()
+        keep: list[Holder] = []
+        for holder in self._idle:
+            if now >= holder.close_at:
+                self._discard(holder, "max_age")
+            elif now - holder.last_used >= holder.idle_limit:
+                self._discard(holder, "idle")
+            elif self.backend.is_dead(holder.conn):
+                self._discard(holder, "unusable")
+            else:
+                keep.append(holder)
+        self._idle[:] = keep
+
+    def next_expiry(self) -> float:
+        """When the earliest idle connection expires (monotonic time), ``inf`` if none."""
+        return min(
+            (min(h.close_at, h.last_used + h.idle_limit) for h in self._idle), default=math.inf
+        )
+
+    async def close(self) -> None:
+        """Close the idle connections and refuse new acquires; busy ones close at release."""
+        self.closed = True
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_exception(ClosedError(f"aconn alias {self.alias!r} is closed"))
+        idle, self._idle = self._idle, []
+        closes = []
+        for holder in idle:
+            self._closing += 1
+            holder.state = _CLOSING
+            closes.append(self._close_counted(holder, "shutdown"))
+        await asyncio.gather(*closes, *self._background, return_exceptions=True)
+
+    async def fill(self) -> None:
+        """Open one more connection into the idle set, if below the cap (for MIN_CONNS)."""
+        if self.closed or self._size >= self.settings.max_conns:
+            return
+        self._size += 1
+        self._opening += 1
+        loop = asyncio.get_running_loop()
+        holder = await self._open(loop.time() + self.settings.connect_timeout)
+        self._busy.discard(holder)
+        holder.task = None
+        self._in_use -= 1
+        self._put_back(holder)
+
+    async def warm(self) -> None:
+        """Open one connection and put it in the idle set: proves the settings and the server."""
+        holder = await self.acquire()
+        slow = self.release(holder, None)
+        if slow is not None:
+            await slow
+
+    # -- observability --------------------------------------------------------------------
+
+    def stats(self) -> PoolStats:
+        closed = self._c_closed
+        return PoolStats(
+            alias=self.alias,
+            max_conns=self.settings.max_conns,
+            open=self._size,
+            idle=len(self._idle),
+            in_use=self._in_use,
+            opening=self._opening,
+            closing=self._closing,
+            waiting=self._waiting,
+            opened=self._c_opened,
+            closed_max_age=closed["max_age"],
+            closed_idle=closed["idle"],
+            closed_unusable=closed["unusable"],
+            closed_error=closed["error"],
+            closed_shutdown=closed["shutdown"],
+            health_checks=self._c_pings,
+            health_checks_failed=self._c_pings_failed,
+            rollbacks=self._c_rollbacks,
+            acquire_waits=self._c_waits,
+            acquire_wait_total_s=self._c_wait_total,
+            acquire_wait_max_s=self._c_wait_max,
+            acquire_timeouts=self._c_timeouts,
+            connect_errors=self._c_connect_errors,
+            leaks_detected=self._c_leaks,
+        )
+
+
+_REASONS = {
+    "max_age": "reached CONN_MAX_AGE",
+    "idle": "idle past the idle limit",
+    "unusable": "found dead by a check",
+    "error": "saw an error, a cancellation or a timeout",
+    "shutdown": "shutdown",
+}
+

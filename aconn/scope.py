@@ -1,0 +1,95 @@
+"""Scopes: one unit of work (a request, a job) and the connections it took.
+
+A ``ContextVar`` of the handler holds the current :class:`Scope`. A scope
+belongs to the task that entered it: child tasks inherit the variable, but a
+connection is only handed to the owning task (see ``docs/concurrency.md``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from .errors import ClosedError
+from .pool import Holder
+
+if TYPE_CHECKING:
+    from .handler import Connections
+
+__all__ = ("Scope", "run_shielded")
+
+
+class Scope:
+    """One unit of work. Built by ``connections.scope()``; use it with ``async with``."""
+
+    __slots__ = ("_handler", "_held", "_outer", "_task", "_token")
+
+    def __init__(self, handler: Connections) -> None:
+        self._handler = handler
+        self._held: dict[str, Holder] = {}
+        self._outer: Scope | None = None
+        self._task: asyncio.Task[Any] | None = None
+        self._token: Any = None
+
+    @property
+    def task(self) -> asyncio.Task[Any] | None:
+        """The task that owns this scope and its connections."""
+        return self._task
+
+    async def __aenter__(self) -> Scope:
+        handler = self._handler
+        if handler._closing:
+            raise ClosedError("this aconn handler is closed: no new scope can start")
+        var = handler._scope_var
+        current = var.get(None)
+        task = asyncio.current_task()
+        if current is not None and current._task is task:
+            self._outer = current  # nested in the same task: the outer scope does the work
+            return current
+        self._task = task
+        self._token = var.set(self)
+        handler._scope_started()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._outer is not None:
+            return
+        handler = self._handler
+        handler._scope_var.reset(self._token)
+        held = self._held
+        try:
+            if held:
+                pools = handler._pools
+                for alias, holder in held.items():
+                    slow = pools[alias].release(holder, exc)
+                    if slow is not None:
+                        await run_shielded(slow)
+                held.clear()
+        finally:
+            handler._scope_ended()
+
+
+async def run_shielded(coro: Coroutine[Any, Any, None]) -> None:
+    """Run cleanup to its end even if the caller is cancelled meanwhile, then re-raise.
+
+    The cleanup bounds its own network steps in time, so this cannot hang.
+    """
+    task = asyncio.ensure_future(coro)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.done():
+                break
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    task.result()

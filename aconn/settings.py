@@ -1,0 +1,323 @@
+"""Parse Django ``DATABASES`` entries and database URLs into frozen settings.
+
+Everything here runs once, when a :class:`~aconn.Connections` is built; the
+hot path only reads attributes of :class:`Settings`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from .errors import ConfigError
+
+__all__ = ("Settings", "parse_databases", "parse_settings")
+
+#: Engine names accepted for each built-in backend.
+ENGINE_ALIASES: Mapping[str, str] = {
+    "mysql": "mysql",
+    "mariadb": "mysql",
+    "django.db.backends.mysql": "mysql",
+    "sqlite": "sqlite",
+    "sqlite3": "sqlite",
+    "django.db.backends.sqlite3": "sqlite",
+}
+
+_URL_SCHEMES: Mapping[str, str] = {
+    "mysql": "mysql",
+    "mariadb": "mysql",
+    "mysql+aiomysql": "mysql",
+    "sqlite": "sqlite",
+    "sqlite3": "sqlite",
+    "sqlite+aiosqlite": "sqlite",
+}
+
+#: Django keys that aconn accepts so that settings can be pasted as-is, but
+#: that have no meaning here (transactions per request are the app's choice).
+_DJANGO_IGNORED = frozenset({"ATOMIC_REQUESTS", "TIME_ZONE", "TEST", "DISABLE_SERVER_SIDE_CURSORS"})
+
+_KNOWN = frozenset(
+    {
+        "ENGINE", "NAME", "USER", "PASSWORD", "HOST", "PORT", "OPTIONS",
+        "CONN_MAX_AGE", "CONN_HEALTH_CHECKS", "AUTOCOMMIT",
+        "MAX_CONNS", "MIN_CONNS", "ACQUIRE_TIMEOUT", "CONNECT_TIMEOUT",
+        "IDLE_TIMEOUT", "LEAK_TIMEOUT",
+    }
+)  # fmt: skip
+
+#: Keys of OPTIONS whose values are secrets and are never shown.
+SECRET_OPTIONS = frozenset({"password", "passwd", "PASSWORD"})
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Settings:
+    """Validated settings of one alias. Built by :func:`parse_settings`."""
+
+    alias: str
+    engine: str
+    name: str
+    user: str = ""
+    password: str = field(default="", compare=False)
+    host: str = ""
+    port: int | None = None
+    options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    conn_max_age: float | None = 0.0
+    health_checks: bool = False
+    autocommit: bool = True
+    max_conns: int = 10
+    min_conns: int = 0
+    acquire_timeout: float = 30.0
+    connect_timeout: float = 10.0
+    idle_timeout: float | None = None
+    leak_timeout: float | None = None
+
+    def __repr__(self) -> str:
+        shown = {
+            k: ("***" if k in SECRET_OPTIONS else v) for k, v in self.options.items()
+        }
+        return (
+            f"Settings(alias={self.alias!r}, engine={self.engine!r}, name={self.name!r}, "
+            f"user={self.user!r}, password={'***' if self.password else ''!r}, "
+            f"host={self.host!r}, port={self.port!r}, options={shown!r}, "
+            f"conn_max_age={self.conn_max_age!r}, health_checks={self.health_checks!r}, "
+            f"autocommit={self.autocommit!r}, max_conns={self.max_conns!r}, "
+            f"min_conns={self.min_conns!r}, acquire_timeout={self.acquire_timeout!r}, "
+            f"connect_timeout={self.connect_timeout!r}, idle_timeout={self.idle_timeout!r}, "
+            f"leak_timeout={self.leak_timeout!r})"
+        )
+
+    __str__ = __repr__
+
+    @property
+    def target(self) -> str:
+        """Where this alias connects, for messages: never includes the password."""
+        if self.engine == "sqlite":
+            return f"sqlite {self.name}"
+        return f"{self.engine} {self.user}@{self.host or 'localhost'}:{self.port or 3306}/{self.name}"
+
+
+def parse_databases(databases: Mapping[str, Any]) -> dict[str, Settings]:
+    """Parse a whole ``DATABASES``-like mapping: alias -> dict or URL string.
+
+    :raises ConfigError: naming the alias and key of the first problem found.
+    """
+    if not isinstance(databases, Mapping):
+        raise ConfigError("*", None, f"expected a mapping of alias -> settings, got {type(databases).__name__}")
+    if not databases:
+        raise ConfigError("*", None, "no database aliases configured")
+    out: dict[str, Settings] = {}
+    for alias, entry in databases.items():
+        if not isinstance(alias, str) or not alias:
+            raise ConfigError(str(alias), None, "an alias must be a non-empty string")
+        out[alias] = parse_settings(alias, entry)
+    return out
+
+
+def parse_settings(alias: str, entry: Any) -> Settings:
+    """Parse one alias: a Django-style dict or a URL string.
+
+    :raises ConfigError: naming the alias and the key at fault.
+    """
+    if isinstance(entry, str):
+        entry = _url_to_dict(alias, entry)
+    elif isinstance(entry, Settings):
+        return entry
+    if not isinstance(entry, Mapping):
+        raise ConfigError(alias, None, f"expected a dict or a URL string, got {type(entry).__name__}")
+
+    for key in entry:
+        if not isinstance(key, str) or (key not in _KNOWN and key not in _DJANGO_IGNORED):
+            hint = difflib.get_close_matches(str(key), sorted(_KNOWN), n=1)
+            suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise ConfigError(alias, str(key), f"unknown setting{suggestion}")
+
+    engine = _engine(alias, entry.get("ENGINE", "sqlite"))
+    name = _string(alias, entry, "NAME", "")
+    if engine == "sqlite" and not name:
+        raise ConfigError(alias, "NAME", "a SQLite database needs a file path or ':memory:'")
+    max_conns = _int(alias, entry, "MAX_CONNS", 10, minimum=1)
+    min_conns = _int(alias, entry, "MIN_CONNS", 0, minimum=0)
+    if min_conns > max_conns:
+        raise ConfigError(alias, "MIN_CONNS", f"{min_conns} is above MAX_CONNS={max_conns}")
+    options = entry.get("OPTIONS", {})
+    if options is None:
+        options = {}
+    if not isinstance(options, Mapping) or not all(isinstance(k, str) for k in options):
+        raise ConfigError(alias, "OPTIONS", "must be a dict with string keys")
+
+    return Settings(
+        alias=alias,
+        engine=engine,
+        name=name,
+        user=_string(alias, entry, "USER", ""),
+        password=_string(alias, entry, "PASSWORD", ""),
+        host=_string(alias, entry, "HOST", ""),
+        port=_port(alias, entry.get("PORT")),
+        options=MappingProxyType(dict(options)),
+        conn_max_age=_seconds(alias, entry, "CONN_MAX_AGE", 0.0, allow_none=True, allow_zero=True),
+        health_checks=_bool(alias, entry, "CONN_HEALTH_CHECKS", False),
+        autocommit=_bool(alias, entry, "AUTOCOMMIT", True),
+        max_conns=max_conns,
+        min_conns=min_conns,
+        acquire_timeout=_required_seconds(alias, entry, "ACQUIRE_TIMEOUT", 30.0),
+        connect_timeout=_required_seconds(alias, entry, "CONNECT_TIMEOUT", 10.0),
+        idle_timeout=_seconds(alias, entry, "IDLE_TIMEOUT", None, allow_none=True),
+        leak_timeout=_seconds(alias, entry, "LEAK_TIMEOUT", None, allow_none=True),
+    )
+
+
+def _engine(alias: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(alias, "ENGINE", f"must be a string such as 'mysql' or 'sqlite', got {value!r}")
+    engine = ENGINE_ALIASES.get(value)
+    if engine is not None:
+        return engine
+    if "." in value or ":" in value:
+        return value  # a backend class path, resolved by aconn.backends.load_backend
+    known = ", ".join(sorted(ENGINE_ALIASES))
+    raise ConfigError(alias, "ENGINE", f"unsupported engine {value!r}; use one of {known} or a backend class path")
+
+
+def _string(alias: str, entry: Mapping[str, Any], key: str, default: str) -> str:
+    value = entry.get(key, default)
+    if value is None:
+        return default
+    if not isinstance(value, str):
+        raise ConfigError(alias, key, f"must be a string, got {type(value).__name__}")
+    return value
+
+
+def _port(alias: str, value: Any) -> int | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise ConfigError(alias, "PORT", "must be an integer, got bool")
+    if isinstance(value, str):
+        if not value.strip().isdigit():
+            raise ConfigError(alias, "PORT", f"must be an integer, got {value!r}")
+        value = int(value)
+    if not isinstance(value, int) or not 0 < value < 65536:
+        raise ConfigError(alias, "PORT", f"must be between 1 and 65535, got {value!r}")
+    return value
+
+
+def _bool(alias: str, entry: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = entry.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(alias, key, f"must be True or False, got {value!r}")
+    return value
+
+
+def _int(alias: str, entry: Mapping[str, Any], key: str, default: int, *, minimum: int) -> int:
+    value = entry.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(alias, key, f"must be an integer, got {value!r}")
+    if value < minimum:
+        raise ConfigError(alias, key, f"must be at least {minimum}, got {value}")
+    return value
+
+
+def _seconds(
+    alias: str,
+    entry: Mapping[str, Any],
+    key: str,
+    default: float | None,
+    *,
+    allow_none: bool = False,
+    allow_zero: bool = False,
+) -> float | None:
+    value = entry.get(key, default)
+    if value is None:
+        if allow_none:
+            return None
+        raise ConfigError(alias, key, "must be a number of seconds, got None")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(alias, key, f"must be a number of seconds, got {value!r}")
+    if math.isnan(value) or value < 0 or (value == 0 and not allow_zero) or math.isinf(value):
+        lowest = "0 or more" if allow_zero else "above 0"
+        raise ConfigError(alias, key, f"must be a finite number of seconds {lowest}, got {value!r}")
+    return float(value)
+
+
+def _required_seconds(alias: str, entry: Mapping[str, Any], key: str, default: float) -> float:
+    value = _seconds(alias, entry, key, default)
+    assert value is not None
+    return value
+
+
+# -- URLs ---------------------------------------------------------------------
+
+_QUERY_KEYS: Mapping[str, str] = {
+    "conn_max_age": "CONN_MAX_AGE",
+    "health_checks": "CONN_HEALTH_CHECKS",
+    "conn_health_checks": "CONN_HEALTH_CHECKS",
+    "autocommit": "AUTOCOMMIT",
+    "max_conns": "MAX_CONNS",
+    "min_conns": "MIN_CONNS",
+    "acquire_timeout": "ACQUIRE_TIMEOUT",
+    "connect_timeout": "CONNECT_TIMEOUT",
+    "idle_timeout": "IDLE_TIMEOUT",
+    "leak_timeout": "LEAK_TIMEOUT",
+}
+_INT_KEYS = frozenset({"MAX_CONNS", "MIN_CONNS"})
+_BOOL_KEYS = frozenset({"CONN_HEALTH_CHECKS", "AUTOCOMMIT"})
+
+
+def _url_to_dict(alias: str, url: str) -> dict[str, Any]:
+    """Turn ``scheme://user:pw@host:port/name?key=value`` into a settings dict."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ConfigError(alias, "URL", "expected a URL such as 'mysql://user:pw@host/db' or 'sqlite:///path'")
+    engine = _URL_SCHEMES.get(scheme.lower())
+    if engine is None:
+        known = ", ".join(sorted(_URL_SCHEMES))
+        raise ConfigError(alias, "URL", f"unsupported scheme {scheme!r}; use one of {known}")
+    entry: dict[str, Any] = {"ENGINE": engine}
+    if engine == "sqlite":
+        # SQLAlchemy's convention: sqlite:///relative.db, sqlite:////absolute.db
+        path, _, query = rest.partition("?")
+        if not path.startswith("/"):
+            raise ConfigError(alias, "URL", "a SQLite URL is 'sqlite:///relative/path' or 'sqlite:////absolute/path'")
+        entry["NAME"] = unquote(path[1:])
+    else:
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError as exc:
+            # the message of urllib's error may quote the URL: keep the password out
+            raise ConfigError(alias, "URL", f"cannot parse the URL: invalid host or port ({type(exc).__name__})") from None
+        query = parts.query
+        entry["USER"] = unquote(parts.username or "")
+        entry["PASSWORD"] = unquote(parts.password or "")
+        entry["HOST"] = parts.hostname or ""
+        entry["PORT"] = port
+        entry["NAME"] = unquote(parts.path.lstrip("/"))
+    for raw_key, raw_value in parse_qsl(query, keep_blank_values=True):
+        key = _QUERY_KEYS.get(raw_key.lower())
+        if key is None:
+            hint = difflib.get_close_matches(raw_key.lower(), sorted(_QUERY_KEYS), n=1)
+            suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise ConfigError(alias, raw_key, f"unknown URL parameter{suggestion}")
+        entry[key] = _url_value(alias, key, raw_value)
+    return entry
+
+
+def _url_value(alias: str, key: str, raw: str) -> Any:
+    lowered = raw.strip().lower()
+    if key in _BOOL_KEYS:
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(alias, key, f"must be true or false, got {raw!r}")
+    if lowered in ("none", "null", ""):
+        return None
+    try:
+        return int(lowered) if key in _INT_KEYS else float(lowered)
+    except ValueError:
+        raise ConfigError(alias, key, f"must be a number, got {raw!r}") from None

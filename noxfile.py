@@ -1,0 +1,41 @@
+"""Project tasks: `nox -s demo`, `nox -s tests`, `nox -s lint typecheck`, `nox -s bench`."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.reuse_existing_virtualenvs = True
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """The quickstart on the embedded SQLite default: no server needed."""
+    session.install("-e", ".")
+    session.run("python", "examples/quickstart.py")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The whole suite: SQLite, and MariaDB through a throwaway server the tests start."""
+    session.install("-e", ".[test]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", "aconn", "tests", "examples", "benchmarks", "noxfile.py")
+    session.run("ruff", "format", "--check", "aconn")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    session.install("-e", ".", "mypy>=1.11")
+    session.run("mypy")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Scope overhead and SELECT 1 against aiomysql.Pool on a throwaway MariaDB."""
+    session.install("-e", ".[test,bench]")
+    session.run("python", "benchmarks/scope_overhead.py", *session.posargs)

@@ -1,0 +1,89 @@
+"""Shared fixtures: the throwaway MariaDB (one per test session) and helpers."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import aconn  # noqa: E402
+from mariadb import APP_PASSWORD, MariaDB, find_binary  # noqa: E402
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if find_binary("mariadbd", "mysqld"):
+        return
+    if os.environ.get("CI"):
+        raise pytest.UsageError("CI=true but MariaDB server binaries are missing: .ci/run installs them")
+    skip = pytest.mark.skip(reason="mariadbd not installed (apt-get install -y mariadb-server)")
+    for item in items:
+        if "mysql" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def mariadb() -> Iterator[MariaDB]:
+    server = MariaDB().start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def db(mariadb: MariaDB) -> Iterator[MariaDB]:
+    """The session's server, with no application session left over from the previous test."""
+    if mariadb.proc is None:
+        mariadb.start()
+    if mariadb.frozen:
+        mariadb.thaw()
+    mariadb.kill_app_sessions()
+    yield mariadb
+    if mariadb.frozen:
+        mariadb.thaw()
+    if mariadb.proc is None:
+        mariadb.start()
+
+
+@pytest.fixture
+def sqlite_path(tmp_path: Path) -> str:
+    return str(tmp_path / "app.db")
+
+
+@pytest.fixture
+async def make(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+    """Build handlers that are closed at the end of the test whatever happens."""
+    made: list[aconn.Connections] = []
+
+    def factory(databases: Any) -> aconn.Connections:
+        handler = aconn.Connections(databases)
+        made.append(handler)
+        return handler
+
+    yield factory
+    for handler in made:
+        await handler.aclose()
+
+
+@pytest.fixture
+def aconn_logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    caplog.set_level(logging.DEBUG, logger="aconn")
+    return caplog
+
+
+def assert_no_password(*texts: Any) -> None:
+    for text in texts:
+        assert APP_PASSWORD not in str(text)
+
+
+def assert_balanced(stats: aconn.PoolStats) -> None:
+    assert stats.open == stats.idle + stats.in_use + stats.opening + stats.closing, stats
+    assert stats.open <= stats.max_conns, stats
+    assert stats.in_use >= 0 and stats.waiting >= 0 and stats.opening >= 0 and stats.closing >= 0, stats

@@ -1,0 +1,208 @@
+"""A throwaway MariaDB server for the tests and benchmarks.
+
+``mariadb-install-db`` + ``mariadbd`` in a temporary directory, on a free
+loopback port, with a non-SUPER application user. The server can be stopped,
+restarted, frozen (SIGSTOP) and thawed, and admin SQL run against it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pymysql
+
+APP_USER = "app"
+APP_PASSWORD = "app-s3cret-pw"  # the tests check it never shows up in errors or logs
+DATABASE = "aconn_test"
+
+
+def find_binary(*names: str) -> str | None:
+    for name in names:
+        path = shutil.which(name) or next(
+            (str(p) for d in ("/usr/sbin", "/usr/bin", "/usr/local/bin") if (p := Path(d, name)).exists()), None
+        )
+        if path:
+            return path
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class MariaDB:
+    """One throwaway server. Use :meth:`start` / :meth:`close`, or the ``mariadb`` fixture."""
+
+    def __init__(self, extra_args: Sequence[str] = ()) -> None:
+        self.mariadbd = find_binary("mariadbd", "mysqld")
+        self.install_db = find_binary("mariadb-install-db", "mysql_install_db")
+        if not self.mariadbd or not self.install_db:
+            raise RuntimeError("MariaDB server binaries not found: apt-get install -y mariadb-server")
+        self.dir = Path(tempfile.mkdtemp(prefix="aconn-mariadb-"))
+        self.datadir = self.dir / "data"
+        self.socket = str(self.dir / "mysqld.sock")
+        self.port = free_port()
+        self.extra_args = list(extra_args)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.frozen = False
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> MariaDB:
+        if not self.datadir.exists():
+            user = ["--user=root"] if os.geteuid() == 0 else []
+            subprocess.run(
+                [self.install_db, "--no-defaults", f"--datadir={self.datadir}", *user,
+                 "--auth-root-authentication-method=normal", "--skip-test-db"],
+                check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=120,
+            )  # fmt: skip
+            self._launch()
+            self._bootstrap()
+        else:
+            self._launch()
+        return self
+
+    def _launch(self) -> None:
+        user = ["--user=root"] if os.geteuid() == 0 else []
+        self.log = open(self.dir / "server.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [self.mariadbd, "--no-defaults", f"--datadir={self.datadir}", f"--socket={self.socket}",
+             f"--port={self.port}", "--bind-address=127.0.0.1", f"--pid-file={self.dir / 'mysqld.pid'}",
+             "--skip-log-bin", "--innodb-buffer-pool-size=32M", "--innodb-log-file-size=16M",
+             "--skip-name-resolve", "--performance-schema=OFF", "--max-connections=151",
+             "--log-warnings=1", *user, *self.extra_args],
+            stdout=self.log, stderr=self.log,
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mariadbd exited: {(self.dir / 'server.log').read_text()[-2000:]}")
+            try:
+                with contextlib.closing(self.admin_connection()):
+                    return
+            except pymysql.err.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def _bootstrap(self) -> None:
+        self.sql(
+            f"CREATE DATABASE IF NOT EXISTS {DATABASE}",
+            f"CREATE USER IF NOT EXISTS '{APP_USER}'@'%' IDENTIFIED BY '{APP_PASSWORD}'",
+            f"GRANT ALL PRIVILEGES ON {DATABASE}.* TO '{APP_USER}'@'%'",
+            "FLUSH PRIVILEGES",
+        )
+
+    def stop(self) -> None:
+        """Shut the server down cleanly (its data survives for :meth:`start`)."""
+        if self.proc is None:
+            return
+        if self.frozen:
+            self.thaw()
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.proc = None
+        self.log.close()
+
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash would."""
+        if self.proc is None:
+            return
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+        self.proc = None
+        self.frozen = False
+        self.log.close()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def freeze(self) -> None:
+        """SIGSTOP: the server keeps its sockets but answers nothing."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+        self.frozen = True
+
+    def thaw(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+        self.frozen = False
+
+    @contextlib.contextmanager
+    def frozen_for_a_while(self) -> Iterator[None]:
+        self.freeze()
+        try:
+            yield
+        finally:
+            self.thaw()
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    # -- SQL ---------------------------------------------------------------------------
+
+    def admin_connection(self) -> pymysql.connections.Connection:
+        return pymysql.connect(unix_socket=self.socket, user="root", autocommit=True, connect_timeout=5)
+
+    def sql(self, *statements: str) -> list[tuple[Any, ...]]:
+        """Run admin SQL as root over the unix socket; the rows of the last statement."""
+        with contextlib.closing(self.admin_connection()) as conn, conn.cursor() as cur:
+            rows: list[tuple[Any, ...]] = []
+            for statement in statements:
+                cur.execute(statement)
+                rows = list(cur.fetchall())
+            return rows
+
+    def app_threads(self, user: str = APP_USER) -> list[int]:
+        """Server thread ids of the sessions of ``user`` now open."""
+        return [int(r[0]) for r in self.sql(f"SELECT ID FROM information_schema.PROCESSLIST WHERE USER='{user}'")]
+
+    def kill_app_sessions(self, user: str = APP_USER) -> int:
+        ids = self.app_threads(user)
+        for thread_id in ids:
+            with contextlib.suppress(pymysql.err.OperationalError, pymysql.err.InternalError):
+                self.sql(f"KILL CONNECTION {thread_id}")
+        return len(ids)
+
+    def wait_app_threads(self, predicate: Any, timeout: float = 10.0, user: str = APP_USER) -> list[int]:
+        """Poll the processlist until ``predicate(thread_ids)`` holds (the server notices closes asynchronously)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            ids = self.app_threads(user)
+            if predicate(ids) or time.monotonic() > deadline:
+                return ids
+            time.sleep(0.02)
+
+    def settings(self, **overrides: Any) -> dict[str, Any]:
+        """A Django-style DATABASES entry for the application user."""
+        entry: dict[str, Any] = {
+            "ENGINE": "django.db.backends.mysql",
+            "NAME": DATABASE,
+            "USER": APP_USER,
+            "PASSWORD": APP_PASSWORD,
+            "HOST": "127.0.0.1",
+            "PORT": self.port,
+        }
+        entry.update(overrides)
+        return entry
+
+    def url(self, query: str = "") -> str:
+        return f"mysql://{APP_USER}:{APP_PASSWORD}@127.0.0.1:{self.port}/{DATABASE}" + (f"?{query}" if query else "")
