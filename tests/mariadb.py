@@ -89,13 +89,16 @@ class MariaDB:
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"mariadbd exited: {(self.dir / 'server.log').read_text()[-2000:]}")
-            try:
-                with contextlib.closing(self.admin_connection()):
-                    return
-            except pymysql.err.OperationalError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+            # poll with a plain socket: a refused pymysql connect leaks its socket
+            with socket.socket(socket.AF_INET) as probe:
+                probe.settimeout(1)
+                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError("mariadbd did not start listening within 60 s")
+            time.sleep(0.05)
+        with contextlib.closing(self.admin_connection()):
+            pass
 
     def _bootstrap(self) -> None:
         self.sql(
@@ -190,6 +193,18 @@ class MariaDB:
             if predicate(ids) or time.monotonic() > deadline:
                 return ids
             time.sleep(0.02)
+
+    def open_transactions(self, expected: int = 0, timeout: float = 5.0) -> int:
+        """InnoDB transactions open on the server, polled until ``expected``.
+
+        INNODB_TRX is a cache refreshed only when it was not read for 0.1 s: poll slower than that.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            count = int(self.sql("SELECT count(*) FROM information_schema.INNODB_TRX")[0][0])
+            if count == expected or time.monotonic() > deadline:
+                return count
+            time.sleep(0.15)
 
     def settings(self, **overrides: Any) -> dict[str, Any]:
         """A Django-style DATABASES entry for the application user."""

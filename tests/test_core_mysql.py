@@ -1,0 +1,248 @@
+"""The core promises against a real MariaDB server (issue: core)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pymysql
+import pytest
+from conftest import assert_balanced, assert_no_password
+from helpers import fetch, in_scope, scalar
+from mariadb import APP_PASSWORD, MariaDB
+
+import aconn
+
+pytestmark = pytest.mark.mysql
+
+
+async def test_max_age_reuses_one_server_connection(db: MariaDB, make: Any) -> None:
+    connections = make({"default": db.settings(CONN_MAX_AGE=60)})
+    ids = [await in_scope(connections, "SELECT CONNECTION_ID()") for _ in range(5)]
+    assert len(set(ids)) == 1
+    assert db.app_threads() == ids[:1]
+    stats = connections.stats()
+    assert (stats.opened, stats.idle, stats.in_use, stats.closed) == (1, 1, 0, 0)
+    await connections.aclose()
+    assert db.wait_app_threads(lambda t: not t) == []
+    assert connections.stats().closed_shutdown == 1
+
+
+async def test_max_age_zero_closes_at_scope_exit(db: MariaDB, make: Any) -> None:
+    connections = make({"default": db.settings(CONN_MAX_AGE=0)})
+    ids = []
+    for _ in range(3):
+        ids.append(await in_scope(connections, "SELECT CONNECTION_ID()"))
+        # the server sees the session end once the scope has exited
+        assert db.wait_app_threads(lambda t: not t) == []
+    assert len(set(ids)) == 3
+    stats = connections.stats()
+    assert (stats.opened, stats.closed_max_age, stats.open) == (3, 3, 0)
+
+
+async def test_url_settings_work_too(db: MariaDB, make: Any) -> None:
+    connections = make({"default": db.url("conn_max_age=60&health_checks=true")})
+    assert await in_scope(connections, "SELECT 41 + 1") == 42
+
+
+@pytest.mark.parametrize("health_checks", [False, True])
+async def test_server_wait_timeout_never_reaches_the_caller(
+    db: MariaDB, make: Any, health_checks: bool, aconn_logs: pytest.LogCaptureFixture
+) -> None:
+    """The classic "MySQL server has gone away": CONN_MAX_AGE=None outliving wait_timeout."""
+    connections = make(
+        {"default": db.settings(CONN_MAX_AGE=None, CONN_HEALTH_CHECKS=health_checks,
+                                OPTIONS={"init_command": "SET SESSION wait_timeout=1"})}
+    )  # fmt: skip
+    first = await in_scope(connections, "SELECT CONNECTION_ID()")
+    assert await in_scope(connections, "SELECT @@SESSION.wait_timeout") == 1
+    # idle longer than the server keeps the session: the condition under test, not synchronisation
+    await asyncio.sleep(2.5)
+    assert db.wait_app_threads(lambda t: first not in t, timeout=5) is not None
+    second = await in_scope(connections, "SELECT CONNECTION_ID()")
+    assert second != first
+    stats = connections.stats()
+    assert stats.closed_idle + stats.closed_unusable == 1
+    assert "idle past the idle limit" in aconn_logs.text or "found dead" in aconn_logs.text
+    if not health_checks:
+        assert "is not below the server's wait_timeout" in aconn_logs.text
+
+
+@pytest.mark.parametrize("health_checks", [False, True])
+async def test_killed_idle_connection_is_never_handed_out(db: MariaDB, make: Any, health_checks: bool) -> None:
+    connections = make({"default": db.settings(CONN_MAX_AGE=60, CONN_HEALTH_CHECKS=health_checks)})
+    first = await in_scope(connections, "SELECT CONNECTION_ID()")
+    db.sql(f"KILL CONNECTION {first}")
+    second = await in_scope(connections, "SELECT CONNECTION_ID()")
+    assert second != first
+    assert connections.stats().closed_unusable == 1
+    assert_balanced(connections.stats())
+
+
+async def test_open_transaction_is_rolled_back_at_exit(db: MariaDB, make: Any) -> None:
+    db.sql("CREATE TABLE IF NOT EXISTS aconn_test.tx (n INT) ENGINE=InnoDB", "DELETE FROM aconn_test.tx")
+    connections = make({"default": db.settings(CONN_MAX_AGE=60)})
+    async with connections.scope():
+        conn = await connections.connection()
+        await conn.begin()
+        await fetch(conn, "INSERT INTO tx VALUES (1)")
+        thread = conn.thread_id()
+        assert db.open_transactions(expected=1) == 1
+    assert db.open_transactions(expected=0) == 0
+    assert db.sql("SELECT count(*) FROM aconn_test.tx") == [(0,)]
+    stats = connections.stats()
+    assert stats.rollbacks == 1 and stats.idle == 1
+    assert await in_scope(connections, "SELECT CONNECTION_ID()") == thread  # still reused
+
+
+async def test_autocommit_off_always_rolls_back(db: MariaDB, make: Any) -> None:
+    """Failure 11: with AUTOCOMMIT off, a SELECT leaves a snapshot the status flag does not show."""
+    db.sql("CREATE TABLE IF NOT EXISTS aconn_test.snap (n INT) ENGINE=InnoDB")
+    connections = make({"default": db.settings(CONN_MAX_AGE=60, AUTOCOMMIT=False)})
+    async with connections.scope():
+        await fetch(await connections.connection(), "SELECT * FROM snap")
+    assert db.open_transactions(expected=0) == 0
+    assert connections.stats().rollbacks == 1
+
+
+async def test_cancelled_query_never_leaves_a_desynced_connection(db: MariaDB, make: Any) -> None:
+    connections = make({"default": db.settings(CONN_MAX_AGE=60, MAX_CONNS=2)})
+    for n in range(5):
+        async with connections.scope():
+            conn = await connections.connection()
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.05):
+                    await fetch(conn, "SELECT SLEEP(1)")
+        for m in range(3):
+            assert await in_scope(connections, f"SELECT {n * 10 + m}") == n * 10 + m
+    stats = connections.stats()
+    assert stats.closed_unusable + stats.closed_error == 5
+    assert_balanced(stats)
+
+
+async def test_scope_cancelled_mid_query_discards_the_connection(db: MariaDB, make: Any) -> None:
+    connections = make({"default": db.settings(CONN_MAX_AGE=60)})
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.05), connections.scope():
+            await fetch(await connections.connection(), "SELECT SLEEP(1)")
+    stats = connections.stats()
+    assert stats.closed_error == 1 and stats.open == 0
+    assert await in_scope(connections, "SELECT 7") == 7
+
+
+async def test_error_in_scope_checks_the_connection(db: MariaDB, make: Any) -> None:
+    connections = make({"default": db.settings(CONN_MAX_AGE=60)})
+    first = await in_scope(connections, "SELECT CONNECTION_ID()")
+    with pytest.raises(pymysql.err.ProgrammingError):
+        await in_scope(connections, "SELECT * FROM no_such_table")
+    # a SQL error leaves the session usable: it is pinged and kept
+    assert await in_scope(connections, "SELECT CONNECTION_ID()") == first
+    with pytest.raises(ZeroDivisionError):
+        async with connections.scope():
+            conn = await connections.connection()
+            db.sql(f"KILL CONNECTION {first}")
+            1 / 0  # noqa: B018
+    assert connections.stats().closed_unusable == 1
+    assert await in_scope(connections, "SELECT CONNECTION_ID()") != first
+
+
+async def test_max_statement_time_keeps_connection_but_rolls_back(db: MariaDB, make: Any) -> None:
+    """Failure 4: KILL QUERY / max_statement_time leave the session usable and the transaction open."""
+    connections = make({"default": db.settings(CONN_MAX_AGE=60)})
+    async with connections.scope():
+        conn = await connections.connection()
+        thread = conn.thread_id()
+        await conn.begin()
+        with pytest.raises(pymysql.err.OperationalError) as info:
+            await fetch(conn, "SET STATEMENT max_statement_time=0.2 FOR SELECT SLEEP(3)")
+        assert info.value.args[0] == 1969
+    assert connections.stats().rollbacks == 1
+    assert await in_scope(connections, "SELECT CONNECTION_ID()") == thread
+
+
+async def test_scope_errors_and_closed_handler(db: MariaDB, make: Any) -> None:
+    connections = make({"default": db.settings()})
+    with pytest.raises(aconn.ScopeError, match=r"async with connections.scope\(\)"):
+        await connections.connection()
+    await connections.aclose()
+    with pytest.raises(aconn.ClosedError):
+        async with connections.scope():
+            pass
+    with pytest.raises(aconn.ClosedError):
+        await connections.open()
+
+
+async def test_wrong_password_fails_at_once_without_the_password(
+    db: MariaDB, make: Any, aconn_logs: pytest.LogCaptureFixture
+) -> None:
+    connections = make({"default": db.settings(PASSWORD=APP_PASSWORD + "-wrong")})
+    with pytest.raises(pymysql.err.OperationalError) as info:
+        await connections.open()
+    assert info.value.args[0] == 1045
+    assert_no_password(info.value, repr(info.value), aconn_logs.text, connections.settings())
+    assert (APP_PASSWORD + "-wrong") not in str(info.value)
+    stats = connections.stats()
+    assert stats.connect_errors == 1 and stats.open == 0
+
+
+async def test_unreachable_port_fails_fast(make: Any) -> None:
+    from mariadb import free_port
+
+    connections = make({"default": {"ENGINE": "mysql", "PORT": free_port(), "HOST": "127.0.0.1",
+                                    "PASSWORD": APP_PASSWORD}})  # fmt: skip
+    with pytest.raises(pymysql.err.OperationalError) as info:
+        await in_scope(connections, "SELECT 1")
+    assert info.value.args[0] == 2003
+    assert_no_password(info.value)
+    assert_balanced(connections.stats())
+    assert connections.stats().open == 0
+
+
+async def test_connect_to_frozen_server_is_bounded(db: MariaDB, make: Any) -> None:
+    """Failure 13: the handshake of a SIGSTOPped server must not hang the caller."""
+    connections = make({"default": db.settings(CONNECT_TIMEOUT=0.5)})
+    with db.frozen_for_a_while(), pytest.raises(aconn.AcquireTimeout, match="CONNECT_TIMEOUT"):
+        await in_scope(connections, "SELECT 1")
+    assert connections.stats().open == 0
+    assert await in_scope(connections, "SELECT 3") == 3
+
+
+async def test_session_state_changed_by_a_scope_is_restored(db: MariaDB, make: Any) -> None:
+    connections = make({"default": db.settings(CONN_MAX_AGE=60)})
+    async with connections.scope():
+        conn = await connections.connection()
+        await conn.autocommit(False)
+        await fetch(conn, "SELECT 1")
+    async with connections.scope():
+        conn = await connections.connection()
+        assert conn.get_autocommit() is True
+        assert await scalar(conn, "SELECT @@autocommit") == 1
+
+
+async def test_isolation_level_option(db: MariaDB, make: Any) -> None:
+    connections = make({"default": db.settings(OPTIONS={"isolation_level": "read committed"})})
+    assert await in_scope(connections, "SELECT @@SESSION.tx_isolation") == "READ-COMMITTED"
+
+
+async def test_liveness_reads_driver_internals(db: MariaDB, make: Any) -> None:
+    """Fails if aiomysql renames what the mysql backend reads for its no-round-trip checks."""
+    connections = make({"default": db.settings(CONN_MAX_AGE=60)})
+    async with connections.scope():
+        conn = await connections.connection()
+        for attr in ("_writer", "_reader", "_result", "server_status"):
+            assert hasattr(conn, attr), attr
+        assert conn._writer.transport.get_extra_info("socket") is not None
+    backend = connections._pools["default"].backend
+    assert backend.is_dead(conn) is False
+    db.sql(f"KILL CONNECTION {conn.thread_id()}")
+    assert backend.is_dead(conn) is True  # seen by the socket peek, before the loop noticed
+
+
+async def test_logs_never_show_the_password(db: MariaDB, make: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    connections = make({"default": db.settings(CONN_MAX_AGE=0)})
+    for _ in range(3):
+        await in_scope(connections, "SELECT 1")
+    db.sql("SELECT 1")
+    assert_no_password(caplog.text)

@@ -1,0 +1,153 @@
+"""Settings: Django dicts and URLs in, frozen Settings out, precise errors for bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import pytest
+from conftest import assert_no_password
+
+import aconn
+from aconn.settings import parse_settings
+
+SECRET = "hunter2-very-secret"
+
+
+def test_django_entry_pasted_as_is() -> None:
+    s = parse_settings(
+        "default",
+        {
+            "ENGINE": "django.db.backends.mysql", "NAME": "chipdb", "USER": "chip", "PASSWORD": SECRET,
+            "HOST": "db", "PORT": "3307", "CONN_MAX_AGE": 60, "CONN_HEALTH_CHECKS": True,
+            "OPTIONS": {"charset": "utf8mb4"}, "ATOMIC_REQUESTS": False, "TIME_ZONE": None, "TEST": {},
+        },
+    )  # fmt: skip
+    assert (s.engine, s.name, s.user, s.host, s.port) == ("mysql", "chipdb", "chip", "db", 3307)
+    assert s.conn_max_age == 60.0 and s.health_checks is True and s.autocommit is True
+    assert s.options["charset"] == "utf8mb4"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.max_conns = 3  # type: ignore[misc]
+
+
+def test_defaults_follow_django() -> None:
+    s = parse_settings("default", {"ENGINE": "sqlite", "NAME": ":memory:"})
+    assert s.conn_max_age == 0.0 and s.health_checks is False and s.autocommit is True
+    assert (s.max_conns, s.min_conns, s.acquire_timeout, s.connect_timeout) == (10, 0, 30.0, 10.0)
+    assert s.idle_timeout is None and s.leak_timeout is None
+
+
+def test_mysql_url() -> None:
+    s = parse_settings(
+        "replica", f"mysql://ro:{SECRET}@db2:3306/chipdb?conn_max_age=60&health_checks=true&max_conns=4"
+    )
+    assert (s.engine, s.user, s.password, s.host, s.port, s.name) == ("mysql", "ro", SECRET, "db2", 3306, "chipdb")
+    assert s.conn_max_age == 60.0 and s.health_checks is True and s.max_conns == 4
+
+
+def test_url_none_age_and_percent_encoding() -> None:
+    s = parse_settings("a", "mysql://u%40x:p%2Fw@h/db?conn_max_age=none")
+    assert s.user == "u@x" and s.password == "p/w" and s.conn_max_age is None and s.port is None
+
+
+@pytest.mark.parametrize(
+    ("url", "name"),
+    [("sqlite:///var/cache.db", "var/cache.db"), ("sqlite:////tmp/x.db", "/tmp/x.db"), ("sqlite:///:memory:", ":memory:")],
+)
+def test_sqlite_urls(url: str, name: str) -> None:
+    assert parse_settings("cache", url).name == name
+
+
+@pytest.mark.parametrize(
+    ("entry", "key", "fragment"),
+    [
+        ({"ENGINE": "sqlite", "NAME": "x", "MAX_CONN": 3}, "MAX_CONN", "did you mean 'MAX_CONNS'"),
+        ({"ENGINE": "oracle", "NAME": "x"}, "ENGINE", "unsupported engine"),
+        ({"ENGINE": "sqlite", "NAME": "x", "CONN_MAX_AGE": -1}, "CONN_MAX_AGE", "0 or more"),
+        ({"ENGINE": "sqlite", "NAME": "x", "CONN_MAX_AGE": "60"}, "CONN_MAX_AGE", "number of seconds"),
+        ({"ENGINE": "sqlite", "NAME": "x", "CONN_HEALTH_CHECKS": "yes"}, "CONN_HEALTH_CHECKS", "True or False"),
+        ({"ENGINE": "sqlite", "NAME": "x", "MAX_CONNS": 0}, "MAX_CONNS", "at least 1"),
+        ({"ENGINE": "sqlite", "NAME": "x", "MAX_CONNS": True}, "MAX_CONNS", "integer"),
+        ({"ENGINE": "sqlite", "NAME": "x", "MIN_CONNS": 5, "MAX_CONNS": 2}, "MIN_CONNS", "above MAX_CONNS"),
+        ({"ENGINE": "mysql", "PORT": "33o6"}, "PORT", "integer"),
+        ({"ENGINE": "mysql", "PORT": 70000}, "PORT", "between 1 and 65535"),
+        ({"ENGINE": "sqlite", "NAME": "x", "ACQUIRE_TIMEOUT": 0}, "ACQUIRE_TIMEOUT", "above 0"),
+        ({"ENGINE": "sqlite", "NAME": "x", "CONNECT_TIMEOUT": float("nan")}, "CONNECT_TIMEOUT", "finite"),
+        ({"ENGINE": "sqlite"}, "NAME", "file path"),
+        ({"ENGINE": "sqlite", "NAME": "x", "OPTIONS": ["a"]}, "OPTIONS", "dict"),
+    ],
+)
+def test_bad_values_name_alias_and_key(entry: dict[str, object], key: str, fragment: str) -> None:
+    with pytest.raises(aconn.ConfigError) as info:
+        aconn.Connections({"primary": entry})
+    assert info.value.alias == "primary" and info.value.key == key
+    assert "DATABASES['primary']" in str(info.value) and repr(key) in str(info.value) and fragment in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("options", "key"),
+    [({"passwd": "x"}, "OPTIONS.passwd"), ({"autocommit": False}, "OPTIONS.autocommit"), ({"nope": 1}, "OPTIONS.nope"),
+     ({"isolation_level": "chaos"}, "OPTIONS.isolation_level")],
+)  # fmt: skip
+def test_mysql_options_checked_against_the_driver(options: dict[str, object], key: str) -> None:
+    with pytest.raises(aconn.ConfigError) as info:
+        aconn.Connections({"default": {"ENGINE": "mysql", "OPTIONS": options}})
+    assert info.value.key == key
+
+
+def test_sqlite_options_checked() -> None:
+    with pytest.raises(aconn.ConfigError, match="OPTIONS.charset"):
+        aconn.Connections({"default": {"ENGINE": "sqlite", "NAME": "x", "OPTIONS": {"charset": "x"}}})
+
+
+@pytest.mark.parametrize(
+    ("url", "key"),
+    [("mysql://u:p@h/db?conn_max_agee=1", "conn_max_agee"), ("mysql://u:p@h/db?health_checks=maybe", "CONN_HEALTH_CHECKS"),
+     ("postgres://u:p@h/db", "URL"), ("sqlite://relative.db", "URL"), ("nonsense", "URL")],
+)  # fmt: skip
+def test_bad_urls(url: str, key: str) -> None:
+    with pytest.raises(aconn.ConfigError) as info:
+        aconn.Connections({"default": url})
+    assert info.value.key == key
+
+
+def test_bad_port_in_url_keeps_password_out() -> None:
+    with pytest.raises(aconn.ConfigError) as info:
+        aconn.Connections({"default": f"mysql://u:{SECRET}@h:99999999/db"})
+    assert_no_password(info.value, repr(info.value))
+    assert SECRET not in str(info.value)
+
+
+def test_password_never_in_repr_or_str(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    handler = aconn.Connections(
+        {"default": {"ENGINE": "mysql", "PASSWORD": SECRET, "OPTIONS": {"charset": "utf8mb4"}},
+         "b": f"mysql://u:{SECRET}@h/db"}
+    )  # fmt: skip
+    for alias in handler.aliases:
+        s = handler.settings(alias)
+        assert SECRET not in repr(s) and SECRET not in str(s) and SECRET not in s.target
+        assert "***" in repr(s)
+    assert SECRET not in repr(handler)
+    assert SECRET not in caplog.text
+
+
+def test_unknown_alias() -> None:
+    handler = aconn.Connections({"default": "sqlite:///:memory:"})
+    with pytest.raises(aconn.ConfigError, match="no such alias"):
+        handler.stats("nope")
+
+
+def test_backend_class_path() -> None:
+    with pytest.raises(aconn.ConfigError, match="not an aconn Backend"):
+        aconn.Connections({"default": {"ENGINE": "collections.OrderedDict", "NAME": "x"}})
+    handler = aconn.Connections({"default": {"ENGINE": "fakebackend.FakeBackend", "NAME": "x"}})
+    assert handler.settings().engine == "fakebackend.FakeBackend"
+
+
+def test_public_names_exported() -> None:
+    for name in aconn.__all__:
+        assert getattr(aconn, name) is not None
+    assert set(aconn.__all__) >= {"Connections", "AconnError", "ConfigError", "ScopeError", "AcquireTimeout", "ClosedError"}
+    for cls in (aconn.ConfigError, aconn.ScopeError, aconn.AcquireTimeout, aconn.ClosedError):
+        assert issubclass(cls, aconn.AconnError)
