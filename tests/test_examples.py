@@ -1,0 +1,24 @@
+"""The runnable examples run in the test suite."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_quickstart_runs_on_sqlite_with_no_server() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "quickstart.py")],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "-> 1 connection for 3 scopes" in out
+    assert "opened=2 closed_max_age=2 open now=0" in out
+    assert "reused within the age: True; replaced after it: True" in out
+    assert "got a new connection: True" in out
+    assert "rows with n=99 afterwards: 0; rollbacks: 1" in out
+    assert "every connection is closed: True" in out
