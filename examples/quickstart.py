@@ -51,12 +51,16 @@ async def main(url: str | None = None) -> None:
         print(f"   -> {len(seen)} connection for 3 scopes; stats: opened={connections.stats().opened}")
 
         print("2. CONN_MAX_AGE=0: a fresh connection per scope, closed at exit")
+        before = connections.stats("scratch")
         for i in range(2):
             async with connections.scope():
                 conn = await connections.connection("scratch")
                 print(f"   scope {i}: connection {id(conn):#x}")
         s = connections.stats("scratch")
-        print(f"   -> opened={s.opened} closed_max_age={s.closed_max_age} open now={s.open}")
+        print(
+            f"   -> opened={s.opened - before.opened} closed_max_age={s.closed_max_age - before.closed_max_age}"
+            f" open now={s.open}"
+        )
 
         print("3. past its max age (0.2 s), a connection is replaced at the next scope")
         async with connections.scope():
