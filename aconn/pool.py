@@ -445,15 +445,15 @@ class Pool:
 
     def _discard(self, holder: Holder, reason: str, exc: BaseException | None = None) -> None:
         """Close a connection that is not in use (idle, or just failed a check), in the background."""
+        self._count_closed(holder, reason)
         if self.backend.is_dead(holder.conn, peek=False) or exc is not None:
-            self._count_closed(holder, reason)
             holder.state = _CLOSING
             self.backend.abort(holder.conn)
             self._release_slot()
             return
         self._closing += 1
         holder.state = _CLOSING
-        task = asyncio.get_running_loop().create_task(self._close_counted(holder, reason))
+        task = asyncio.get_running_loop().create_task(self._finish_close(holder))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -463,10 +463,11 @@ class Pool:
             self._in_use -= 1
         self._closing += 1
         holder.state = _CLOSING
-        await self._close_counted(holder, reason)
-
-    async def _close_counted(self, holder: Holder, reason: str) -> None:
         self._count_closed(holder, reason)
+        await self._finish_close(holder)
+
+    async def _finish_close(self, holder: Holder) -> None:
+        """The I/O half of a close already decided and counted; frees the slot at the end."""
         try:
             async with asyncio.timeout(CLEANUP_TIMEOUT):
                 await self.backend.close(holder.conn)
@@ -522,7 +523,8 @@ class Pool:
         for holder in idle:
             self._closing += 1
             holder.state = _CLOSING
-            closes.append(self._close_counted(holder, "shutdown"))
+            self._count_closed(holder, "shutdown")
+            closes.append(self._finish_close(holder))
         await asyncio.gather(*closes, *self._background, return_exceptions=True)
 
     async def fill(self) -> None:

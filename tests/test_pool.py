@@ -1,0 +1,370 @@
+"""Pool logic, deterministically, on the controllable fake backend.
+
+Cancels at every await point of acquire, health check, release and close,
+and checks afterwards that the counts balance, the cap held, and that no
+desynced connection is handed out again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from conftest import assert_balanced
+from fakebackend import FakeBackend, FakeConn
+
+import aconn
+
+ENGINE = "fakebackend.FakeBackend"
+
+
+@pytest.fixture(autouse=True)
+def _reset_fake() -> None:
+    FakeBackend.reset()
+
+
+@pytest.fixture
+async def fake(make: Any) -> AsyncIterator[Any]:
+    def build(**settings: Any) -> aconn.Connections:
+        entry = {"ENGINE": ENGINE, "NAME": "fake", "CONN_MAX_AGE": 60, **settings}
+        return make({"default": entry})
+
+    yield build
+
+
+async def use(connections: aconn.Connections, n: int, *, delay: float = 0) -> int:
+    async with connections.scope():
+        conn: FakeConn = await connections.connection()
+        return await conn.query(n, delay=delay)
+
+
+def check(connections: aconn.Connections) -> aconn.PoolStats:
+    stats = connections.stats()
+    assert_balanced(stats)
+    assert len(FakeBackend.live()) == stats.open - stats.opening, (stats, FakeBackend.live())
+    return stats
+
+
+async def eventually(predicate: Any, timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.001)
+
+
+async def test_waiters_are_served_first_in_first_out(fake: Any) -> None:
+    connections = fake(MAX_CONNS=1)
+    order: list[int] = []
+    release = asyncio.Event()
+
+    async def holder() -> None:
+        async with connections.scope():
+            await connections.connection()
+            await release.wait()
+
+    async def waiter(i: int) -> None:
+        async with connections.scope():
+            await connections.connection()
+            order.append(i)
+
+    hold = asyncio.create_task(holder())
+    await eventually(lambda: connections.stats().in_use == 1)
+    tasks = []
+    for i in range(5):
+        tasks.append(asyncio.create_task(waiter(i)))
+        await eventually(lambda i=i: connections.stats().waiting == i + 1)
+    release.set()
+    await asyncio.gather(hold, *tasks)
+    assert order == [0, 1, 2, 3, 4]
+    stats = check(connections)
+    assert stats.opened == 1 and stats.acquire_waits == 5 and stats.acquire_wait_max_s > 0
+
+
+async def test_cancelled_waiter_does_not_swallow_the_connection(fake: Any) -> None:
+    connections = fake(MAX_CONNS=1)
+    release = asyncio.Event()
+
+    async def holder() -> None:
+        async with connections.scope():
+            await connections.connection()
+            await release.wait()
+
+    hold = asyncio.create_task(holder())
+    await eventually(lambda: connections.stats().in_use == 1)
+    first = asyncio.create_task(use(connections, 1))
+    await eventually(lambda: connections.stats().waiting == 1)
+    second = asyncio.create_task(use(connections, 2))
+    await eventually(lambda: connections.stats().waiting == 2)
+    first.cancel()
+    release.set()
+    assert await second == 2
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    await hold
+    assert check(connections).idle == 1
+
+
+async def test_grant_racing_a_cancellation_is_passed_on(fake: Any) -> None:
+    """The connection is handed to a waiter that is cancelled before it resumes."""
+    connections = fake(MAX_CONNS=1)
+    async with connections.scope():
+        await connections.connection()
+        doomed = asyncio.create_task(use(connections, 1))
+        await eventually(lambda: connections.stats().waiting == 1)
+    # the scope exit (no I/O: no suspension) handed the connection to the waiter; cancel it now
+    doomed.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await doomed
+    stats = check(connections)
+    assert stats.idle == 1 and stats.in_use == 0
+    assert await use(connections, 5) == 5
+
+
+async def test_acquire_timeout_names_alias_cap_and_holders(fake: Any) -> None:
+    connections = fake(MAX_CONNS=1, ACQUIRE_TIMEOUT=0.05)
+    release = asyncio.Event()
+
+    async def holder() -> None:
+        async with connections.scope():
+            await connections.connection()
+            await release.wait()
+
+    hold = asyncio.create_task(holder(), name="report-builder")
+    await eventually(lambda: connections.stats().in_use == 1)
+    with pytest.raises(aconn.AcquireTimeout) as info:
+        await use(connections, 1)
+    message = str(info.value)
+    for fragment in ("'default'", "MAX_CONNS=1", "1 in use", "1 waiting", "report-builder", "ACQUIRE_TIMEOUT=0.05"):
+        assert fragment in message, message
+    release.set()
+    await hold
+    stats = check(connections)
+    assert stats.acquire_timeouts == 1 and stats.waiting == 0
+
+
+async def test_slow_connect_does_not_block_a_free_connection(fake: Any) -> None:
+    """Failure 15: no decision lock held across I/O."""
+    connections = fake(MAX_CONNS=3)
+    assert await use(connections, 0) == 0  # one idle connection
+    gate = FakeBackend.gates["connect"] = asyncio.Event()
+    entered = FakeBackend.entered["connect"] = asyncio.Event()
+    release = asyncio.Event()
+
+    async def hold_idle_one() -> None:
+        async with connections.scope():
+            await connections.connection()
+            await release.wait()
+
+    holding = asyncio.create_task(hold_idle_one())
+    await eventually(lambda: connections.stats().in_use == 1)
+    stuck = asyncio.create_task(use(connections, 1))  # must open a new one: blocks in connect
+    await entered.wait()
+    release.set()
+    await holding
+    async with asyncio.timeout(1):
+        assert await use(connections, 2) == 2  # served from the idle set while the connect hangs
+    assert not stuck.done()
+    gate.set()
+    assert await stuck == 1
+    check(connections)
+
+
+@pytest.mark.parametrize("point", ["connect", "ping", "rollback", "close", "wait"])
+async def test_cancel_at_each_await_point(fake: Any, point: str) -> None:
+    connections = fake(MAX_CONNS=2, CONN_HEALTH_CHECKS=True)
+    gate = asyncio.Event()
+    entered = asyncio.Event()
+    release = asyncio.Event()
+    blockers: list[asyncio.Task[Any]] = []
+
+    async def scope_body() -> None:
+        async with connections.scope():
+            conn: FakeConn = await connections.connection()
+            if point == "rollback":
+                conn.in_tx = True
+            await conn.query(1)
+
+    if point in ("ping", "rollback", "close"):
+        await use(connections, 0)  # an idle connection to ping / roll back / close
+        connections._pools["default"]._idle[-1].last_used -= 1  # past the ping bypass window
+    if point == "close":
+        connections._pools["default"]._idle[-1].close_at = 0  # expired: closed at the next acquire
+        connections._pools["default"].settings.__class__  # noqa: B018
+    if point == "wait":
+
+        async def hold() -> None:
+            async with connections.scope():
+                await connections.connection()
+                entered.set()
+                await release.wait()
+
+        blockers = [asyncio.create_task(hold()) for _ in range(2)]
+        await eventually(lambda: connections.stats().in_use == 2)
+        entered.clear()
+        victim = asyncio.create_task(scope_body())
+        await eventually(lambda: connections.stats().waiting == 1)
+    else:
+        FakeBackend.gates[point] = gate
+        FakeBackend.entered[point] = entered
+        victim = asyncio.create_task(scope_body())
+        await entered.wait()
+    victim.cancel()
+    gate.set()
+    release.set()
+    results = await asyncio.gather(victim, *blockers, return_exceptions=True)
+    assert isinstance(results[0], asyncio.CancelledError) or point == "close"
+    await eventually(lambda: connections.stats().closing == 0)
+    stats = check(connections)
+    assert stats.in_use == 0 and stats.waiting == 0 and stats.open <= 2
+    assert all(not c.desynced for c in FakeBackend.live())
+    for n in range(10):
+        assert await use(connections, n) == n
+    check(connections)
+
+
+async def test_random_cancellations_keep_the_pool_consistent(fake: Any) -> None:
+    connections = fake(MAX_CONNS=4, CONN_HEALTH_CHECKS=True)
+    rng = random.Random(7)
+
+    async def one(i: int) -> None:
+        conn_delay = rng.random() * 0.004
+        async with asyncio.timeout(rng.random() * 0.006):
+            assert await use(connections, i, delay=conn_delay) == i
+
+    results: list[Any] = []
+    for batch in range(0, 1000, 10):  # ten at a time over four connections
+        results += await asyncio.gather(*(one(i) for i in range(batch, batch + 10)), return_exceptions=True)
+    assert all(r is None or isinstance(r, TimeoutError) for r in results), {type(r) for r in results}
+    assert any(isinstance(r, TimeoutError) for r in results) and any(r is None for r in results)
+    await eventually(lambda: connections.stats().closing == 0)
+    stats = check(connections)
+    assert stats.in_use == 0 and stats.waiting == 0
+    assert max(len(FakeBackend.live()), stats.open) <= 4
+    for n in range(100):
+        assert await use(connections, n) == n
+    check(connections)
+
+
+async def test_refused_connects_are_retried_within_the_deadline(fake: Any, aconn_logs: Any) -> None:
+    connections = fake(MAX_CONNS=2, ACQUIRE_TIMEOUT=5)
+    FakeBackend.failures["connect"] = OSError("refused: too many connections")
+    entered = FakeBackend.entered["connect"] = asyncio.Event()
+    task = asyncio.create_task(use(connections, 3))
+    await entered.wait()
+    await eventually(lambda: connections.stats().connect_errors >= 2)
+    del FakeBackend.failures["connect"]
+    assert await task == 3
+    assert "retrying with backoff" in aconn_logs.text
+    check(connections)
+
+
+async def test_refused_until_the_deadline_explains_the_budget(fake: Any) -> None:
+    connections = fake(MAX_CONNS=3, ACQUIRE_TIMEOUT=0.3)
+    FakeBackend.failures["connect"] = OSError("refused: too many connections")
+    with pytest.raises(aconn.AcquireTimeout, match=r"processes x MAX_CONNS") as info:
+        await use(connections, 1)
+    assert "MAX_CONNS=3" in str(info.value)
+    stats = check(connections)
+    assert stats.open == 0 and stats.connect_errors >= 2
+
+
+async def test_failed_connect_passes_the_slot_on(fake: Any) -> None:
+    connections = fake(MAX_CONNS=1)
+    FakeBackend.failures["connect"] = ConnectionError("server down")
+    with pytest.raises(ConnectionError):
+        await use(connections, 1)
+    del FakeBackend.failures["connect"]
+    assert await use(connections, 2) == 2
+    assert check(connections).connect_errors == 1
+
+
+async def test_child_tasks_never_share_the_scope_connection(fake: Any) -> None:
+    connections = fake(MAX_CONNS=4)
+
+    async def child_without_scope(n: int) -> int:
+        conn: FakeConn = await connections.connection()
+        return await conn.query(n)
+
+    async def child_with_scope(n: int) -> tuple[int, int]:
+        async with connections.scope():
+            conn: FakeConn = await connections.connection()
+            return await conn.query(n, delay=0.001), conn.id
+
+    async with connections.scope():
+        parent: FakeConn = await connections.connection()
+        with pytest.raises(aconn.ScopeError, match="open a scope of its own|Open a scope of its own"):
+            await asyncio.gather(child_without_scope(1), child_without_scope(2))
+        results = await asyncio.gather(*(child_with_scope(n) for n in range(6)))
+        assert [r[0] for r in results] == list(range(6))
+        assert parent.id not in {r[1] for r in results}
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(child_with_scope(n)) for n in range(3)]
+        assert [t.result()[0] for t in tasks] == [0, 1, 2]
+        assert await parent.query(42) == 42
+    assert not any(c.desynced for c in FakeBackend.opened)
+    check(connections)
+
+
+async def test_leak_timeout_warns_with_task_and_stack(fake: Any, aconn_logs: Any) -> None:
+    connections = fake(LEAK_TIMEOUT=0.01)
+
+    async def forgetful_job() -> None:
+        async with connections.scope():
+            await connections.connection()
+            await eventually(lambda: connections.stats().leaks_detected == 1)
+
+    await asyncio.create_task(forgetful_job(), name="forgetful-job")
+    record = next(r for r in aconn_logs.records if "LEAK_TIMEOUT" in r.getMessage())
+    assert record.levelno == logging.WARNING
+    assert "forgetful-job" in record.getMessage() and "forgetful_job" in record.getMessage()
+
+
+async def test_idle_limit_from_the_server(fake: Any) -> None:
+    FakeBackend.idle_timeout = 10.0
+    connections = fake(CONN_MAX_AGE=None)
+    await use(connections, 1)
+    holder = connections._pools["default"]._idle[-1]
+    assert holder.idle_limit == 8.0
+    holder.last_used -= 9
+    await use(connections, 2)
+    assert connections.stats().closed_idle == 1
+
+
+def test_handler_from_another_event_loop_is_refused() -> None:
+    connections = aconn.Connections({"default": {"ENGINE": ENGINE, "NAME": "x", "CONN_MAX_AGE": 60}})
+    asyncio.run(use(connections, 1))
+
+    async def second_run() -> None:
+        with pytest.raises(aconn.AconnError, match="another event loop"):
+            await use(connections, 2)
+
+    asyncio.run(second_run())
+    connections._closed = True  # its loop is gone; nothing left to close politely
+
+
+async def test_aclose_waits_for_scopes_in_flight(fake: Any) -> None:
+    connections = fake()
+    await connections.open()
+    release = asyncio.Event()
+
+    async def request() -> int:
+        async with connections.scope():
+            conn: FakeConn = await connections.connection()
+            await release.wait()
+            return await conn.query(3)
+
+    task = asyncio.create_task(request())
+    await eventually(lambda: connections.stats().in_use == 1)
+    closing = asyncio.create_task(connections.aclose())
+    await eventually(lambda: connections._closing)
+    with pytest.raises(aconn.ClosedError):
+        async with connections.scope():
+            pass
+    assert not closing.done()
+    release.set()
+    assert await task == 3
+    await closing
+    assert connections.stats().open == 0 and FakeBackend.live() == []
