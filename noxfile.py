@@ -7,6 +7,7 @@ import nox
 nox.options.sessions = ["tests", "lint", "typecheck"]
 nox.options.reuse_existing_virtualenvs = True
 
+
 @nox.session
 def demo(session: nox.Session) -> None:
     """The quickstart on the embedded SQLite default: no server needed."""

@@ -106,8 +106,9 @@ class Connections:
                             self._drained.clear()
                 except TimeoutError:
                     logger.warning(
-                        "aconn: %d scope(s) still running after %gs; their connections "
-                        "close when they exit", self._active_scopes - own, timeout,
+                        "aconn: %d scope(s) still running after %gs; their connections close when they exit",
+                        self._active_scopes - own,
+                        timeout,
                     )
             if self._housekeeper is not None:
                 await self._housekeeper.stop()
@@ -249,9 +250,7 @@ class Connections:
         try:
             return self._pools[alias]
         except KeyError:
-            raise ConfigError(
-                alias, None, f"no such alias; configured: {', '.join(map(repr, self._pools))}"
-            ) from None
+            raise ConfigError(alias, None, f"no such alias; configured: {', '.join(map(repr, self._pools))}") from None
 
     # -- frameworks -----------------------------------------------------------------------
 

@@ -67,9 +67,12 @@ class Housekeeper:
                     failures += 1
                     if failures == 1 or math.log2(failures).is_integer():
                         logger.warning(
-                            "aconn alias %r: cannot keep MIN_CONNS=%d open (%s); retrying "
-                            "(attempt %d, next in %.1fs)", pool.alias, pool.settings.min_conns,
-                            _safe(exc), failures, backoff,
+                            "aconn alias %r: cannot keep MIN_CONNS=%d open (%s); retrying (attempt %d, next in %.1fs)",
+                            pool.alias,
+                            pool.settings.min_conns,
+                            _safe(exc),
+                            failures,
+                            backoff,
                         )
                     delay = backoff
                     backoff = min(backoff * 2, MAX_REFILL_BACKOFF)

@@ -49,8 +49,16 @@ class Holder:
     """One pooled connection, its state and its timestamps."""
 
     __slots__ = (
-        "close_at", "conn", "idle_limit", "last_used", "leak_timer",
-        "opened_at", "state", "task", "taken_at", "taken_stack",
+        "close_at",
+        "conn",
+        "idle_limit",
+        "last_used",
+        "leak_timer",
+        "opened_at",
+        "state",
+        "taken_at",
+        "taken_stack",
+        "task",
     )  # fmt: skip
 
     def __init__(self, conn: Any, now: float, close_at: float, idle_limit: float) -> None:
@@ -101,9 +109,7 @@ class Pool:
         self._health_checks = settings.health_checks
         self._warned_idle_limit = False
         self._c_opened = 0
-        self._c_closed: dict[str, int] = dict.fromkeys(
-            ("max_age", "idle", "unusable", "error", "shutdown"), 0
-        )
+        self._c_closed: dict[str, int] = dict.fromkeys(("max_age", "idle", "unusable", "error", "shutdown"), 0)
         self._c_pings = 0
         self._c_pings_failed = 0
         self._c_rollbacks = 0
@@ -232,9 +238,7 @@ class Pool:
             self._put_back(granted)
 
     def _timeout_message(self) -> str:
-        holders = sorted(
-            {h.task.get_name() if h.task is not None else "?" for h in self._busy}
-        )
+        holders = sorted({h.task.get_name() if h.task is not None else "?" for h in self._busy})
         shown = ", ".join(holders[:10]) + (f" and {len(holders) - 10} more" if len(holders) > 10 else "")
         return (
             f"aconn alias {self.alias!r}: no connection within ACQUIRE_TIMEOUT="
@@ -279,7 +283,10 @@ class Pool:
                     if refused == 1:
                         logger.warning(
                             "aconn alias %r: server refused a new connection (%s); retrying "
-                            "with backoff for up to %.1fs", self.alias, exc, remaining,
+                            "with backoff for up to %.1fs",
+                            self.alias,
+                            exc,
+                            remaining,
                         )
                     await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
                     backoff = min(backoff * 2, MAX_BACKOFF)
@@ -315,8 +322,12 @@ class Pool:
                 logger.warning(
                     "aconn alias %r: CONN_MAX_AGE=%s is not below the server's wait_timeout=%gs; "
                     "aconn retires idle connections after %gs, but set CONN_MAX_AGE below %g "
-                    "or enable CONN_HEALTH_CHECKS", self.alias, max_age, limits.idle_timeout,
-                    idle_limit, idle_limit,
+                    "or enable CONN_HEALTH_CHECKS",
+                    self.alias,
+                    max_age,
+                    limits.idle_timeout,
+                    idle_limit,
+                    idle_limit,
                 )
         return close_at, idle_limit
 
@@ -336,9 +347,7 @@ class Pool:
         leak_timeout = self.settings.leak_timeout
         if leak_timeout is not None:
             holder.taken_stack = traceback.format_stack(limit=16)[:-2]
-            holder.leak_timer = asyncio.get_running_loop().call_later(
-                leak_timeout, self._leaked, holder
-            )
+            holder.leak_timer = asyncio.get_running_loop().call_later(leak_timeout, self._leaked, holder)
         return holder
 
     def _leaked(self, holder: Holder) -> None:
@@ -347,8 +356,11 @@ class Pool:
         task = holder.task.get_name() if holder.task is not None else "?"
         logger.warning(
             "aconn alias %r: a connection has been held by task %r for more than "
-            "LEAK_TIMEOUT=%gs; it was taken at:\n%s", self.alias, task,
-            self.settings.leak_timeout, "".join(holder.taken_stack or ()),
+            "LEAK_TIMEOUT=%gs; it was taken at:\n%s",
+            self.alias,
+            task,
+            self.settings.leak_timeout,
+            "".join(holder.taken_stack or ()),
         )
 
     # -- release --------------------------------------------------------------------------
@@ -485,8 +497,10 @@ class Pool:
             level = logging.DEBUG if reason == "max_age" and self.settings.conn_max_age == 0 else logging.INFO
             logger.log(
                 level,
-                "aconn alias %r: closed a connection (%s) after %.1fs", self.alias,
-                _REASONS[reason], monotonic() - holder.opened_at,
+                "aconn alias %r: closed a connection (%s) after %.1fs",
+                self.alias,
+                _REASONS[reason],
+                monotonic() - holder.opened_at,
             )
 
     def sweep(self) -> None:
@@ -508,9 +522,7 @@ class Pool:
 
     def next_expiry(self) -> float:
         """When the earliest idle connection expires (monotonic time), ``inf`` if none."""
-        return min(
-            (min(h.close_at, h.last_used + h.idle_limit) for h in self._idle), default=math.inf
-        )
+        return min((min(h.close_at, h.last_used + h.idle_limit) for h in self._idle), default=math.inf)
 
     async def close(self) -> None:
         """Close the idle connections and refuse new acquires; busy ones close at release."""
@@ -585,4 +597,3 @@ _REASONS = {
     "error": "saw an error, a cancellation or a timeout",
     "shutdown": "shutdown",
 }
-

@@ -77,9 +77,7 @@ class Settings:
     leak_timeout: float | None = None
 
     def __repr__(self) -> str:
-        shown = {
-            k: ("***" if k in SECRET_OPTIONS else v) for k, v in self.options.items()
-        }
+        shown = {k: ("***" if k in SECRET_OPTIONS else v) for k, v in self.options.items()}
         return (
             f"Settings(alias={self.alias!r}, engine={self.engine!r}, name={self.name!r}, "
             f"user={self.user!r}, password={'***' if self.password else ''!r}, "
@@ -290,7 +288,9 @@ def _url_to_dict(alias: str, url: str) -> dict[str, Any]:
             port = parts.port
         except ValueError as exc:
             # the message of urllib's error may quote the URL: keep the password out
-            raise ConfigError(alias, "URL", f"cannot parse the URL: invalid host or port ({type(exc).__name__})") from None
+            raise ConfigError(
+                alias, "URL", f"cannot parse the URL: invalid host or port ({type(exc).__name__})"
+            ) from None
         query = parts.query
         entry["USER"] = unquote(parts.username or "")
         entry["PASSWORD"] = unquote(parts.password or "")

@@ -13,8 +13,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import aconn  # noqa: E402
-from mariadb import APP_PASSWORD, MariaDB, find_binary  # noqa: E402
+from mariadb import APP_PASSWORD, MariaDB, find_binary
+
+import aconn
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

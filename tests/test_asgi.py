@@ -25,7 +25,7 @@ import aconn
 from aconn.asgi import ConnectionsMiddleware
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from examples.asgi_app import create_app  # noqa: E402
+from examples.asgi_app import create_app
 
 
 @contextlib.asynccontextmanager

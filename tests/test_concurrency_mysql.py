@@ -97,9 +97,8 @@ async def test_random_cancellations_against_the_server(db: MariaDB, make: Any) -
                 assert await scalar(conn, "SELECT %s", (n + 1,)) == n + 1
 
     outcomes: list[Any] = []
-    with ProcesslistSampler(db) as sampler:
-        for batch in range(0, 1000, 20):
-            outcomes += await asyncio.gather(*(one(n) for n in range(batch, batch + 20)), return_exceptions=True)
+    for batch in range(0, 1000, 20):
+        outcomes += await asyncio.gather(*(one(n) for n in range(batch, batch + 20)), return_exceptions=True)
     assert all(o is None or isinstance(o, TimeoutError) for o in outcomes), {repr(o) for o in outcomes if o}
     assert sum(o is None for o in outcomes) > 0 and sum(isinstance(o, TimeoutError) for o in outcomes) > 0
     await asyncio.gather(*connections._pools["default"]._background)
@@ -108,7 +107,8 @@ async def test_random_cancellations_against_the_server(db: MariaDB, make: Any) -
     assert stats.in_use == 0 and stats.waiting == 0
     for n in range(100):
         assert await in_scope(connections, f"SELECT {n}") == n
-    assert max(sampler.samples) <= 4
+    # A session whose statement was cancelled lingers on the server until the statement ends
+    # (MariaDB notices the closed socket only then), so the processlist is checked afterwards.
     assert len(db.wait_app_threads(lambda t: len(t) <= 4)) <= 4
 
 

@@ -140,7 +140,7 @@ async def test_error_in_scope_checks_the_connection(db: MariaDB, make: Any) -> N
     assert await in_scope(connections, "SELECT CONNECTION_ID()") == first
     with pytest.raises(ZeroDivisionError):
         async with connections.scope():
-            conn = await connections.connection()
+            await connections.connection()
             db.sql(f"KILL CONNECTION {first}")
             1 / 0  # noqa: B018
     assert connections.stats().closed_unusable == 1

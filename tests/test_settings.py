@@ -38,9 +38,7 @@ def test_defaults_follow_django() -> None:
 
 
 def test_mysql_url() -> None:
-    s = parse_settings(
-        "replica", f"mysql://ro:{SECRET}@db2:3306/chipdb?conn_max_age=60&health_checks=true&max_conns=4"
-    )
+    s = parse_settings("replica", f"mysql://ro:{SECRET}@db2:3306/chipdb?conn_max_age=60&health_checks=true&max_conns=4")
     assert (s.engine, s.user, s.password, s.host, s.port, s.name) == ("mysql", "ro", SECRET, "db2", 3306, "chipdb")
     assert s.conn_max_age == 60.0 and s.health_checks is True and s.max_conns == 4
 
@@ -52,7 +50,11 @@ def test_url_none_age_and_percent_encoding() -> None:
 
 @pytest.mark.parametrize(
     ("url", "name"),
-    [("sqlite:///var/cache.db", "var/cache.db"), ("sqlite:////tmp/x.db", "/tmp/x.db"), ("sqlite:///:memory:", ":memory:")],
+    [
+        ("sqlite:///var/cache.db", "var/cache.db"),
+        ("sqlite:////tmp/x.db", "/tmp/x.db"),
+        ("sqlite:///:memory:", ":memory:"),
+    ],
 )
 def test_sqlite_urls(url: str, name: str) -> None:
     assert parse_settings("cache", url).name == name
@@ -96,15 +98,20 @@ def test_mysql_options_checked_against_the_driver(options: dict[str, object], ke
 
 
 def test_sqlite_options_checked() -> None:
-    with pytest.raises(aconn.ConfigError, match="OPTIONS.charset"):
+    with pytest.raises(aconn.ConfigError, match=r"OPTIONS\.charset"):
         aconn.Connections({"default": {"ENGINE": "sqlite", "NAME": "x", "OPTIONS": {"charset": "x"}}})
 
 
 @pytest.mark.parametrize(
     ("url", "key"),
-    [("mysql://u:p@h/db?conn_max_agee=1", "conn_max_agee"), ("mysql://u:p@h/db?health_checks=maybe", "CONN_HEALTH_CHECKS"),
-     ("postgres://u:p@h/db", "URL"), ("sqlite://relative.db", "URL"), ("nonsense", "URL")],
-)  # fmt: skip
+    [
+        ("mysql://u:p@h/db?conn_max_agee=1", "conn_max_agee"),
+        ("mysql://u:p@h/db?health_checks=maybe", "CONN_HEALTH_CHECKS"),
+        ("postgres://u:p@h/db", "URL"),
+        ("sqlite://relative.db", "URL"),
+        ("nonsense", "URL"),
+    ],
+)
 def test_bad_urls(url: str, key: str) -> None:
     with pytest.raises(aconn.ConfigError) as info:
         aconn.Connections({"default": url})
@@ -148,6 +155,13 @@ def test_backend_class_path() -> None:
 def test_public_names_exported() -> None:
     for name in aconn.__all__:
         assert getattr(aconn, name) is not None
-    assert set(aconn.__all__) >= {"Connections", "AconnError", "ConfigError", "ScopeError", "AcquireTimeout", "ClosedError"}
+    assert set(aconn.__all__) >= {
+        "Connections",
+        "AconnError",
+        "ConfigError",
+        "ScopeError",
+        "AcquireTimeout",
+        "ClosedError",
+    }
     for cls in (aconn.ConfigError, aconn.ScopeError, aconn.AcquireTimeout, aconn.ClosedError):
         assert issubclass(cls, aconn.AconnError)

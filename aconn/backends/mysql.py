@@ -37,10 +37,7 @@ _RETRY_CODES = frozenset({1040, 1203})
 _MSG_PEEK_DONTWAIT = socket.MSG_PEEK | socket.MSG_DONTWAIT
 _IN_TRANS = SERVER_STATUS.SERVER_STATUS_IN_TRANS
 _AUTOCOMMIT = SERVER_STATUS.SERVER_STATUS_AUTOCOMMIT
-_LIMITS_SQL = (
-    "SELECT @@SESSION.wait_timeout, @@GLOBAL.max_connections, "
-    "@@GLOBAL.max_user_connections, VERSION()"
-)
+_LIMITS_SQL = "SELECT @@SESSION.wait_timeout, @@GLOBAL.max_connections, @@GLOBAL.max_user_connections, VERSION()"
 
 
 class MySQLBackend(Backend):
@@ -83,7 +80,8 @@ class MySQLBackend(Backend):
             await conn._connect()
             if self._tls_required and conn._writer.get_extra_info("ssl_object") is None:
                 raise pymysql.err.OperationalError(
-                    2026, f"TLS was requested (OPTIONS['ssl']) but the session to {self.settings.target} is not encrypted"
+                    2026,
+                    f"TLS was requested (OPTIONS['ssl']) but the session to {self.settings.target} is not encrypted",
                 )
             async with conn.cursor() as cur:
                 if self._setup_sql:
