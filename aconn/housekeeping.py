@@ -27,6 +27,8 @@ logger = logging.getLogger("aconn")
 MAX_INTERVAL = 30.0
 #: and at most this often
 MIN_INTERVAL = 0.05
+#: with MIN_CONNS to keep, this often (a sweep is timestamps and socket peeks: no round trip)
+WARM_INTERVAL = 1.0
 #: backoff ceiling while the server refuses MIN_CONNS refills
 MAX_REFILL_BACKOFF = 30.0
 
@@ -57,9 +59,10 @@ class Housekeeper:
     async def _tend(self, pool: Pool) -> None:
         backoff = MAX_BACKOFF / 4
         failures = 0
+        idle_delay = _interval(pool)
         while not pool.closed:
             pool.sweep()
-            delay = MAX_INTERVAL
+            delay = idle_delay
             if pool._size < pool.settings.min_conns and pool._waiting == 0:
                 try:
                     await pool.fill()
@@ -84,6 +87,25 @@ class Housekeeper:
                     continue  # open the next one at once
             due = pool.next_expiry() - monotonic()
             await anyio.sleep(max(MIN_INTERVAL, min(delay, due)))
+            idle_delay = _interval(pool)  # the server's limits are known once a connection opened
+
+
+def _interval(pool: Pool) -> float:
+    """How long to sleep with nothing due: half the shortest lifetime a connection may have.
+
+    A connection returned to the idle set after the housekeeper went to sleep
+    is retired at most this late (and is checked at hand-out anyway).
+    """
+    settings = pool.settings
+    lifetimes = [MAX_INTERVAL * 2]
+    if settings.conn_max_age:
+        lifetimes.append(settings.conn_max_age)
+    if settings.idle_timeout:
+        lifetimes.append(settings.idle_timeout)
+    if pool.limits is not None and pool.limits.idle_timeout:
+        lifetimes.append(pool.limits.idle_timeout)
+    interval = max(MIN_INTERVAL, min(lifetimes) / 2)
+    return min(interval, WARM_INTERVAL) if settings.min_conns else interval
 
 
 def _safe(exc: Any) -> str:

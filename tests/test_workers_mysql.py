@@ -1,0 +1,82 @@
+"""Worker loops and housekeeping against the real server (issue: workers)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+from conftest import assert_balanced
+from helpers import fetch, scalar
+from mariadb import MariaDB
+
+pytestmark = pytest.mark.mysql
+
+
+async def wait_for(predicate: Any, timeout: float = 15.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize("health_checks", [False, True])
+async def test_worker_idling_past_wait_timeout(
+    db: MariaDB, make: Any, health_checks: bool, aconn_logs: pytest.LogCaptureFixture
+) -> None:
+    connections = make(
+        {"default": db.settings(CONN_MAX_AGE=None, CONN_HEALTH_CHECKS=health_checks,
+                                OPTIONS={"init_command": "SET SESSION wait_timeout=1"})}
+    )  # fmt: skip
+
+    @connections.scoped
+    async def job(n: int) -> int:
+        return int(await scalar(await connections.connection(), "SELECT %s", (n,)))
+
+    assert await job(1) == 1
+    await asyncio.sleep(1.5)  # the worker idles longer than wait_timeout: the condition under test
+    assert await job(2) == 2
+    assert "idle past the idle limit" in aconn_logs.text or "found dead by a check" in aconn_logs.text
+
+
+async def test_min_conns_kept_warm_and_refilled(db: MariaDB, make: Any) -> None:
+    connections = make({"default": db.settings(CONN_MAX_AGE=60, MIN_CONNS=3)})
+    await connections.open()
+    await wait_for(lambda: len(db.app_threads()) == 3)
+    assert connections.stats().idle == 3
+    killed = set(db.app_threads())
+    db.kill_app_sessions()
+    await wait_for(lambda: len(db.app_threads()) == 3 and not killed & set(db.app_threads()))
+    await wait_for(lambda: connections.stats().idle == 3)
+    assert connections.stats().closed_unusable == 3
+    assert_balanced(connections.stats())
+    await connections.aclose()
+    assert db.wait_app_threads(lambda t: not t) == []
+
+
+async def test_housekeeper_backs_off_while_the_server_is_down(
+    db: MariaDB, make: Any, aconn_logs: pytest.LogCaptureFixture
+) -> None:
+    connections = make({"default": db.settings(CONN_MAX_AGE=60, MIN_CONNS=2, CONNECT_TIMEOUT=1)})
+    await connections.open()
+    await wait_for(lambda: connections.stats().idle == 2)
+    await asyncio.to_thread(db.stop)
+    await wait_for(lambda: connections.stats().connect_errors >= 3)
+    errors_after_a_while = connections.stats().connect_errors
+    warnings = [r for r in aconn_logs.records if "cannot keep MIN_CONNS" in r.getMessage()]
+    assert 1 <= len(warnings) <= 3  # backed off and logged sparsely, not a flood
+    assert errors_after_a_while < 10
+    await asyncio.to_thread(db.start)
+    await wait_for(lambda: connections.stats().idle == 2 and len(db.app_threads()) == 2)
+    async with connections.scope():
+        assert await scalar(await connections.connection(), "SELECT 6") == 6
+    assert any(r.levelno == logging.INFO and "reachable again" in r.getMessage() for r in aconn_logs.records)
+
+
+async def test_housekeeper_retires_idle_connections_nobody_asks_for(db: MariaDB, make: Any) -> None:
+    connections = make({"default": db.settings(CONN_MAX_AGE=0.5)})
+    await connections.open()
+    async with connections.scope():
+        await fetch(await connections.connection(), "SELECT 1")
+    await wait_for(lambda: connections.stats().closed_max_age >= 1 and connections.stats().open == 0)
+    assert db.wait_app_threads(lambda t: not t) == []
