@@ -20,8 +20,9 @@ import aiomysql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-import aconn  # noqa: E402
-from mariadb import APP_PASSWORD, APP_USER, DATABASE, MariaDB  # noqa: E402
+from mariadb import APP_PASSWORD, APP_USER, DATABASE, MariaDB
+
+import aconn
 
 Bench = Callable[[int], Awaitable[None]]
 

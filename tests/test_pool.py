@@ -192,7 +192,6 @@ async def test_cancel_at_each_await_point(fake: Any, point: str) -> None:
         connections._pools["default"]._idle[-1].last_used -= 1  # past the ping bypass window
     if point == "close":
         connections._pools["default"]._idle[-1].close_at = 0  # expired: closed at the next acquire
-        connections._pools["default"].settings.__class__  # noqa: B018
     if point == "wait":
 
         async def hold() -> None:
