@@ -210,7 +210,7 @@ class Connections:
         pool = self._pool(alias)
         if self._loop is not asyncio.get_running_loop():
             self._bind_loop()
-        holder = await pool.acquire()
+        holder = await pool.acquire(task)
         scope._held[alias] = holder
         return holder.conn
 
@@ -236,8 +236,7 @@ class Connections:
             return
         self._bind_loop()
         for pool in self._pools.values():
-            pool.sweep()
-        await asyncio.gather(*(t for p in self._pools.values() for t in p._background))
+            await pool.close_old()
 
     def stats(self, alias: str = "default") -> PoolStats:
         """A frozen snapshot of the counters and gauges of ``alias``.

@@ -18,7 +18,7 @@ from time import monotonic
 from typing import Any, Final
 
 from .backends.base import Backend, ErrorKind, ServerLimits
-from .errors import AcquireTimeout, ClosedError
+from .errors import AconnError, AcquireTimeout, ClosedError
 from .settings import Settings
 from .stats import PoolStats
 
@@ -39,7 +39,8 @@ _IDLE, _IN_USE, _CLOSING = "idle", "in use", "closing"
 class _Slot:
     """Granted to a waiter: the right to open a new connection in a slot freed for it."""
 
-    __repr__ = lambda self: "SLOT"  # noqa: E731
+    def __repr__(self) -> str:
+        return "SLOT"
 
 
 SLOT: Final = _Slot()
@@ -122,8 +123,10 @@ class Pool:
 
     # -- acquire --------------------------------------------------------------------------
 
-    async def acquire(self) -> Holder:
-        """Take a connection: a checked idle one, a new one, or one handed over by a release.
+    async def acquire(self, task: asyncio.Task[Any] | None) -> Holder:
+        """Take a connection for ``task``: a checked idle one, a new one, or one a release hands over.
+
+        Waiters come first: while any task waits, a newcomer queues behind it.
 
         :raises AcquireTimeout: when none could be had within ``ACQUIRE_TIMEOUT``.
         :raises ClosedError: when the pool is closed.
@@ -136,28 +139,45 @@ class Pool:
                 break
             if self._health_checks and holder.taken_at - holder.last_used > PING_BYPASS:
                 if not await self._health_check(holder):
-                    continue
-            return self._taken(holder)
-        return await self._acquire_slow()
+                    continue  # closed; try the next idle one
+            return self._taken(holder, task)
+        # nothing idle (or tasks already waiting): open in a free slot, else queue
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.acquire_timeout
+        if self._waiting == 0 and self._size < self.settings.max_conns:
+            self._size += 1
+            self._opening += 1
+            return self._taken(await self._open(deadline), task)
+        granted = await self._wait(loop, deadline)
+        if granted is SLOT:
+            return self._taken(await self._open(deadline), task)
+        assert isinstance(granted, Holder)
+        return self._taken(granted, task)
 
     def _pop_idle(self) -> Holder | None:
         """Pop the most recent usable idle connection; discard the unusable ones found on the way."""
         idle = self._idle
-        is_dead = self.backend.is_dead
         now = monotonic()
         while idle:
             holder = idle.pop()
-            if now >= holder.close_at:
-                self._discard(holder, "max_age")
-            elif now - holder.last_used >= holder.idle_limit:
-                self._discard(holder, "idle")
-            elif is_dead(holder.conn):
-                self._discard(holder, "unusable")
+            reason = self._unusable_reason(holder, now)
+            if reason is not None:
+                self._discard(holder, reason)
             else:
                 holder.state = _IN_USE
                 holder.taken_at = now
                 self._in_use += 1
                 return holder
+        return None
+
+    def _unusable_reason(self, holder: Holder, now: float) -> str | None:
+        """Why an idle connection must not be handed out (a close reason), or None: no round trip."""
+        if now >= holder.close_at:
+            return "max_age"
+        if now - holder.last_used >= holder.idle_limit:
+            return "idle"
+        if self.backend.is_dead(holder.conn):
+            return "unusable"
         return None
 
     async def _health_check(self, holder: Holder) -> bool:
@@ -169,35 +189,11 @@ class Pool:
         except BaseException as exc:
             self._c_pings_failed += 1
             self._in_use -= 1
-            self._discard(holder, "unusable", exc)
+            self._discard(holder, "unusable", abort=True)
             if not isinstance(exc, Exception):
                 raise  # cancelled while pinging: the connection is closed, the slot freed
             return False
         return True
-
-    async def _acquire_slow(self) -> Holder:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.acquire_timeout
-        while True:
-            if self.closed:
-                raise ClosedError(f"aconn alias {self.alias!r} is closed")
-            if self._waiting == 0 and self._idle:
-                holder = self._pop_idle()
-                if holder is None:
-                    continue
-                if self._health_checks and holder.taken_at - holder.last_used > PING_BYPASS:
-                    if not await self._health_check(holder):
-                        continue
-                return self._taken(holder)
-            if self._waiting == 0 and self._size < self.settings.max_conns:
-                self._size += 1
-                self._opening += 1
-                return await self._open(deadline)
-            granted = await self._wait(loop, deadline)
-            if granted is SLOT:
-                return await self._open(deadline)
-            assert isinstance(granted, Holder)
-            return self._taken(granted)
 
     async def _wait(self, loop: asyncio.AbstractEventLoop, deadline: float) -> Holder | _Slot:
         """Queue first-in first-out until a release hands over a connection or a slot."""
@@ -303,7 +299,7 @@ class Pool:
         self.limits = limits
         holder = Holder(conn, monotonic(), *self._deadlines(limits))
         self._in_use += 1
-        return self._taken(holder)
+        return holder
 
     def _deadlines(self, limits: ServerLimits) -> tuple[float, float]:
         """``(close_at, idle_limit)`` of a connection opening now."""
@@ -341,8 +337,8 @@ class Pool:
             f"clients) must stay below {server}; lower MAX_CONNS or raise the server's limit"
         )
 
-    def _taken(self, holder: Holder) -> Holder:
-        holder.task = asyncio.current_task()
+    def _taken(self, holder: Holder, task: asyncio.Task[Any] | None) -> Holder:
+        holder.task = task
         self._busy.add(holder)
         leak_timeout = self.settings.leak_timeout
         if leak_timeout is not None:
@@ -371,6 +367,8 @@ class Pool:
         Returns None when done (the common case: no I/O at all), else a
         coroutine with the work that needs the network, to be awaited shielded.
         """
+        if holder.state is not _IN_USE:
+            raise AconnError(f"aconn alias {self.alias!r}: internal error, released a {holder.state} connection")
         self._busy.discard(holder)
         holder.task = None
         if holder.leak_timer is not None:
@@ -427,7 +425,7 @@ class Pool:
             self._in_use -= 1
             self._put_back(holder)
         else:
-            await self._close(holder, reason, from_state=_IN_USE)
+            await self._close_in_use(holder, reason)
 
     def _put_back(self, holder: Holder) -> None:
         """A reusable connection: to the oldest live waiter, else on top of the idle stack."""
@@ -455,10 +453,13 @@ class Pool:
 
     # -- close ----------------------------------------------------------------------------
 
-    def _discard(self, holder: Holder, reason: str, exc: BaseException | None = None) -> None:
-        """Close a connection that is not in use (idle, or just failed a check), in the background."""
+    def _discard(self, holder: Holder, reason: str, *, abort: bool = False) -> None:
+        """Close a connection that is not in use (idle, or just failed a check), in the background.
+
+        Dead ones, and those the caller asks to ``abort`` (a failed ping), are closed at once.
+        """
         self._count_closed(holder, reason)
-        if self.backend.is_dead(holder.conn, peek=False) or exc is not None:
+        if abort or self.backend.is_dead(holder.conn, peek=False):
             holder.state = _CLOSING
             self.backend.abort(holder.conn)
             self._release_slot()
@@ -469,10 +470,9 @@ class Pool:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _close(self, holder: Holder, reason: str, *, from_state: str) -> None:
-        """Close a connection in use or idle now; bounded, then aborted."""
-        if from_state == _IN_USE:
-            self._in_use -= 1
+    async def _close_in_use(self, holder: Holder, reason: str) -> None:
+        """Close a connection that was in use, now; bounded, then aborted."""
+        self._in_use -= 1
         self._closing += 1
         holder.state = _CLOSING
         self._count_closed(holder, reason)
@@ -510,12 +510,9 @@ class Pool:
         now = monotonic()
         keep: list[Holder] = []
         for holder in self._idle:
-            if now >= holder.close_at:
-                self._discard(holder, "max_age")
-            elif now - holder.last_used >= holder.idle_limit:
-                self._discard(holder, "idle")
-            elif self.backend.is_dead(holder.conn):
-                self._discard(holder, "unusable")
+            reason = self._unusable_reason(holder, now)
+            if reason is not None:
+                self._discard(holder, reason)
             else:
                 keep.append(holder)
         self._idle[:] = keep
@@ -547,14 +544,17 @@ class Pool:
         self._opening += 1
         loop = asyncio.get_running_loop()
         holder = await self._open(loop.time() + self.settings.connect_timeout)
-        self._busy.discard(holder)
-        holder.task = None
         self._in_use -= 1
         self._put_back(holder)
 
+    async def close_old(self) -> None:
+        """Sweep the idle set now and wait for the closes it started."""
+        self.sweep()
+        await asyncio.gather(*self._background)
+
     async def warm(self) -> None:
         """Open one connection and put it in the idle set: proves the settings and the server."""
-        holder = await self.acquire()
+        holder = await self.acquire(asyncio.current_task())
         slow = self.release(holder, None)
         if slow is not None:
             await slow

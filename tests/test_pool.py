@@ -8,6 +8,7 @@ desynced connection is handed out again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import AsyncIterator
@@ -55,29 +56,41 @@ async def eventually(predicate: Any, timeout: float = 5.0) -> None:
             await asyncio.sleep(0.001)
 
 
-async def test_waiters_are_served_first_in_first_out(fake: Any) -> None:
-    connections = fake(MAX_CONNS=1)
-    order: list[int] = []
+@contextlib.asynccontextmanager
+async def holding(connections: aconn.Connections, n: int = 1, name: str = "holder") -> AsyncIterator[None]:
+    """``n`` tasks, each holding a connection in a scope of its own until the block exits."""
     release = asyncio.Event()
 
-    async def holder() -> None:
+    async def hold() -> None:
         async with connections.scope():
             await connections.connection()
             await release.wait()
+
+    expected = connections.stats().in_use + n
+    tasks = [asyncio.create_task(hold(), name=name if n == 1 else f"{name}-{i}") for i in range(n)]
+    await eventually(lambda: connections.stats().in_use == expected)
+    try:
+        yield
+    finally:
+        release.set()
+        await asyncio.gather(*tasks)
+
+
+async def test_waiters_are_served_first_in_first_out(fake: Any) -> None:
+    connections = fake(MAX_CONNS=1)
+    order: list[int] = []
 
     async def waiter(i: int) -> None:
         async with connections.scope():
             await connections.connection()
             order.append(i)
 
-    hold = asyncio.create_task(holder())
-    await eventually(lambda: connections.stats().in_use == 1)
     tasks = []
-    for i in range(5):
-        tasks.append(asyncio.create_task(waiter(i)))
-        await eventually(lambda i=i: connections.stats().waiting == i + 1)
-    release.set()
-    await asyncio.gather(hold, *tasks)
+    async with holding(connections):
+        for i in range(5):
+            tasks.append(asyncio.create_task(waiter(i)))
+            await eventually(lambda i=i: connections.stats().waiting == i + 1)
+    await asyncio.gather(*tasks)
     assert order == [0, 1, 2, 3, 4]
     stats = check(connections)
     assert stats.opened == 1 and stats.acquire_waits == 5 and stats.acquire_wait_max_s > 0
@@ -85,25 +98,15 @@ async def test_waiters_are_served_first_in_first_out(fake: Any) -> None:
 
 async def test_cancelled_waiter_does_not_swallow_the_connection(fake: Any) -> None:
     connections = fake(MAX_CONNS=1)
-    release = asyncio.Event()
-
-    async def holder() -> None:
-        async with connections.scope():
-            await connections.connection()
-            await release.wait()
-
-    hold = asyncio.create_task(holder())
-    await eventually(lambda: connections.stats().in_use == 1)
-    first = asyncio.create_task(use(connections, 1))
-    await eventually(lambda: connections.stats().waiting == 1)
-    second = asyncio.create_task(use(connections, 2))
-    await eventually(lambda: connections.stats().waiting == 2)
-    first.cancel()
-    release.set()
+    async with holding(connections):
+        first = asyncio.create_task(use(connections, 1))
+        await eventually(lambda: connections.stats().waiting == 1)
+        second = asyncio.create_task(use(connections, 2))
+        await eventually(lambda: connections.stats().waiting == 2)
+        first.cancel()
     assert await second == 2
     with pytest.raises(asyncio.CancelledError):
         await first
-    await hold
     assert check(connections).idle == 1
 
 
@@ -125,22 +128,12 @@ async def test_grant_racing_a_cancellation_is_passed_on(fake: Any) -> None:
 
 async def test_acquire_timeout_names_alias_cap_and_holders(fake: Any) -> None:
     connections = fake(MAX_CONNS=1, ACQUIRE_TIMEOUT=0.05)
-    release = asyncio.Event()
-
-    async def holder() -> None:
-        async with connections.scope():
-            await connections.connection()
-            await release.wait()
-
-    hold = asyncio.create_task(holder(), name="report-builder")
-    await eventually(lambda: connections.stats().in_use == 1)
-    with pytest.raises(aconn.AcquireTimeout) as info:
-        await use(connections, 1)
+    async with holding(connections, name="report-builder"):
+        with pytest.raises(aconn.AcquireTimeout) as info:
+            await use(connections, 1)
     message = str(info.value)
     for fragment in ("'default'", "MAX_CONNS=1", "1 in use", "1 waiting", "report-builder", "ACQUIRE_TIMEOUT=0.05"):
         assert fragment in message, message
-    release.set()
-    await hold
     stats = check(connections)
     assert stats.acquire_timeouts == 1 and stats.waiting == 0
 
@@ -151,19 +144,9 @@ async def test_slow_connect_does_not_block_a_free_connection(fake: Any) -> None:
     assert await use(connections, 0) == 0  # one idle connection
     gate = FakeBackend.gates["connect"] = asyncio.Event()
     entered = FakeBackend.entered["connect"] = asyncio.Event()
-    release = asyncio.Event()
-
-    async def hold_idle_one() -> None:
-        async with connections.scope():
-            await connections.connection()
-            await release.wait()
-
-    holding = asyncio.create_task(hold_idle_one())
-    await eventually(lambda: connections.stats().in_use == 1)
-    stuck = asyncio.create_task(use(connections, 1))  # must open a new one: blocks in connect
-    await entered.wait()
-    release.set()
-    await holding
+    async with holding(connections):  # the idle one is busy: the next acquire must connect
+        stuck = asyncio.create_task(use(connections, 1))
+        await entered.wait()
     async with asyncio.timeout(1):
         assert await use(connections, 2) == 2  # served from the idle set while the connect hangs
     assert not stuck.done()
@@ -177,8 +160,6 @@ async def test_cancel_at_each_await_point(fake: Any, point: str) -> None:
     connections = fake(MAX_CONNS=2, CONN_HEALTH_CHECKS=True)
     gate = asyncio.Event()
     entered = asyncio.Event()
-    release = asyncio.Event()
-    blockers: list[asyncio.Task[Any]] = []
 
     async def scope_body() -> None:
         async with connections.scope():
@@ -193,28 +174,20 @@ async def test_cancel_at_each_await_point(fake: Any, point: str) -> None:
     if point == "close":
         connections._pools["default"]._idle[-1].close_at = 0  # expired: closed at the next acquire
     if point == "wait":
-
-        async def hold() -> None:
-            async with connections.scope():
-                await connections.connection()
-                entered.set()
-                await release.wait()
-
-        blockers = [asyncio.create_task(hold()) for _ in range(2)]
-        await eventually(lambda: connections.stats().in_use == 2)
-        entered.clear()
-        victim = asyncio.create_task(scope_body())
-        await eventually(lambda: connections.stats().waiting == 1)
+        async with holding(connections, n=2):
+            victim = asyncio.create_task(scope_body())
+            await eventually(lambda: connections.stats().waiting == 1)
+            victim.cancel()
     else:
         FakeBackend.gates[point] = gate
         FakeBackend.entered[point] = entered
         victim = asyncio.create_task(scope_body())
         await entered.wait()
-    victim.cancel()
-    gate.set()
-    release.set()
-    results = await asyncio.gather(victim, *blockers, return_exceptions=True)
-    assert isinstance(results[0], asyncio.CancelledError) or point == "close"
+        victim.cancel()
+        gate.set()
+    result = (await asyncio.gather(victim, return_exceptions=True))[0]
+    # the expired connection closes in the background: the victim itself may finish first
+    assert isinstance(result, asyncio.CancelledError) or point == "close"
     await eventually(lambda: connections.stats().closing == 0)
     stats = check(connections)
     assert stats.in_use == 0 and stats.waiting == 0 and stats.open <= 2

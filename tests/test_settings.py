@@ -121,8 +121,9 @@ def test_bad_urls(url: str, key: str) -> None:
 def test_bad_port_in_url_keeps_password_out() -> None:
     with pytest.raises(aconn.ConfigError) as info:
         aconn.Connections({"default": f"mysql://u:{SECRET}@h:99999999/db"})
+    assert info.value.key == "URL"
     assert_no_password(info.value, repr(info.value))
-    assert SECRET not in str(info.value)
+    assert SECRET not in str(info.value) and SECRET not in repr(info.value)
 
 
 def test_password_never_in_repr_or_str(caplog: pytest.LogCaptureFixture) -> None:

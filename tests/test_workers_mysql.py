@@ -1,4 +1,8 @@
-"""Worker loops and housekeeping against the real server (issue: workers)."""
+"""Worker loops and housekeeping against the real server (issue: workers).
+
+A worker idling past the server's wait_timeout between two ``@scoped`` jobs is
+``test_core_mysql.test_server_wait_timeout_never_reaches_the_caller``.
+"""
 
 from __future__ import annotations
 
@@ -18,25 +22,6 @@ async def wait_for(predicate: Any, timeout: float = 15.0) -> None:
     async with asyncio.timeout(timeout):
         while not predicate():
             await asyncio.sleep(0.05)
-
-
-@pytest.mark.parametrize("health_checks", [False, True])
-async def test_worker_idling_past_wait_timeout(
-    db: MariaDB, make: Any, health_checks: bool, aconn_logs: pytest.LogCaptureFixture
-) -> None:
-    connections = make(
-        {"default": db.settings(CONN_MAX_AGE=None, CONN_HEALTH_CHECKS=health_checks,
-                                OPTIONS={"init_command": "SET SESSION wait_timeout=1"})}
-    )  # fmt: skip
-
-    @connections.scoped
-    async def job(n: int) -> int:
-        return int(await scalar(await connections.connection(), "SELECT %s", (n,)))
-
-    assert await job(1) == 1
-    await asyncio.sleep(1.5)  # the worker idles longer than wait_timeout: the condition under test
-    assert await job(2) == 2
-    assert "idle past the idle limit" in aconn_logs.text or "found dead by a check" in aconn_logs.text
 
 
 async def test_min_conns_kept_warm_and_refilled(db: MariaDB, make: Any) -> None:
