@@ -7,7 +7,7 @@ import contextlib
 import functools
 import logging
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextvars import ContextVar
 from time import monotonic
 from types import TracebackType
@@ -15,6 +15,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from .backends import load_backend
 from .errors import AconnError, ClosedError, ConfigError, ScopeError
+from .iteration import Jobs
 from .pool import Pool
 from .scope import Scope
 from .settings import Settings, parse_databases
@@ -26,6 +27,7 @@ logger = logging.getLogger("aconn")
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 #: how often, at most, entering a scope sweeps the idle sets for expired connections
 SWEEP_INTERVAL = 1.0
@@ -226,6 +228,15 @@ class Connections:
                 return await func(*args, **kwargs)
 
         return wrapper
+
+    def each(self, source: AsyncIterable[T] | Iterable[T]) -> Jobs[T]:
+        """Handle each item of ``source`` in a scope of its own (worker loops).
+
+        ``async with connections.each(source) as jobs: async for job in jobs: ...``;
+        see :class:`aconn.iteration.Jobs`. Use it outside any scope: inside one
+        (in the same task) every job would join that scope.
+        """
+        return Jobs(self, source)
 
     async def close_old(self) -> None:
         """Django's ``close_old_connections()``: apply the boundary checks to idle connections now.
