@@ -19,6 +19,7 @@ from typing import Any, Final
 
 from .backends.base import Backend, ErrorKind, ServerLimits
 from .errors import AconnError, AcquireTimeout, ClosedError
+from .rules import evaluate, idle_limit_from_server
 from .settings import Settings
 from .stats import PoolStats
 
@@ -78,17 +79,6 @@ class Holder:
         return f"<Holder {self.state} conn={type(self.conn).__name__}@{id(self.conn):#x}>"
 
 
-def idle_limit_from_server(idle_timeout: float | None) -> float:
-    """The idle limit aconn applies below the server's own (MySQL ``wait_timeout``).
-
-    The margin is a fifth of the server's value, at most 60 s, so that a
-    connection is retired well before the server may have dropped it.
-    """
-    if not idle_timeout:
-        return math.inf
-    return idle_timeout - min(60.0, idle_timeout * 0.2)
-
-
 class Pool:
     """The connections of one alias in this process."""
 
@@ -108,7 +98,7 @@ class Pool:
         self._closing = 0
         self._waiting = 0
         self._health_checks = settings.health_checks
-        self._warned_idle_limit = False
+        self._warned = False
         self._c_opened = 0
         self._c_closed: dict[str, int] = dict.fromkeys(("max_age", "idle", "unusable", "error", "shutdown"), 0)
         self._c_pings = 0
@@ -311,20 +301,12 @@ class Pool:
         if settings.idle_timeout is not None:
             idle_limit = settings.idle_timeout
         else:
-            idle_limit = idle_limit_from_server(limits.idle_timeout)
-        if not self._warned_idle_limit and limits.idle_timeout and not settings.health_checks:
-            if max_age is None or max_age >= limits.idle_timeout:
-                self._warned_idle_limit = True
-                logger.warning(
-                    "aconn alias %r: CONN_MAX_AGE=%s is not below the server's wait_timeout=%gs; "
-                    "aconn retires idle connections after %gs, but set CONN_MAX_AGE below %g "
-                    "or enable CONN_HEALTH_CHECKS",
-                    self.alias,
-                    max_age,
-                    limits.idle_timeout,
-                    idle_limit,
-                    idle_limit,
-                )
+            idle_limit = idle_limit_from_server(limits.idle_timeout) or math.inf
+        if not self._warned:
+            self._warned = True  # once per alias, not per connection
+            for verdict in evaluate(settings, limits):
+                if not verdict.ok:
+                    logger.warning("aconn alias %r: %s; %s", self.alias, verdict.message, verdict.fix)
         return close_at, idle_limit
 
     def _budget_message(self, exc: BaseException, attempts: int) -> str:

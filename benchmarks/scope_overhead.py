@@ -79,6 +79,18 @@ async def run(server: MariaDB, rounds: int, n: int) -> None:
 
         return bench
 
+    backend = off._pools["default"].backend
+
+    async def bare_connect(k: int) -> None:
+        for _ in range(k):
+            conn = await aiomysql.connect(autocommit=True, **kwargs)
+            await conn.ensure_closed()
+
+    async def aconn_connect(k: int) -> None:
+        for _ in range(k):
+            conn, _limits = await backend.connect()  # handshake + one query reading the server's limits
+            await backend.close(conn)
+
     groups: dict[str, dict[str, Bench]] = {
         "scope overhead, no query (enter, take the connection, exit)": {
             "aiomysql.Pool acquire/release": pool_acquire,
@@ -91,18 +103,23 @@ async def run(server: MariaDB, rounds: int, n: int) -> None:
             "aconn, health checks off": scope_select(off),
             "aconn, health checks on": scope_select(on),
         },
+        "connect and close (per new connection, not per scope)": {
+            "aiomysql.connect": bare_connect,
+            "aconn backend (+ server limits)": aconn_connect,
+        },
     }
     print(f"python {platform.python_version()}, aiomysql {aiomysql.__version__}, {platform.machine()}, "
           f"{rounds} rounds x {n} ops, loopback MariaDB {server.sql('SELECT VERSION()')[0][0]}")  # fmt: skip
     for title, contenders in groups.items():
         samples: dict[str, list[float]] = {name: [] for name in contenders}
+        ops = n if "connect" not in title else max(10, n // 50)  # a connect costs a hundred scopes
         for bench in contenders.values():
-            await bench(n // 10)  # warm up
+            await bench(max(1, ops // 10))  # warm up
         for _ in range(rounds):
             for name, bench in contenders.items():
                 started = time.perf_counter()
-                await bench(n)
-                samples[name].append((time.perf_counter() - started) / n * 1e6)
+                await bench(ops)
+                samples[name].append((time.perf_counter() - started) / ops * 1e6)
         base = statistics.median(next(iter(samples.values())))
         print(f"\n{title}")
         print(f"  {'contender':34} {'median us/op':>12} {'ratio':>7}")

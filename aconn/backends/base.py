@@ -39,6 +39,11 @@ class ServerLimits:
     max_user_connections: int | None = None
     #: server version string, for reports
     version: str = ""
+    #: MySQL ``interactive_timeout`` (applies instead of wait_timeout to interactive clients)
+    interactive_timeout: float | None = None
+    #: server-side statement time limit in seconds (MariaDB ``max_statement_time``,
+    #: MySQL ``max_execution_time``), None when unlimited
+    max_statement_time: float | None = None
 
 
 class Backend:

@@ -37,7 +37,13 @@ _RETRY_CODES = frozenset({1040, 1203})
 _MSG_PEEK_DONTWAIT = socket.MSG_PEEK | socket.MSG_DONTWAIT
 _IN_TRANS = SERVER_STATUS.SERVER_STATUS_IN_TRANS
 _AUTOCOMMIT = SERVER_STATUS.SERVER_STATUS_AUTOCOMMIT
-_LIMITS_SQL = "SELECT @@SESSION.wait_timeout, @@GLOBAL.max_connections, @@GLOBAL.max_user_connections, VERSION()"
+# one round trip per new connection; the statement-time variable differs between the two servers
+_LIMITS_SQL = (
+    "SELECT @@SESSION.wait_timeout, @@GLOBAL.max_connections, @@SESSION.max_user_connections, "
+    "@@SESSION.interactive_timeout, {statement_time}"
+)
+_MARIADB_STATEMENT_TIME = "@@SESSION.max_statement_time"  # seconds
+_MYSQL_STATEMENT_TIME = "@@SESSION.max_execution_time / 1000"  # milliseconds
 
 
 class MySQLBackend(Backend):
@@ -83,11 +89,13 @@ class MySQLBackend(Backend):
                     2026,
                     f"TLS was requested (OPTIONS['ssl']) but the session to {self.settings.target} is not encrypted",
                 )
+            mariadb = "mariadb" in conn.server_version.lower()
+            statement_time = _MARIADB_STATEMENT_TIME if mariadb else _MYSQL_STATEMENT_TIME
             async with conn.cursor() as cur:
                 if self._setup_sql:
                     await cur.execute(self._setup_sql)
-                await cur.execute(_LIMITS_SQL)
-                wait_timeout, max_conns, max_user, version = await cur.fetchone()
+                await cur.execute(_LIMITS_SQL.format(statement_time=statement_time))
+                wait_timeout, max_conns, max_user, interactive, statement = await cur.fetchone()
         except BaseException:
             conn.close()
             raise
@@ -95,7 +103,9 @@ class MySQLBackend(Backend):
             idle_timeout=float(wait_timeout) if wait_timeout else None,
             max_connections=int(max_conns),
             max_user_connections=int(max_user) or None,
-            version=str(version),
+            version=conn.server_version.removeprefix("5.5.5-"),  # MariaDB's handshake prefix
+            interactive_timeout=float(interactive) if interactive else None,
+            max_statement_time=float(statement) if statement else None,
         )
         return conn, limits
 

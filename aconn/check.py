@@ -1,0 +1,182 @@
+"""``python -m aconn check``: connect to every alias and check the settings against the server.
+
+Exit status: 0 when every rule passes, 1 when one fails, 2 when an alias is
+unreachable or the settings are invalid. Never prints a password.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import importlib
+import json
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from .backends import load_backend
+from .backends.base import ServerLimits
+from .errors import AconnError
+from .handler import Connections
+from .rules import evaluate, idle_limit_from_server
+from .settings import Settings, parse_databases
+
+__all__ = ("main", "run_check")
+
+OK, RULE_FAILED, UNREACHABLE = 0, 1, 2
+
+
+def load_databases(target: str | None, url: str | None) -> dict[str, Settings]:
+    """Settings from ``module:attribute`` (a Connections or a DATABASES dict), ``--url`` or DATABASE_URL."""
+    if target:
+        module_name, _, attribute = target.partition(":")
+        if not attribute:
+            raise AconnError(f"expected MODULE:ATTRIBUTE, got {target!r}")
+        sys.path.insert(0, os.getcwd())
+        try:
+            found: Any = importlib.import_module(module_name)
+            for part in attribute.split("."):
+                found = getattr(found, part)
+        except (ImportError, AttributeError) as exc:
+            raise AconnError(f"cannot load {target!r}: {exc}") from None
+        if isinstance(found, Connections):
+            return {alias: found.settings(alias) for alias in found.aliases}
+        if isinstance(found, Mapping):
+            return parse_databases(found)
+        raise AconnError(f"{target!r} is neither an aconn.Connections nor a DATABASES dict")
+    url = url or os.environ.get("DATABASE_URL")
+    if not url:
+        raise AconnError("nothing to check: give MODULE:ATTRIBUTE, --url, or set DATABASE_URL")
+    return parse_databases({"default": url})
+
+
+async def check_alias(settings: Settings, workers: int) -> dict[str, Any]:
+    """Connect once and report on one alias; never raises for a connection problem."""
+    report: dict[str, Any] = {"alias": settings.alias, "engine": settings.engine, "target": settings.target}
+    backend = load_backend(settings)
+    try:
+        async with asyncio.timeout(settings.connect_timeout):
+            conn, limits = await backend.connect()
+    except TimeoutError:
+        report.update(reachable=False, reason=f"no answer within CONNECT_TIMEOUT={settings.connect_timeout:g}s")
+        return report
+    except Exception as exc:  # the driver's message names host and user, never the password
+        report.update(reachable=False, reason=f"{type(exc).__name__}: {exc}")
+        return report
+    try:
+        report.update(reachable=True, version=limits.version)
+        if settings.engine == "mysql":
+            report.update(await _mysql_details(conn, limits))
+        elif settings.engine == "sqlite":
+            rows = await conn.execute_fetchall("PRAGMA journal_mode")
+            report.update(_sqlite_file(settings), journal_mode=str(next(iter(rows))[0]))
+        verdicts = evaluate(settings, limits, workers) if settings.engine == "mysql" else []
+        report["rules"] = [dataclasses.asdict(v) for v in verdicts]
+    finally:
+        try:
+            async with asyncio.timeout(5):
+                await backend.close(conn)
+        except Exception:
+            backend.abort(conn)
+        await backend.aclose()
+    return report
+
+
+async def _mysql_details(conn: Any, limits: ServerLimits) -> dict[str, Any]:
+    async with conn.cursor() as cur:
+        await cur.execute("SHOW GLOBAL STATUS WHERE Variable_name IN ('Threads_connected', 'Ssl_cipher')")
+        status = {str(k): str(v) for k, v in await cur.fetchall()}
+        await cur.execute("SHOW SESSION STATUS LIKE 'Ssl_cipher'")
+        row = await cur.fetchone()
+    cipher = str(row[1]) if row and row[1] else ""
+    return {
+        "limits": {
+            "wait_timeout": limits.idle_timeout,
+            "interactive_timeout": limits.interactive_timeout,
+            "max_connections": limits.max_connections,
+            "max_user_connections": limits.max_user_connections,
+            "max_statement_time": limits.max_statement_time,
+            "aconn_idle_limit": idle_limit_from_server(limits.idle_timeout),
+        },
+        "connections_open": int(status.get("Threads_connected", 0)),
+        "tls": {"in_use": bool(cipher), "cipher": cipher or None},
+    }
+
+
+def _sqlite_file(settings: Settings) -> dict[str, Any]:
+    if settings.name == ":memory:":
+        return {"file": ":memory:", "writable": True}
+    file = Path(settings.name).resolve()
+    return {"file": str(file), "writable": os.access(file, os.W_OK) and os.access(file.parent, os.W_OK)}
+
+
+def run_check(databases: Mapping[str, Settings], workers: int) -> tuple[int, list[dict[str, Any]]]:
+    reports = asyncio.run(_check_all(databases, workers))
+    status = OK
+    for report in reports:
+        if not report["reachable"]:
+            status = UNREACHABLE
+        elif status == OK and not all(rule["ok"] for rule in report.get("rules", ())):
+            status = RULE_FAILED
+    return status, reports
+
+
+async def _check_all(databases: Mapping[str, Settings], workers: int) -> list[dict[str, Any]]:
+    return list(await asyncio.gather(*(check_alias(s, workers) for s in databases.values())))
+
+
+def render(reports: Sequence[dict[str, Any]], workers: int, out: TextIO) -> None:
+    for report in reports:
+        print(f"[{report['alias']}] {report['target']}", file=out)
+        if not report["reachable"]:
+            print(f"  UNREACHABLE  {report['reason']}", file=out)
+            continue
+        print(f"  reachable    server {report['version']}", file=out)
+        if "limits" in report:
+            limits = report["limits"]
+            shown = ", ".join(f"{k}={v if v is not None else '-'}" for k, v in limits.items())
+            print(f"  limits       {shown}", file=out)
+            print(f"  open now     {report['connections_open']} connection(s) on the server", file=out)
+            tls = report["tls"]
+            print(f"  tls          {'on, ' + tls['cipher'] if tls['in_use'] else 'off'}", file=out)
+        if "journal_mode" in report:
+            print(f"  file         {report['file']} (journal_mode={report['journal_mode']}, "
+                  f"{'writable' if report['writable'] else 'NOT writable'})", file=out)  # fmt: skip
+        for rule in report.get("rules", ()):
+            mark = "PASS" if rule["ok"] else "FAIL"
+            print(f"  {mark} {rule['rule']:<12} {rule['message']}", file=out)
+            if rule["fix"]:
+                print(f"       fix: {rule['fix']}", file=out)
+    if workers > 1:
+        print(f"(budget checked for --workers {workers})", file=out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m aconn check", description="Check aconn settings against the database servers."
+    )
+    parser.add_argument("command", choices=["check"])
+    parser.add_argument("target", nargs="?", help="MODULE:ATTRIBUTE of a Connections or a DATABASES dict")
+    parser.add_argument("--url", help="a database URL (default: $DATABASE_URL)")
+    parser.add_argument("--workers", type=int, default=1, help="processes that each open MAX_CONNS")
+    parser.add_argument("--json", action="store_true", help="print a machine-readable report")
+    args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
+    try:
+        databases = load_databases(args.target, args.url)
+    except AconnError as exc:  # ConfigError included: names alias and key, never the password
+        if args.json:
+            print(json.dumps({"status": UNREACHABLE, "error": str(exc)}))
+        else:
+            print(f"invalid settings: {exc}", file=sys.stderr)
+        return UNREACHABLE
+    status, reports = run_check(databases, args.workers)
+    if args.json:
+        print(json.dumps({"status": status, "workers": args.workers, "aliases": reports}, indent=2))
+    else:
+        render(reports, args.workers, sys.stdout)
+    return status

@@ -1,0 +1,86 @@
+"""Settings checked against the server's limits: the rules behind the WARNINGs and ``aconn check``.
+
+Two classic failures of persistent connections come from settings that
+disagree with the server: a max age above its ``wait_timeout`` ("MySQL server
+has gone away") and processes x connections above ``max_connections`` ("Too
+many connections"). Each rule gives a verdict and the fix in one line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .backends.base import ServerLimits
+from .settings import Settings
+
+__all__ = ("Verdict", "evaluate", "idle_limit_from_server")
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The outcome of one rule for one alias."""
+
+    rule: str
+    ok: bool
+    message: str
+    #: what to change, in one line (empty when the rule passes)
+    fix: str = ""
+
+
+def idle_limit_from_server(idle_timeout: float | None) -> float | None:
+    """The idle limit aconn applies below the server's own (MySQL ``wait_timeout``), None if unlimited.
+
+    The margin is a fifth of the server's value, at most 60 s, so that a
+    connection is retired well before the server may have dropped it.
+    """
+    if not idle_timeout:
+        return None
+    return idle_timeout - min(60.0, idle_timeout * 0.2)
+
+
+def evaluate(settings: Settings, limits: ServerLimits, workers: int = 1) -> list[Verdict]:
+    """Every rule for one alias, given the server's limits and the number of processes."""
+    return [_idle_rule(settings, limits), _budget_rule(settings, limits, workers)]
+
+
+def _idle_rule(settings: Settings, limits: ServerLimits) -> Verdict:
+    wait_timeout = limits.idle_timeout
+    max_age = settings.conn_max_age
+    if not wait_timeout:
+        return Verdict("CONN_MAX_AGE", True, "the server closes no idle session")
+    limit = idle_limit_from_server(wait_timeout)
+    age = "None" if max_age is None else f"{max_age:g}"
+    if (max_age is None or max_age >= wait_timeout) and not settings.health_checks:
+        return Verdict(
+            "CONN_MAX_AGE",
+            False,
+            f"CONN_MAX_AGE={age} but wait_timeout={wait_timeout:g}: connections outlive the server's idle "
+            f"limit (aconn retires them after {limit:g}s idle; without health checks a session the server "
+            "drops early is only caught by the socket check)",
+            f"set CONN_MAX_AGE below {limit:g} or enable CONN_HEALTH_CHECKS",
+        )
+    return Verdict("CONN_MAX_AGE", True, f"CONN_MAX_AGE={age}, wait_timeout={wait_timeout:g}, idle limit {limit:g}s")
+
+
+def _budget_rule(settings: Settings, limits: ServerLimits, workers: int) -> Verdict:
+    budget = workers * settings.max_conns
+    budget_text = f"{workers} process(es) x MAX_CONNS={settings.max_conns} = {budget}"
+    per_user = limits.max_user_connections
+    if per_user and budget > per_user:
+        return Verdict(
+            "MAX_CONNS",
+            False,
+            f"{budget_text} is above max_user_connections={per_user}",
+            f"set MAX_CONNS to at most {max(1, per_user // workers)} or raise max_user_connections",
+        )
+    total = limits.max_connections
+    if total and budget > total:
+        return Verdict(
+            "MAX_CONNS",
+            False,
+            f"{budget_text} is above the server's max_connections={total}",
+            f"set MAX_CONNS to at most {max(1, total // workers)} or raise max_connections",
+        )
+    if total is None:
+        return Verdict("MAX_CONNS", True, f"{budget_text}; the server sets no connection limit")
+    return Verdict("MAX_CONNS", True, f"{budget_text} within max_connections={total}")
