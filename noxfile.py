@@ -36,6 +36,13 @@ def typecheck(session: nox.Session) -> None:
 
 
 @nox.session
+def soak(session: nox.Session) -> None:
+    """Minutes of mixed load under random faults (kills, restarts, freezes, resets); prints the figures."""
+    session.install("-e", ".[test]")
+    session.run("python", "tests/soak.py", *(session.posargs or ["--seconds", "300"]))
+
+
+@nox.session
 def bench(session: nox.Session) -> None:
     """Scope overhead and SELECT 1 against aiomysql.Pool on a throwaway MariaDB."""
     session.install("-e", ".[test,bench]")

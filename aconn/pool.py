@@ -99,6 +99,7 @@ class Pool:
         self._waiting = 0
         self._health_checks = settings.health_checks
         self._warned = False
+        self._refusing = False
         self._c_opened = 0
         self._c_closed: dict[str, int] = dict.fromkeys(("max_age", "idle", "unusable", "error", "shutdown"), 0)
         self._c_pings = 0
@@ -266,13 +267,13 @@ class Pool:
                     remaining = deadline - loop.time()
                     if remaining <= backoff:
                         raise AcquireTimeout(self._budget_message(exc, refused)) from exc
-                    if refused == 1:
+                    if not self._refusing:  # once per outage, not once per waiter
+                        self._refusing = True
                         logger.warning(
-                            "aconn alias %r: server refused a new connection (%s); retrying "
-                            "with backoff for up to %.1fs",
+                            "aconn alias %r: the server refused or dropped a new connection (%s); "
+                            "retrying with backoff within ACQUIRE_TIMEOUT",
                             self.alias,
                             exc,
-                            remaining,
                         )
                     await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
                     backoff = min(backoff * 2, MAX_BACKOFF)
@@ -281,6 +282,7 @@ class Pool:
             self._release_slot()
             raise
         self._opening -= 1
+        self._refusing = False
         if self.closed:
             self.backend.abort(conn)
             self._release_slot()
@@ -382,6 +384,9 @@ class Pool:
             reason = "error"
         elif backend.is_dead(conn):
             reason = "unusable"
+        elif exc is not None and backend.classify(exc) is ErrorKind.DISCONNECT:
+            # lost, or out of step (e.g. two tasks on one connection): a ping could read stale bytes
+            reason = "error"
         elif exc is not None:
             try:
                 async with asyncio.timeout(CLEANUP_TIMEOUT):
