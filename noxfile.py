@@ -44,6 +44,6 @@ def soak(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Scope overhead and SELECT 1 against aiomysql.Pool on a throwaway MariaDB."""
+    """aconn against aiomysql.Pool, SQLAlchemy and connect-per-request; writes docs/performance.md and .png."""
     session.install("-e", ".[test,bench]")
-    session.run("python", "benchmarks/scope_overhead.py", *session.posargs)
+    session.run("python", "benchmarks/run.py", *session.posargs)

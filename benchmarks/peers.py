@@ -1,0 +1,332 @@
+"""In-process workloads: aconn against the pools people would otherwise use, in the same run.
+
+Contenders take turns in rounds (interleaved), each round timing a batch of
+operations; reports give the median per operation and the ratio to a
+baseline measured in the same run. Used by `benchmarks/run.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiomysql
+
+import aconn
+
+Bench = Callable[[int], Awaitable[None]]
+
+
+@dataclass
+class Table:
+    """One workload's results: rows of (contender, median us/op, ratio to the baseline row)."""
+
+    title: str
+    unit: str = "us/op"
+    rows: list[tuple[str, float, float]] = field(default_factory=list)
+    note: str = ""
+
+    def render(self) -> str:
+        lines = [f"**{self.title}**", "", f"| contender | median {self.unit} | ratio |", "| --- | ---: | ---: |"]
+        lines += [f"| {name} | {value:.2f} | {ratio:.2f}x |" for name, value, ratio in self.rows]
+        if self.note:
+            lines += ["", self.note]
+        return "\n".join(lines)
+
+
+async def interleave(title: str, contenders: dict[str, Bench], ops: int, rounds: int, note: str = "") -> Table:
+    """Median us/op of each contender, rounds interleaved; ratios against the first contender."""
+    samples: dict[str, list[float]] = {name: [] for name in contenders}
+    for bench in contenders.values():
+        await bench(max(1, ops // 10))  # warm up: connections open, code paths hot
+    for _ in range(rounds):
+        for name, bench in contenders.items():
+            started = time.perf_counter()
+            await bench(ops)
+            samples[name].append((time.perf_counter() - started) / ops * 1e6)
+    base = statistics.median(next(iter(samples.values())))
+    table = Table(title, note=note)
+    for name, values in samples.items():
+        median = statistics.median(values)
+        table.rows.append((name, median, median / base))
+    return table
+
+
+async def select1(conn: Any) -> None:
+    async with conn.cursor() as cur:
+        await cur.execute("SELECT 1")
+        await cur.fetchone()
+
+
+class Contenders:
+    """The same unit of work, done each contender's way, against one server address."""
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        self.settings = settings
+        self.kwargs = {
+            "host": settings["HOST"], "port": settings["PORT"], "user": settings["USER"],
+            "password": settings["PASSWORD"], "db": settings["NAME"], "autocommit": True,
+        }  # fmt: skip
+        url = f"mysql+aiomysql://{settings['USER']}:{settings['PASSWORD']}@{settings['HOST']}:{settings['PORT']}"
+        self.sa_url = f"{url}/{settings['NAME']}"
+
+    async def __aenter__(self) -> Contenders:
+        from sqlalchemy.ext.asyncio import create_async_engine
+
+        self.pool = await aiomysql.create_pool(minsize=1, maxsize=10, **self.kwargs)
+        self.raw = await aiomysql.connect(**self.kwargs)
+        self.off = aconn.Connections({"default": {**self.settings, "CONN_MAX_AGE": 3600}})
+        self.on = aconn.Connections({"default": {**self.settings, "CONN_MAX_AGE": 3600, "CONN_HEALTH_CHECKS": True}})
+        await self.off.open()
+        await self.on.open()
+        self.sa = create_async_engine(self.sa_url, pool_size=10, max_overflow=0)
+        self.sa_ping = create_async_engine(self.sa_url, pool_size=10, max_overflow=0, pool_pre_ping=True)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.pool.close()
+        await self.pool.wait_closed()
+        self.raw.close()
+        await self.off.aclose()
+        await self.on.aclose()
+        await self.sa.dispose()
+        await self.sa_ping.dispose()
+
+    # -- no query: take a connection and give it back ------------------------------------
+
+    def scope_only(self, handler: aconn.Connections) -> Bench:
+        async def bench(k: int) -> None:
+            for _ in range(k):
+                async with handler.scope():
+                    await handler.connection()
+
+        return bench
+
+    async def pool_only(self, k: int) -> None:
+        for _ in range(k):
+            async with self.pool.acquire():
+                pass
+
+    def sa_only(self, engine: Any) -> Bench:
+        async def bench(k: int) -> None:
+            for _ in range(k):
+                async with engine.connect() as conn:
+                    await conn.get_raw_connection()
+
+        return bench
+
+    # -- one SELECT 1 per unit ------------------------------------------------------------
+
+    async def raw_select(self, k: int) -> None:
+        for _ in range(k):
+            await select1(self.raw)
+
+    def scope_select(self, handler: aconn.Connections) -> Bench:
+        async def bench(k: int) -> None:
+            for _ in range(k):
+                async with handler.scope():
+                    await select1(await handler.connection())
+
+        return bench
+
+    async def pool_select(self, k: int) -> None:
+        for _ in range(k):
+            async with self.pool.acquire() as conn:
+                await select1(conn)
+
+    def sa_select(self, engine: Any) -> Bench:
+        from sqlalchemy import text
+
+        statement = text("SELECT 1")
+
+        async def bench(k: int) -> None:
+            for _ in range(k):
+                async with engine.connect() as conn:
+                    (await conn.execute(statement)).fetchone()
+
+        return bench
+
+    async def connect_select(self, k: int) -> None:
+        for _ in range(k):
+            conn = await aiomysql.connect(**self.kwargs)
+            await select1(conn)
+            await conn.ensure_closed()
+
+
+async def workload_overhead(c: Contenders, ops: int, rounds: int) -> Table:
+    return await interleave(
+        "1. Overhead per scope, no query (enter, take the connection, exit)",
+        {
+            "aiomysql.Pool acquire/release": c.pool_only,
+            "aconn, health checks off": c.scope_only(c.off),
+            "aconn, health checks on": c.scope_only(c.on),
+            "SQLAlchemy async pool": c.sa_only(c.sa),
+            "SQLAlchemy async pool, pool_pre_ping": c.sa_only(c.sa_ping),
+        },
+        ops,
+        rounds,
+    )
+
+
+async def workload_select(c: Contenders, ops: int, rounds: int, title: str) -> Table:
+    return await interleave(
+        title,
+        {
+            "raw held connection (the floor)": c.raw_select,
+            "aiomysql.Pool acquire/release": c.pool_select,
+            "aconn, health checks off": c.scope_select(c.off),
+            "aconn, health checks on": c.scope_select(c.on),
+            "SQLAlchemy async engine": c.sa_select(c.sa),
+            "SQLAlchemy async engine, pool_pre_ping": c.sa_select(c.sa_ping),
+            "connect per unit (CONN_MAX_AGE=0)": c.connect_select,
+        },
+        ops,
+        rounds,
+    )
+
+
+async def workload_concurrency(c: Contenders, tasks: int = 1000) -> Table:
+    """1,000 tasks over 10 connections, one SELECT 1 each: throughput and the wait for a connection."""
+    from sqlalchemy import text
+
+    statement = text("SELECT 1")
+
+    async def run(take: Callable[[], Any], query: Callable[[Any], Awaitable[None]]) -> tuple[float, list[float]]:
+        waits: list[float] = []
+
+        async def one() -> None:
+            started = time.perf_counter()
+            async with take() as conn:
+                waits.append(time.perf_counter() - started)
+                await query(conn)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(tasks)))
+        return tasks / (time.perf_counter() - started), waits
+
+    class AconnTake:
+        def __init__(self, handler: aconn.Connections) -> None:
+            self.handler = handler
+
+        async def __aenter__(self) -> Any:
+            self.scope = self.handler.scope()
+            await self.scope.__aenter__()
+            return await self.handler.connection()
+
+        async def __aexit__(self, *exc: Any) -> None:
+            await self.scope.__aexit__(*exc)
+
+    async def sa_query(conn: Any) -> None:
+        (await conn.execute(statement)).fetchone()
+
+    limited = aconn.Connections({"default": {**c.settings, "CONN_MAX_AGE": 3600, "MAX_CONNS": 10}})
+    contenders = {
+        "aiomysql.Pool (maxsize=10)": (c.pool.acquire, select1),
+        "aconn (MAX_CONNS=10)": (lambda: AconnTake(limited), select1),
+        "SQLAlchemy (pool_size=10)": (c.sa.connect, sa_query),
+    }
+    table = Table("3. Concurrency: 1,000 tasks over 10 connections", unit="value")
+    lines = [
+        "| contender | scopes/s | wait p50 ms | wait p99 ms | wait max ms |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    results: dict[str, list[tuple[float, list[float]]]] = {name: [] for name in contenders}
+    for _ in range(3):
+        for name, (take, query) in contenders.items():
+            results[name].append(await run(take, query))
+    for name, runs in results.items():
+        rate = statistics.median(r for r, _ in runs)
+        waits = sorted(w * 1000 for _, ws in runs for w in ws)
+        p50, p99 = percentile(waits, 0.5), percentile(waits, 0.99)
+        lines.append(f"| {name} | {rate:.0f} | {p50:.2f} | {p99:.2f} | {waits[-1]:.2f} |")
+        table.rows.append((name, rate, 0.0))
+    await limited.aclose()
+    table.note = "\n".join(lines)
+    return table
+
+
+async def workload_scale(settings: dict[str, Any], ops: int, rounds: int) -> Table:
+    """Cost per scope with 1, 10, 100 idle connections and with 10 to 10,000 tasks queued."""
+    rows: list[tuple[str, float, float]] = []
+    for idle in (1, 10, 100):
+        handler = aconn.Connections({"default": {**settings, "CONN_MAX_AGE": 3600, "MAX_CONNS": idle}})
+
+        async def hold_one(handler: aconn.Connections = handler) -> None:
+            async with handler.scope():
+                await handler.connection()
+                await asyncio.sleep(0.05)
+
+        await asyncio.gather(*(hold_one() for _ in range(idle)))  # fill the idle set
+        table = await interleave("", {"x": _scopes(handler)}, ops, rounds)
+        rows.append((f"{idle} idle connection(s)", table.rows[0][1], 0.0))
+        await handler.aclose()
+    for queued in (10, 1000, 10000):
+        handler = aconn.Connections({"default": {**settings, "CONN_MAX_AGE": 3600, "MAX_CONNS": 10}})
+        per_task = max(1, ops * 2 // queued)
+
+        async def worker(k: int = per_task, handler: aconn.Connections = handler) -> None:
+            for _ in range(k):
+                async with handler.scope():
+                    await handler.connection()
+                    await asyncio.sleep(0)  # hold across a task switch: the others queue
+
+        samples = []
+        for _ in range(rounds):
+            started = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(queued)))
+            samples.append((time.perf_counter() - started) / (per_task * queued) * 1e6)
+        rows.append((f"{queued} tasks contending (up to {queued - 10} queued)", statistics.median(samples), 0.0))
+        await handler.aclose()
+    base = rows[0][1]
+    table = Table("4. Scale: cost per scope as idle connections and waiters grow")
+    table.rows = [(name, value, value / base) for name, value, _ in rows]
+    table.note = (
+        "Rows with contending tasks include the hand-off to the next waiter and a task switch per scope, so"
+        " compare them with each other, not with the idle rows."
+    )
+    return table
+
+
+def percentile(ordered: list[float], q: float) -> float:
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _scopes(handler: aconn.Connections) -> Bench:
+    async def bench(k: int) -> None:
+        for _ in range(k):
+            async with handler.scope():
+                await handler.connection()
+
+    return bench
+
+
+def rss_mb() -> float:
+    with open(f"/proc/{os.getpid()}/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+async def workload_memory(settings: dict[str, Any], total: int = 1_000_000) -> Table:
+    """Process memory over 1,000,000 scopes: it must stay flat."""
+    handler = aconn.Connections({"default": {**settings, "CONN_MAX_AGE": 3600}})
+    await handler.open()
+    run = _scopes(handler)
+    table = Table("7. Memory over 1,000,000 scopes", unit="MiB RSS")
+    await run(10_000)
+    gc.collect()
+    start = rss_mb()
+    table.rows.append(("after 10,000 scopes (warm)", start, 1.0))
+    done = 10_000
+    for checkpoint in (250_000, 500_000, total):
+        await run(checkpoint - done)
+        done = checkpoint
+        gc.collect()
+        now = rss_mb()
+        table.rows.append((f"after {checkpoint:,} scopes", now, now / start))
+    await handler.aclose()
+    return table

@@ -1,0 +1,161 @@
+"""Workload 5: the same one-query endpoint under uvicorn, one variant per way of getting a connection.
+
+    python benchmarks/webapp.py serve VARIANT --port P --settings JSON   # a server process
+    python benchmarks/webapp.py load --port P --seconds S --connections C  # the load generator process
+
+Variants: aconn (health checks off / on), a hand-rolled aiomysql.Pool,
+SQLAlchemy's async engine, connect-per-request. The load generator is a
+plain keep-alive HTTP/1.1 client in its own process; it prints requests per
+second and latency percentiles as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import statistics
+import sys
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+VARIANTS = ("aconn", "aconn-health", "aiomysql-pool", "sqlalchemy", "connect-per-request")
+
+
+def build_app(variant: str, settings: dict[str, Any]) -> Any:
+    import aiomysql
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    kwargs = {
+        "host": settings["HOST"], "port": settings["PORT"], "user": settings["USER"],
+        "password": settings["PASSWORD"], "db": settings["NAME"], "autocommit": True,
+    }  # fmt: skip
+
+    async def select1(conn: Any) -> Any:
+        async with conn.cursor() as cur:
+            await cur.execute("SELECT 1")
+            return (await cur.fetchone())[0]
+
+    if variant.startswith("aconn"):
+        import aconn
+        from aconn.asgi import ConnectionsMiddleware
+
+        entry = {**settings, "CONN_MAX_AGE": 3600, "MAX_CONNS": 10, "CONN_HEALTH_CHECKS": variant == "aconn-health"}
+        connections = aconn.Connections({"default": entry})
+
+        async def endpoint(request: Request) -> PlainTextResponse:
+            return PlainTextResponse(str(await select1(await connections.connection())))
+
+        return Starlette(
+            routes=[Route("/", endpoint)], middleware=[Middleware(ConnectionsMiddleware, connections=connections)]
+        )
+
+    if variant == "aiomysql-pool":
+        state: dict[str, Any] = {}
+
+        @contextlib.asynccontextmanager
+        async def lifespan(app: Any) -> AsyncIterator[None]:
+            state["pool"] = await aiomysql.create_pool(minsize=1, maxsize=10, **kwargs)
+            yield
+            state["pool"].close()
+            await state["pool"].wait_closed()
+
+        async def pool_endpoint(request: Request) -> PlainTextResponse:
+            async with state["pool"].acquire() as conn:
+                return PlainTextResponse(str(await select1(conn)))
+
+        return Starlette(routes=[Route("/", pool_endpoint)], lifespan=lifespan)
+
+    if variant == "sqlalchemy":
+        from sqlalchemy import text
+        from sqlalchemy.ext.asyncio import create_async_engine
+
+        url = f"mysql+aiomysql://{kwargs['user']}:{kwargs['password']}@{kwargs['host']}:{kwargs['port']}/{kwargs['db']}"
+        engine = create_async_engine(url, pool_size=10, max_overflow=0)
+        statement = text("SELECT 1")
+
+        async def sa_endpoint(request: Request) -> PlainTextResponse:
+            async with engine.connect() as conn:
+                return PlainTextResponse(str((await conn.execute(statement)).scalar()))
+
+        return Starlette(routes=[Route("/", sa_endpoint)])
+
+    async def connect_endpoint(request: Request) -> PlainTextResponse:
+        conn = await aiomysql.connect(**kwargs)
+        try:
+            return PlainTextResponse(str(await select1(conn)))
+        finally:
+            await conn.ensure_closed()
+
+    return Starlette(routes=[Route("/", connect_endpoint)])
+
+
+async def load(port: int, seconds: float, connections: int) -> dict[str, float]:
+    """Keep-alive HTTP/1.1 clients hammering GET / for ``seconds``; requests/s and latency percentiles."""
+    request = f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + seconds
+
+    async def client() -> None:
+        nonlocal errors
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while time.perf_counter() < deadline:
+                started = time.perf_counter()
+                writer.write(request)
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                body = await reader.readexactly(length)
+                latencies.append(time.perf_counter() - started)
+                if not head.startswith(b"HTTP/1.1 200") or body != b"1":
+                    errors += 1
+        finally:
+            writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(connections)))
+    elapsed = time.perf_counter() - started
+    latencies.sort()
+    return {
+        "rps": len(latencies) / elapsed,
+        "p50_ms": statistics.median(latencies) * 1000,
+        "p99_ms": latencies[int(0.99 * (len(latencies) - 1))] * 1000,
+        "errors": errors,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve")
+    serve.add_argument("variant", choices=VARIANTS)
+    serve.add_argument("--port", type=int, required=True)
+    serve.add_argument("--settings", required=True, help="a DATABASES entry as JSON")
+    serve.add_argument("--loop", default="asyncio", choices=["asyncio", "uvloop"])
+    gen = sub.add_parser("load")
+    gen.add_argument("--port", type=int, required=True)
+    gen.add_argument("--seconds", type=float, default=5)
+    gen.add_argument("--connections", type=int, default=20)
+    args = parser.parse_args()
+    if args.command == "serve":
+        import uvicorn
+
+        app = build_app(args.variant, json.loads(args.settings))
+        uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", loop=args.loop, access_log=False)
+    else:
+        print(json.dumps(asyncio.run(load(args.port, args.seconds, args.connections))))
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
