@@ -39,22 +39,21 @@ class Housekeeper:
     def __init__(self, handler: Connections) -> None:
         self._handler = handler
         self._task: asyncio.Task[None] | None = None
-        self._cancel: anyio.CancelScope | None = None
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="aconn-housekeeper")
 
     async def stop(self) -> None:
-        if self._cancel is not None:
-            self._cancel.cancel()
+        # Cancel the host task itself: a cancel scope made inside it would not exist yet if
+        # aclose() came before the task first ran (open() then aclose() with no await between).
         if self._task is not None:
+            self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
     async def _run(self) -> None:
-        with anyio.CancelScope() as self._cancel:
-            async with anyio.create_task_group() as tg:
-                for pool in self._handler._pools.values():
-                    tg.start_soon(self._tend, pool, name=f"aconn-housekeeper-{pool.alias}")
+        async with anyio.create_task_group() as tg:
+            for pool in self._handler._pools.values():
+                tg.start_soon(self._tend, pool, name=f"aconn-housekeeper-{pool.alias}")
 
     async def _tend(self, pool: Pool) -> None:
         backoff = MAX_BACKOFF / 4

@@ -152,3 +152,15 @@ async def test_lazy_use_without_open_and_aclose_idempotent(tmp_path: Path) -> No
     await connections.aclose()
     await connections.aclose()
     assert connections.stats().open == 0
+
+
+async def test_aclose_right_after_open_stops_the_housekeeper(sqlite_path: str) -> None:
+    """open() then aclose() with no suspension between: the housekeeper task has not run yet."""
+    connections = aconn.Connections({"default": f"sqlite:///{sqlite_path}?conn_max_age=3600"})
+    await connections.open()
+    async with connections.scope():  # no I/O on this path: nothing yields to the housekeeper
+        await connections.connection()
+    async with asyncio.timeout(5):
+        await connections.aclose()
+    assert connections._housekeeper is not None and connections._housekeeper._task is not None
+    assert connections._housekeeper._task.done()
