@@ -332,3 +332,22 @@ async def test_tls_required_but_server_has_none(db: MariaDB, make: Any) -> None:
         await in_scope(connections, "SELECT 1")
     assert info.value.args[0] == 2026 and "not encrypted" in str(info.value)
     assert connections.stats().open == 0
+
+
+def test_killed_idle_connection_under_uvloop(db: MariaDB) -> None:
+    """The socket peek works on uvloop too, whose transport sockets refuse recv()."""
+    import uvloop
+
+    async def scenario() -> None:
+        connections = aconn.Connections({"default": db.settings(CONN_MAX_AGE=60)})
+        try:
+            first = await in_scope(connections, "SELECT CONNECTION_ID()")
+            backend = connections._pools["default"].backend
+            assert backend.is_dead(connections._pools["default"]._idle[-1].conn) is False
+            db.sql(f"KILL CONNECTION {first}")
+            assert await in_scope(connections, "SELECT CONNECTION_ID()") != first
+            assert connections.stats().closed_unusable == 1
+        finally:
+            await connections.aclose()
+
+    uvloop.run(scenario())

@@ -46,6 +46,17 @@ _MARIADB_STATEMENT_TIME = "@@SESSION.max_statement_time"  # seconds
 _MYSQL_STATEMENT_TIME = "@@SESSION.max_execution_time / 1000"  # milliseconds
 
 
+def _peek_says_dead(sock: socket.socket) -> bool:
+    """A non-blocking peek: nothing to read is the healthy idle case; EOF, an error or stray bytes are not."""
+    try:
+        sock.recv(1, _MSG_PEEK_DONTWAIT)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+    return True  # EOF, or bytes nobody asked for (an error packet sent at kill time)
+
+
 class MySQLBackend(Backend):
     """aiomysql connections to MySQL or MariaDB."""
 
@@ -140,14 +151,15 @@ class MySQLBackend(Backend):
         sock = transport.get_extra_info("socket")
         if sock is None:
             return False
+        raw = getattr(sock, "_sock", None)  # asyncio's TransportSocket wraps the real socket
+        if raw is not None:
+            return _peek_says_dead(raw)
+        # uvloop's transport sockets refuse recv(): borrow the descriptor for one peek, never close it
+        borrowed = socket.socket(sock.family, sock.type, sock.proto, sock.fileno())
         try:
-            sock._sock.recv(1, _MSG_PEEK_DONTWAIT)
-        except BlockingIOError:
-            return False  # nothing to read: the healthy idle case
-        except OSError:
-            return True
-        # EOF, or bytes nobody asked for (an error packet sent at kill time)
-        return True
+            return _peek_says_dead(borrowed)
+        finally:
+            borrowed.detach()
 
     async def ping(self, conn: Any) -> None:
         await conn.ping(reconnect=False)
