@@ -27,7 +27,7 @@ logger = logging.getLogger("aconn")
 MAX_INTERVAL = 30.0
 #: and at most this often
 MIN_INTERVAL = 0.05
-#: with MIN_CONNS to keep, this often (a sweep is timestamps and socket peeks: no round trip)
+#: with MIN_CONNS to keep, this often (a sweep is timestamps and socket polls: no round trip)
 WARM_INTERVAL = 1.0
 #: backoff ceiling while the server refuses MIN_CONNS refills
 MAX_REFILL_BACKOFF = 30.0

@@ -51,20 +51,22 @@ async def in_process(
     settings: dict[str, Any], latent: dict[str, Any], quick: bool, loop_name: str
 ) -> list[peers.Table]:
     ops, rounds = (1000, 3) if quick else (5000, 7)
-    tables = []
+    tables: list[peers.Table] = []
+
+    def done(table: peers.Table) -> None:
+        tables.append(table)
+        print(f"   {table.title}: done", flush=True)
+
     async with peers.Contenders(settings) as c:
-        tables.append(await peers.workload_overhead(c, ops, rounds))
-        tables.append(await peers.workload_select(c, ops // 5, rounds, "2. One SELECT 1 per scope"))
-        tables.append(await peers.workload_concurrency(c))
+        done(await peers.workload_overhead(c, ops, rounds))
+        done(await peers.workload_select(c, ops // 5, rounds, "2. One SELECT 1 per scope"))
+        done(await peers.workload_concurrency(c))
     async with peers.Contenders(latent) as c:
-        tables.append(
-            await peers.workload_select(
-                c, ops // 25, rounds, f"6a. One SELECT 1 per scope, +{LATENCY * 1000:g} ms each way"
-            )
-        )
-    tables.append(await peers.workload_scale(settings, ops, rounds))
+        title = f"6a. One SELECT 1 per scope, +{LATENCY * 1000:g} ms each way (TCP proxy)"
+        done(await peers.workload_select(c, ops // 50, rounds, title))
+    done(await peers.workload_scale(settings, ops, rounds))
     if loop_name == "asyncio":
-        tables.append(await peers.workload_memory(settings, 200_000 if quick else 1_000_000))
+        done(await peers.workload_memory(settings, 200_000 if quick else 1_000_000))
     return tables
 
 
@@ -199,7 +201,7 @@ return: a round trip per checkout). What is left of the scope path: the
 `Scope` object and its ContextVar set/reset, one `asyncio.current_task()` per
 scope entry and one per first use (the owner check), the idle-stack pop/push
 with two `monotonic()` reads, the deadline and idle-limit compares, the
-non-blocking `MSG_PEEK` system call that catches a FIN the event loop has not
+non-blocking `poll(0)` system call that catches a FIN the event loop has not
 processed yet, and the busy-set bookkeeping used in `AcquireTimeout`
 messages. Opening a connection costs one extra round trip (reading the
 server's limits in one `SELECT`), paid once per connection, never per scope."""

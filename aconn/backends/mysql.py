@@ -8,7 +8,7 @@ round trip; ``tests/test_backend_mysql.py`` fails if the driver changes them.
 from __future__ import annotations
 
 import inspect
-import socket
+import select
 from typing import Any, ClassVar
 
 import aiomysql
@@ -34,7 +34,6 @@ _ISOLATION_LEVELS = frozenset({"read uncommitted", "read committed", "repeatable
 _DISCONNECT_CODES = frozenset({2003, 2006, 2013, 2014, 2045, 2055, 4031})
 # server refused a new session for now: retry inside the acquire deadline
 _RETRY_CODES = frozenset({1040, 1203})
-_MSG_PEEK_DONTWAIT = socket.MSG_PEEK | socket.MSG_DONTWAIT
 _IN_TRANS = SERVER_STATUS.SERVER_STATUS_IN_TRANS
 _AUTOCOMMIT = SERVER_STATUS.SERVER_STATUS_AUTOCOMMIT
 # one round trip per new connection; the statement-time variable differs between the two servers
@@ -46,15 +45,17 @@ _MARIADB_STATEMENT_TIME = "@@SESSION.max_statement_time"  # seconds
 _MYSQL_STATEMENT_TIME = "@@SESSION.max_execution_time / 1000"  # milliseconds
 
 
-def _peek_says_dead(sock: socket.socket) -> bool:
-    """A non-blocking peek: nothing to read is the healthy idle case; EOF, an error or stray bytes are not."""
-    try:
-        sock.recv(1, _MSG_PEEK_DONTWAIT)
-    except BlockingIOError:
-        return False
-    except OSError:
-        return True
-    return True  # EOF, or bytes nobody asked for (an error packet sent at kill time)
+def _readable_now(fd: int) -> bool:
+    """True if the socket has something to read (EOF, a reset, stray bytes) or an error: one poll(0).
+
+    An idle MySQL session receives nothing, so anything pending means the
+    server closed it (or wrote an error packet before closing). A poll object
+    works on any descriptor number and with any event loop (uvloop's transport
+    sockets refuse recv()).
+    """
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLPRI)
+    return bool(poller.poll(0))
 
 
 class MySQLBackend(Backend):
@@ -147,19 +148,14 @@ class MySQLBackend(Backend):
         if not peek:
             return False
         # The event loop may not have noticed a FIN yet (a killed session):
-        # peek at the socket, a syscall and no round trip.
+        # poll the socket once, a system call and no round trip.
         sock = transport.get_extra_info("socket")
         if sock is None:
             return False
-        raw = getattr(sock, "_sock", None)  # asyncio's TransportSocket wraps the real socket
-        if raw is not None:
-            return _peek_says_dead(raw)
-        # uvloop's transport sockets refuse recv(): borrow the descriptor for one peek, never close it
-        borrowed = socket.socket(sock.family, sock.type, sock.proto, sock.fileno())
         try:
-            return _peek_says_dead(borrowed)
-        finally:
-            borrowed.detach()
+            return _readable_now(sock.fileno())
+        except (OSError, ValueError):
+            return True  # the descriptor is gone
 
     async def ping(self, conn: Any) -> None:
         await conn.ping(reconnect=False)
