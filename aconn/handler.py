@@ -212,7 +212,7 @@ class Connections:
         pool = self._pool(alias)
         if self._loop is not asyncio.get_running_loop():
             self._bind_loop()
-        holder = await pool.acquire(task)
+        holder = pool.take_idle(task) or await pool.acquire(task)
         scope._held[alias] = holder
         return holder.conn
 

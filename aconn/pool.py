@@ -145,6 +145,24 @@ class Pool:
         assert isinstance(granted, Holder)
         return self._taken(granted, task)
 
+    def take_idle(self, task: asyncio.Task[Any] | None) -> Holder | None:
+        """The common case of :meth:`acquire`, with no await: a checked idle connection needing no ping.
+
+        None when the caller must go through :meth:`acquire` (nothing idle, tasks waiting,
+        a ping due, or the pool closed).
+        """
+        if self.closed or self._waiting or not self._idle:
+            return None
+        holder = self._pop_idle()
+        if holder is None:
+            return None
+        if self._health_checks and holder.taken_at - holder.last_used > PING_BYPASS:
+            holder.state = _IDLE  # a ping is due: acquire() pops it again and pings it
+            self._in_use -= 1
+            self._idle.append(holder)
+            return None
+        return self._taken(holder, task)
+
     def _pop_idle(self) -> Holder | None:
         """Pop the most recent usable idle connection; discard the unusable ones found on the way."""
         idle = self._idle
