@@ -191,6 +191,30 @@ async def workload_select(c: Contenders, ops: int, rounds: int, title: str) -> T
     )
 
 
+async def workload_connect(c: Contenders, ops: int, rounds: int) -> Table:
+    """What opening a connection costs, paid once per connection (never per scope)."""
+    backend = c.off._pools["default"].backend
+
+    async def bare(k: int) -> None:
+        for _ in range(k):
+            conn = await aiomysql.connect(**c.kwargs)
+            await conn.ensure_closed()
+
+    async def with_limits(k: int) -> None:
+        for _ in range(k):
+            conn, _limits = await backend.connect()  # handshake + one SELECT of the server's limits
+            await backend.close(conn)
+
+    return await interleave(
+        "8. Connect and close (once per connection, never per scope)",
+        {"aiomysql.connect": bare, "aconn's backend: connect, read the server's limits": with_limits},
+        ops,
+        rounds,
+        note="The difference is the one round trip that reads wait_timeout, max_connections and the other"
+        " limits in a single SELECT.",
+    )
+
+
 async def workload_concurrency(c: Contenders, tasks: int = 1000) -> Table:
     """1,000 tasks over 10 connections, one SELECT 1 each: throughput and the wait for a connection."""
     from sqlalchemy import text
