@@ -294,33 +294,23 @@ async def workload_scale(settings: dict[str, Any], ops: int, rounds: int) -> Tab
         handler = aconn.Connections({"default": {**settings, "CONN_MAX_AGE": 3600, "MAX_CONNS": 10}})
         per_task = max(1, ops * 2 // queued)
 
-        async def worker(k: int = per_task, handler: aconn.Connections = handler) -> None:
-            for _ in range(k):
-                async with handler.scope():
-                    await handler.connection()
-                    await asyncio.sleep(0)  # hold across a task switch: the others queue
+        async def worker(handler: aconn.Connections = handler) -> None:
+            async with handler.scope():
+                await handler.connection()
+                await asyncio.sleep(0)  # hold across a task switch: the others queue
 
-        samples = []
-        for _ in range(rounds):
-            started = time.perf_counter()
-            await asyncio.gather(*(worker() for _ in range(queued)))
-            samples.append((time.perf_counter() - started) / (per_task * queued) * 1e6)
-        rows.append((f"{queued} tasks contending (up to {queued - 10} queued)", statistics.median(samples), 0.0))
+        cost = await _contended(worker, queued, per_task, rounds)
+        rows.append((f"{queued} tasks contending (up to {queued - 10} queued)", cost, 0.0))
         await handler.aclose()
         # the same contention on a bare asyncio.Semaphore(10): what the event loop itself costs
         semaphore = asyncio.Semaphore(10)
 
-        async def bare(k: int = per_task, semaphore: asyncio.Semaphore = semaphore) -> None:
-            for _ in range(k):
-                async with semaphore:
-                    await asyncio.sleep(0)
+        async def bare(semaphore: asyncio.Semaphore = semaphore) -> None:
+            async with semaphore:
+                await asyncio.sleep(0)
 
-        samples = []
-        for _ in range(rounds):
-            started = time.perf_counter()
-            await asyncio.gather(*(bare() for _ in range(queued)))
-            samples.append((time.perf_counter() - started) / (per_task * queued) * 1e6)
-        rows.append((f"  baseline: asyncio.Semaphore(10), {queued} tasks", statistics.median(samples), 0.0))
+        cost = await _contended(bare, queued, per_task, rounds)
+        rows.append((f"  baseline: asyncio.Semaphore(10), {queued} tasks", cost, 0.0))
     base = rows[0][1]
     table = Table("4. Scale: cost per scope as idle connections and waiters grow")
     table.rows = [(name, value, value / base) for name, value, _ in rows]
@@ -330,6 +320,21 @@ async def workload_scale(settings: dict[str, Any], ops: int, rounds: int) -> Tab
         " not with the idle rows: what grows with the number of tasks is the event loop's own cost."
     )
     return table
+
+
+async def _contended(unit: Callable[[], Awaitable[None]], tasks: int, per_task: int, rounds: int) -> float:
+    """Median us per unit of work, with ``tasks`` tasks each doing ``per_task`` units at once."""
+
+    async def task() -> None:
+        for _ in range(per_task):
+            await unit()
+
+    samples = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        await asyncio.gather(*(task() for _ in range(tasks)))
+        samples.append((time.perf_counter() - started) / (per_task * tasks) * 1e6)
+    return statistics.median(samples)
 
 
 def percentile(ordered: list[float], q: float) -> float:
