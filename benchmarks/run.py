@@ -109,13 +109,14 @@ def web(settings: dict[str, Any], quick: bool, loop_name: str, title: str) -> pe
     base = statistics.median(r["rps"] for r in results["aiomysql-pool"])
     names = {
         "aconn": "aconn, health checks off", "aconn-health": "aconn, health checks on",
+        "aconn-endpoint": "aconn, scope in the endpoint (no middleware)",
         "aiomysql-pool": "hand-rolled aiomysql.Pool", "sqlalchemy": "SQLAlchemy async engine",
         "connect-per-request": "connect per request",
     }  # fmt: skip
     table = peers.Table(title, unit="requests/s")
     lines = ["| variant | requests/s | ratio to aiomysql.Pool | p50 ms | p99 ms | errors |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
-    for variant in ("aiomysql-pool", "aconn", "aconn-health", "sqlalchemy", "connect-per-request"):
+    for variant in ("aiomysql-pool", "aconn", "aconn-health", "aconn-endpoint", "sqlalchemy", "connect-per-request"):
         runs = results[variant]
         rps = statistics.median(r["rps"] for r in runs)
         p50 = statistics.median(r["p50_ms"] for r in runs)

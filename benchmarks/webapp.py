@@ -3,7 +3,9 @@
     python benchmarks/webapp.py serve VARIANT --port P --settings JSON   # a server process
     python benchmarks/webapp.py load --port P --seconds S --connections C  # the load generator process
 
-Variants: aconn (health checks off / on), a hand-rolled aiomysql.Pool,
+Variants: aconn with its middleware (health checks off / on), aconn with the
+scope inside the endpoint (the connection goes back before the response is
+sent, as the hand-rolled pool's does), a hand-rolled aiomysql.Pool,
 SQLAlchemy's async engine, connect-per-request. The load generator is a
 plain keep-alive HTTP/1.1 client in its own process; it prints requests per
 second and latency percentiles as JSON.
@@ -21,7 +23,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-VARIANTS = ("aconn", "aconn-health", "aiomysql-pool", "sqlalchemy", "connect-per-request")
+VARIANTS = ("aconn", "aconn-health", "aconn-endpoint", "aiomysql-pool", "sqlalchemy", "connect-per-request")
 
 
 def build_app(variant: str, settings: dict[str, Any]) -> Any:
@@ -48,6 +50,14 @@ def build_app(variant: str, settings: dict[str, Any]) -> Any:
 
         entry = {**settings, "CONN_MAX_AGE": 3600, "MAX_CONNS": 10, "CONN_HEALTH_CHECKS": variant == "aconn-health"}
         connections = aconn.Connections({"default": entry})
+
+        if variant == "aconn-endpoint":  # the scope inside the endpoint: released before the response is sent
+
+            async def scoped_endpoint(request: Request) -> PlainTextResponse:
+                async with connections.scope():
+                    return PlainTextResponse(str(await select1(await connections.connection())))
+
+            return Starlette(routes=[Route("/", scoped_endpoint)], lifespan=connections.lifespan)
 
         async def endpoint(request: Request) -> PlainTextResponse:
             return PlainTextResponse(str(await select1(await connections.connection())))
