@@ -17,7 +17,7 @@ from .backends import load_backend
 from .errors import AconnError, ClosedError, ConfigError, ScopeError
 from .iteration import Jobs
 from .pool import Pool
-from .scope import Scope
+from .scope import Scope, current_task
 from .settings import Settings, parse_databases
 from .stats import PoolStats
 
@@ -166,19 +166,11 @@ class Connections:
         """
         return Scope(self)
 
-    def _scope_started(self) -> None:
-        self._active_scopes += 1
-        now = monotonic()
-        if now >= self._next_sweep:
-            self._next_sweep = now + SWEEP_INTERVAL
-            if self._loop is not None:
-                for pool in self._pools.values():
-                    pool.sweep()
-
-    def _scope_ended(self) -> None:
-        self._active_scopes -= 1
-        if self._drained is not None:
-            self._drained.set()
+    def _sweep(self) -> None:
+        """Close expired idle connections: run on scope entry, at most every ``SWEEP_INTERVAL``."""
+        self._next_sweep = monotonic() + SWEEP_INTERVAL
+        for pool in self._pools.values():
+            pool.sweep()
 
     async def connection(self, alias: str = "default") -> Any:
         """The driver's connection for ``alias``, bound to the current scope and task.
@@ -197,7 +189,7 @@ class Connections:
                 "of work in `async with connections.scope():` (or decorate it with "
                 "@connections.scoped, or add aconn.asgi.ConnectionsMiddleware to the app)"
             )
-        task = asyncio.current_task()
+        task = current_task()
         if scope._task is not task:
             owner = scope._task.get_name() if scope._task is not None else "?"
             name = task.get_name() if task is not None else "?"
@@ -206,14 +198,12 @@ class Connections:
                 f"{owner!r}: a connection is never shared between tasks. Open a scope of its "
                 "own in the child task: `async with connections.scope():`"
             )
-        holder = scope._held.get(alias)
-        if holder is not None:
-            return holder.conn
-        pool = self._pool(alias)
-        if self._loop is not asyncio.get_running_loop():
-            self._bind_loop()
-        holder = pool.take_idle(task) or await pool.acquire(task)
-        scope._held[alias] = holder
+        held = scope._held
+        holder = held.get(alias)
+        if holder is None:
+            pool = self._pools.get(alias) or self._pool(alias)
+            holder = pool.take_idle(task) or await pool.acquire(task)
+            held[alias] = holder
         return holder.conn
 
     def scoped(self, func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:

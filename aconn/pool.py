@@ -14,6 +14,7 @@ import math
 import random
 import traceback
 from collections import deque
+from collections.abc import Callable
 from time import monotonic
 from typing import Any, Final
 
@@ -51,6 +52,7 @@ class Holder:
     """One pooled connection, its state and its timestamps."""
 
     __slots__ = (
+        "alive",
         "close_at",
         "conn",
         "idle_limit",
@@ -63,8 +65,9 @@ class Holder:
         "task",
     )  # fmt: skip
 
-    def __init__(self, conn: Any, now: float, close_at: float, idle_limit: float) -> None:
+    def __init__(self, conn: Any, alive: Callable[[], bool], now: float, close_at: float, idle_limit: float) -> None:
         self.conn = conn
+        self.alive = alive  # the backend's liveness check of this connection, built once
         self.opened_at = now
         self.close_at = close_at
         self.idle_limit = idle_limit
@@ -89,7 +92,7 @@ class Pool:
         self.limits: ServerLimits | None = None
         self.closed = False
         self._idle: list[Holder] = []  # a stack: the most recently used on top
-        self._busy: set[Holder] = set()
+        self._holders: set[Holder] = set()  # every open connection, for error messages
         self._waiters: deque[asyncio.Future[Holder | _Slot]] = deque()
         self._background: set[asyncio.Task[None]] = set()
         self._size = 0
@@ -98,6 +101,7 @@ class Pool:
         self._closing = 0
         self._waiting = 0
         self._health_checks = settings.health_checks
+        self._leak_timeout = settings.leak_timeout
         self._warned = False
         self._refusing = False
         self._c_opened = 0
@@ -146,22 +150,31 @@ class Pool:
         return self._taken(granted, task)
 
     def take_idle(self, task: asyncio.Task[Any] | None) -> Holder | None:
-        """The common case of :meth:`acquire`, with no await: a checked idle connection needing no ping.
+        """The common case of :meth:`acquire`, with no await: the top idle connection, if it passes.
 
-        None when the caller must go through :meth:`acquire` (nothing idle, tasks waiting,
-        a ping due, or the pool closed).
+        None when the caller must go through :meth:`acquire`, which sorts out the rest
+        (nothing idle, tasks waiting, the top one expired or dead, a ping or a leak timer due,
+        the pool closed).
         """
-        if self.closed or self._waiting or not self._idle:
+        idle = self._idle
+        if not idle or self._waiting or self.closed or self._leak_timeout is not None:
             return None
-        holder = self._pop_idle()
-        if holder is None:
+        holder = idle[-1]
+        now = monotonic()
+        since = now - holder.last_used
+        if (
+            now >= holder.close_at
+            or since >= holder.idle_limit
+            or (self._health_checks and since > PING_BYPASS)
+            or not holder.alive()
+        ):
             return None
-        if self._health_checks and holder.taken_at - holder.last_used > PING_BYPASS:
-            holder.state = _IDLE  # a ping is due: acquire() pops it again and pings it
-            self._in_use -= 1
-            self._idle.append(holder)
-            return None
-        return self._taken(holder, task)
+        idle.pop()
+        holder.state = _IN_USE
+        holder.taken_at = now
+        holder.task = task
+        self._in_use += 1
+        return holder
 
     def _pop_idle(self) -> Holder | None:
         """Pop the most recent usable idle connection; discard the unusable ones found on the way."""
@@ -169,14 +182,12 @@ class Pool:
         now = monotonic()
         while idle:
             holder = idle.pop()
-            reason = self._unusable_reason(holder, now)
-            if reason is not None:
-                self._discard(holder, reason)
-            else:
+            if now < holder.close_at and now - holder.last_used < holder.idle_limit and holder.alive():
                 holder.state = _IN_USE
                 holder.taken_at = now
                 self._in_use += 1
                 return holder
+            self._discard(holder, self._unusable_reason(holder, now) or "unusable")
         return None
 
     def _unusable_reason(self, holder: Holder, now: float) -> str | None:
@@ -185,7 +196,7 @@ class Pool:
             return "max_age"
         if now - holder.last_used >= holder.idle_limit:
             return "idle"
-        if self.backend.is_dead(holder.conn):
+        if not holder.alive():
             return "unusable"
         return None
 
@@ -243,7 +254,7 @@ class Pool:
             self._put_back(granted)
 
     def _timeout_message(self) -> str:
-        holders = sorted({h.task.get_name() if h.task is not None else "?" for h in self._busy})
+        holders = sorted({h.task.get_name() if h.task else "?" for h in self._holders if h.state is _IN_USE})
         shown = ", ".join(holders[:10]) + (f" and {len(holders) - 10} more" if len(holders) > 10 else "")
         return (
             f"aconn alias {self.alias!r}: no connection within ACQUIRE_TIMEOUT="
@@ -307,7 +318,8 @@ class Pool:
             raise ClosedError(f"aconn alias {self.alias!r} is closed")
         self._c_opened += 1
         self.limits = limits
-        holder = Holder(conn, monotonic(), *self._deadlines(limits))
+        holder = Holder(conn, self.backend.liveness(conn), monotonic(), *self._deadlines(limits))
+        self._holders.add(holder)
         self._in_use += 1
         return holder
 
@@ -341,8 +353,7 @@ class Pool:
 
     def _taken(self, holder: Holder, task: asyncio.Task[Any] | None) -> Holder:
         holder.task = task
-        self._busy.add(holder)
-        leak_timeout = self.settings.leak_timeout
+        leak_timeout = self._leak_timeout
         if leak_timeout is not None:
             holder.taken_stack = traceback.format_stack(limit=16)[:-2]
             holder.leak_timer = asyncio.get_running_loop().call_later(leak_timeout, self._leaked, holder)
@@ -371,24 +382,19 @@ class Pool:
         """
         if holder.state is not _IN_USE:
             raise AconnError(f"aconn alias {self.alias!r}: internal error, released a {holder.state} connection")
-        self._busy.discard(holder)
         holder.task = None
         if holder.leak_timer is not None:
             holder.leak_timer.cancel()
             holder.leak_timer = None
-        conn = holder.conn
         now = monotonic()
-        backend = self.backend
-        if (
-            exc is None
-            and now < holder.close_at
-            and not self.closed
-            and not backend.in_transaction(conn)
-            and not backend.is_dead(conn, peek=False)
-        ):
+        if exc is None and now < holder.close_at and not self.closed and self.backend.reusable(holder.conn):
             holder.last_used = now
             self._in_use -= 1
-            self._put_back(holder)
+            if self._waiters:
+                self._put_back(holder)
+            else:
+                holder.state = _IDLE
+                self._idle.append(holder)
             return None
         return self._release_slow(holder, exc)
 
@@ -400,7 +406,7 @@ class Pool:
             # cancelled or timed out, maybe mid-query: its byte stream may be out of step
             backend.interrupt(conn)
             reason = "error"
-        elif backend.is_dead(conn):
+        elif not holder.alive():
             reason = "unusable"
         elif exc is not None and backend.classify(exc) is ErrorKind.DISCONNECT:
             # lost, or out of step (e.g. two tasks on one connection): a ping could read stale bytes
@@ -496,6 +502,7 @@ class Pool:
             self._release_slot()
 
     def _count_closed(self, holder: Holder, reason: str) -> None:
+        self._holders.discard(holder)
         self._c_closed[reason] += 1
         if reason != "shutdown":
             # CONN_MAX_AGE=0 closes at every scope exit by design: not worth an INFO line each

@@ -8,7 +8,10 @@ connection is only handed to the owning task (see ``docs/concurrency.md``).
 from __future__ import annotations
 
 import asyncio
+import sys
+from asyncio import get_running_loop
 from collections.abc import Coroutine
+from time import monotonic
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +21,16 @@ from .pool import Holder
 if TYPE_CHECKING:
     from .handler import Connections
 
-__all__ = ("Scope", "run_shielded")
+__all__ = ("Scope", "current_task", "run_shielded")
+
+if sys.version_info >= (3, 12):
+    current_task = asyncio.current_task  # implemented in C
+else:
+    _current_tasks: dict[asyncio.AbstractEventLoop, asyncio.Task[Any]] = asyncio.tasks._current_tasks  # type: ignore[attr-defined]
+
+    def current_task(loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Task[Any] | None:
+        """``asyncio.current_task()``, shorter: on 3.11 it is Python code on the scope path."""
+        return _current_tasks.get(loop or get_running_loop())
 
 
 class Scope:
@@ -42,15 +54,20 @@ class Scope:
         handler = self._handler
         if handler._closing:
             raise ClosedError("this aconn handler is closed: no new scope can start")
+        loop = get_running_loop()
+        if loop is not handler._loop:
+            handler._bind_loop()  # raises if the handler belongs to another loop
         var = handler._scope_var
         current = var.get(None)
-        task = asyncio.current_task()
+        task = current_task(loop)
         if current is not None and current._task is task:
             self._outer = current  # nested in the same task: the outer scope does the work
             return current
         self._task = task
         self._token = var.set(self)
-        handler._scope_started()
+        handler._active_scopes += 1
+        if monotonic() >= handler._next_sweep:
+            handler._sweep()
         return self
 
     async def __aexit__(
@@ -73,7 +90,9 @@ class Scope:
                         await run_shielded(slow)
                 held.clear()
         finally:
-            handler._scope_ended()
+            handler._active_scopes -= 1
+            if handler._drained is not None:
+                handler._drained.set()
 
 
 async def run_shielded(coro: Coroutine[Any, Any, None]) -> None:

@@ -239,6 +239,8 @@ async def test_liveness_reads_driver_internals(db: MariaDB, make: Any) -> None:
         for attr in ("_writer", "_reader", "_result", "server_status"):
             assert hasattr(conn, attr), attr
         assert conn._writer.transport.get_extra_info("socket") is not None
+        assert conn._reader._eof is conn._reader.at_eof() is False
+        assert conn._reader._exception is conn._reader.exception() is None
     backend = connections._pools["default"].backend
     assert backend.is_dead(conn) is False
     db.sql(f"KILL CONNECTION {conn.thread_id()}")

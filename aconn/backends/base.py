@@ -8,6 +8,7 @@ driver's private attributes (for liveness checks with no round trip).
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -81,6 +82,22 @@ class Backend:
         ``peek=False`` asks for flags only (no system call), for the release path.
         """
         raise NotImplementedError
+
+    def liveness(self, conn: Any) -> Callable[[], bool]:
+        """A check built once per connection, called each time it is handed out: True if usable.
+
+        The scope path calls it on every hand-out, so backends prepare what they
+        can here (MySQL registers the socket with a poll object once). The
+        default asks :meth:`is_dead`.
+        """
+        return lambda: not self.is_dead(conn)
+
+    def reusable(self, conn: Any) -> bool:
+        """True if ``conn`` can go back to the idle set with no I/O: alive and no transaction open.
+
+        Called at every release; when False the pool works out why, slowly.
+        """
+        return not self.is_dead(conn, peek=False) and not self.in_transaction(conn)
 
     async def ping(self, conn: Any) -> None:
         """One round trip proving the session is alive; never reconnects. Raises if not."""

@@ -1,14 +1,16 @@
 """MySQL / MariaDB on aiomysql.
 
 This module is the only place that reads aiomysql's private attributes
-(``_writer``, ``_reader``, ``_result``), for liveness checks that cost no
-round trip; ``tests/test_backend_mysql.py`` fails if the driver changes them.
+(``_writer``, ``_reader``, ``_result``) and those of asyncio's StreamReader
+(``_eof``, ``_exception``), for liveness checks that cost no round trip;
+``test_liveness_reads_driver_internals`` fails if either changes them.
 """
 
 from __future__ import annotations
 
 import inspect
 import select
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import aiomysql
@@ -56,6 +58,20 @@ def _readable_now(fd: int) -> bool:
     poller = select.poll()
     poller.register(fd, select.POLLIN | select.POLLPRI)
     return bool(poller.poll(0))
+
+
+def _flagged_dead(conn: Any) -> bool:
+    """True if the driver or the event loop already knows the session is unusable (no system call).
+
+    Runs twice per scope, so it reads attributes instead of calling methods: the
+    stream reader's ``_eof`` and ``_exception`` are what ``at_eof()`` and
+    ``exception()`` return (asyncio and uvloop share the StreamReader).
+    """
+    reader = conn._reader
+    if conn._writer is None or reader is None or reader._eof or reader._exception is not None:
+        return True  # closed by the driver (cancellation, lost connection), or the peer closed it
+    result = conn._result
+    return result is not None and bool(result.unbuffered_active)  # an unbuffered result left unread
 
 
 class MySQLBackend(Backend):
@@ -133,29 +149,44 @@ class MySQLBackend(Backend):
         conn.close()
 
     def is_dead(self, conn: Any, *, peek: bool = True) -> bool:
-        writer = conn._writer
-        if writer is None:
-            return True  # closed by the driver (cancellation, lost connection)
-        reader = conn._reader
-        if reader is None or reader.at_eof() or reader.exception() is not None:
+        if _flagged_dead(conn) or conn._writer.transport.is_closing():
             return True
-        transport = writer.transport
-        if transport.is_closing():
-            return True
-        result = conn._result
-        if result is not None and result.unbuffered_active:
-            return True  # an unbuffered result was left unread: out of step
         if not peek:
             return False
         # The event loop may not have noticed a FIN yet (a killed session):
         # poll the socket once, a system call and no round trip.
-        sock = transport.get_extra_info("socket")
+        sock = conn._writer.transport.get_extra_info("socket")
         if sock is None:
             return False
         try:
             return _readable_now(sock.fileno())
         except (OSError, ValueError):
             return True  # the descriptor is gone
+
+    def liveness(self, conn: Any) -> Callable[[], bool]:
+        sock = conn._writer.transport.get_extra_info("socket")
+        if sock is None:
+            return super().liveness(conn)
+        # registered once: each check is then one poll(0) system call
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN | select.POLLPRI)
+        poll = poller.poll
+        is_closing = conn._writer.transport.is_closing
+
+        def alive() -> bool:
+            # the flags first: once the transport closes, the descriptor number may be reused
+            if _flagged_dead(conn) or is_closing():
+                return False
+            try:
+                return not poll(0)  # anything pending on an idle session (EOF, reset, bytes) means dead
+            except (OSError, ValueError):
+                return False
+
+        return alive
+
+    def reusable(self, conn: Any) -> bool:
+        status = conn.server_status
+        return bool(status & _AUTOCOMMIT) and not status & _IN_TRANS and not _flagged_dead(conn)
 
     async def ping(self, conn: Any) -> None:
         await conn.ping(reconnect=False)
