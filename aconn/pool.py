@@ -93,7 +93,10 @@ class Pool:
         self.closed = False
         self._idle: list[Holder] = []  # a stack: the most recently used on top
         self._holders: set[Holder] = set()  # every open connection, for error messages
-        self._waiters: deque[asyncio.Future[Holder | _Slot]] = deque()
+        # first in, first out; (deadline, future): deadlines rise along the queue, so one timer,
+        # armed for the oldest waiter, times them all out (no timer per waiter to cancel)
+        self._waiters: deque[tuple[float, asyncio.Future[Holder | _Slot]]] = deque()
+        self._expiry: asyncio.TimerHandle | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._size = 0
         self._in_use = 0
@@ -216,23 +219,24 @@ class Pool:
         return True
 
     async def _wait(self, loop: asyncio.AbstractEventLoop, deadline: float) -> Holder | _Slot:
-        """Queue first-in first-out until a release hands over a connection or a slot."""
+        """Queue first-in first-out until a release hands over a connection or a slot, or the deadline."""
         waiter: asyncio.Future[Holder | _Slot] = loop.create_future()
-        self._waiters.append(waiter)
+        self._waiters.append((deadline, waiter))
         self._waiting += 1
+        if self._expiry is None:
+            self._expiry = loop.call_at(deadline, self._expire)
         started = loop.time()
         try:
-            async with asyncio.timeout_at(deadline):
-                return await waiter
-        except BaseException as exc:
-            # A grant that arrived as we were cancelled or timed out is passed on, never lost.
-            if waiter.done() and not waiter.cancelled():
+            return await waiter
+        except AcquireTimeout:
+            self._c_timeouts += 1
+            raise
+        except BaseException:
+            # A grant that arrived as we were cancelled is passed on, never lost.
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                 self._return_grant(waiter.result())
             else:
                 waiter.cancel()
-            if isinstance(exc, TimeoutError):
-                self._c_timeouts += 1
-                raise AcquireTimeout(self._timeout_message()) from None
             raise
         finally:
             self._waiting -= 1
@@ -243,6 +247,21 @@ class Pool:
             self._c_wait_total += waited
             if waited > self._c_wait_max:
                 self._c_wait_max = waited
+
+    def _expire(self) -> None:
+        """The timer of the oldest waiter: time out every waiter past its deadline, re-arm for the next."""
+        self._expiry = None
+        waiters = self._waiters
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        while waiters:
+            deadline, waiter = waiters[0]
+            if not waiter.done():
+                if deadline > now:
+                    self._expiry = loop.call_at(deadline, self._expire)
+                    return
+                waiter.set_exception(AcquireTimeout(self._timeout_message()))
+            waiters.popleft()
 
     def _return_grant(self, granted: Holder | _Slot) -> None:
         if granted is SLOT:
@@ -442,7 +461,7 @@ class Pool:
         """A reusable connection: to the oldest live waiter, else on top of the idle stack."""
         waiters = self._waiters
         while waiters:
-            waiter = waiters.popleft()
+            _, waiter = waiters.popleft()
             if not waiter.done():
                 holder.state = _IN_USE
                 self._in_use += 1
@@ -455,7 +474,7 @@ class Pool:
         """A connection is gone: give its slot to the oldest live waiter, else free it."""
         waiters = self._waiters
         while waiters:
-            waiter = waiters.popleft()
+            _, waiter = waiters.popleft()
             if not waiter.done():
                 self._opening += 1
                 waiter.set_result(SLOT)
@@ -536,7 +555,10 @@ class Pool:
     async def close(self) -> None:
         """Close the idle connections and refuse new acquires; busy ones close at release."""
         self.closed = True
-        for waiter in self._waiters:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        for _, waiter in self._waiters:
             if not waiter.done():
                 waiter.set_exception(ClosedError(f"aconn alias {self.alias!r} is closed"))
         idle, self._idle = self._idle, []

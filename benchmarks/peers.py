@@ -276,7 +276,7 @@ async def workload_concurrency(c: Contenders, tasks: int = 1000) -> Table:
 
 
 async def workload_scale(settings: dict[str, Any], ops: int, rounds: int) -> Table:
-    """Cost per scope with 1, 10, 100 idle connections and with 10 to 10,000 tasks queued."""
+    """Cost per scope with 1, 10, 100 idle connections and with 10 to 10,000 waiters queued."""
     rows: list[tuple[str, float, float]] = []
     for idle in (1, 10, 100):
         handler = aconn.Connections({"default": {**settings, "CONN_MAX_AGE": 3600, "MAX_CONNS": idle}})
@@ -292,15 +292,14 @@ async def workload_scale(settings: dict[str, Any], ops: int, rounds: int) -> Tab
         await handler.aclose()
     for queued in (10, 1000, 10000):
         handler = aconn.Connections({"default": {**settings, "CONN_MAX_AGE": 3600, "MAX_CONNS": 10}})
-        per_task = max(1, ops * 2 // queued)
 
         async def worker(handler: aconn.Connections = handler) -> None:
             async with handler.scope():
                 await handler.connection()
                 await asyncio.sleep(0)  # hold across a task switch: the others queue
 
-        cost = await _contended(worker, queued, per_task, rounds)
-        rows.append((f"{queued} tasks contending (up to {queued - 10} queued)", cost, 0.0))
+        cost = await _contended(worker, queued + 10, rounds)
+        rows.append((f"{queued} waiters queued ({queued + 10} tasks over 10 connections)", cost, 0.0))
         await handler.aclose()
         # the same contention on a bare asyncio.Semaphore(10): what the event loop itself costs
         semaphore = asyncio.Semaphore(10)
@@ -309,31 +308,44 @@ async def workload_scale(settings: dict[str, Any], ops: int, rounds: int) -> Tab
             async with semaphore:
                 await asyncio.sleep(0)
 
-        cost = await _contended(bare, queued, per_task, rounds)
-        rows.append((f"  baseline: asyncio.Semaphore(10), {queued} tasks", cost, 0.0))
+        cost = await _contended(bare, queued + 10, rounds)
+        rows.append((f"  baseline: asyncio.Semaphore(10), {queued + 10} tasks", cost, 0.0))
     base = rows[0][1]
     table = Table("4. Scale: cost per scope as idle connections and waiters grow")
     table.rows = [(name, value, value / base) for name, value, _ in rows]
     table.note = (
-        "Rows with contending tasks include the hand-off to the next waiter and a task switch per scope, so"
-        " compare them with each other and with the bare asyncio.Semaphore baseline under the same load,"
-        " not with the idle rows: what grows with the number of tasks is the event loop's own cost."
+        "Rows with waiters are timed in the steady state (task creation left out) and include the hand-off"
+        " to the next waiter and a task switch per scope: compare them with each other and with the bare"
+        " asyncio.Semaphore under the same load, not with the idle rows. Waiters share one timer (the oldest"
+        " one's deadline), so a queue of any length costs no timer heap work."
     )
     return table
 
 
-async def _contended(unit: Callable[[], Awaitable[None]], tasks: int, per_task: int, rounds: int) -> float:
-    """Median us per unit of work, with ``tasks`` tasks each doing ``per_task`` units at once."""
+async def _contended(unit: Callable[[], Awaitable[None]], tasks: int, rounds: int) -> float:
+    """Median us per unit of work in the steady state of ``tasks`` tasks doing units in a loop.
 
-    async def task() -> None:
-        for _ in range(per_task):
-            await unit()
-
+    Only the middle is timed: from the moment every task has had two turns, for a window of
+    at least three turns each, so task creation and the ramp-up stay out of the figure.
+    """
     samples = []
+    warm, window = 2 * tasks, max(20_000, 3 * tasks)
     for _ in range(rounds):
-        started = time.perf_counter()
+        done = 0
+        started = ended = 0.0
+
+        async def task() -> None:
+            nonlocal done, started, ended
+            while done < warm + window:
+                await unit()
+                done += 1
+                if done == warm:
+                    started = time.perf_counter()
+                elif done == warm + window:
+                    ended = time.perf_counter()
+
         await asyncio.gather(*(task() for _ in range(tasks)))
-        samples.append((time.perf_counter() - started) / (per_task * tasks) * 1e6)
+        samples.append((ended - started) / window * 1e6)
     return statistics.median(samples)
 
 

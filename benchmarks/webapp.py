@@ -1,14 +1,15 @@
 """Workload 5: the same one-query endpoint under uvicorn, one variant per way of getting a connection.
 
     python benchmarks/webapp.py serve VARIANT --port P --settings JSON   # a server process
-    python benchmarks/webapp.py load --port P --seconds S --connections C  # the load generator process
+    python benchmarks/webapp.py load --port P --seconds S --connections C  # a load generator, if wrk is missing
 
 Variants: aconn with its middleware (health checks off / on), aconn with the
 scope inside the endpoint (the connection goes back before the response is
 sent, as the hand-rolled pool's does), a hand-rolled aiomysql.Pool,
 SQLAlchemy's async engine, connect-per-request. The load generator is a
 plain keep-alive HTTP/1.1 client in its own process; it prints requests per
-second and latency percentiles as JSON.
+second and latency percentiles as JSON. `benchmarks/run.py` prefers wrk (one
+thread, written in C: it takes far less CPU from the app than this one does).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import statistics
 import sys
 import time
@@ -152,6 +154,7 @@ def main() -> None:
     serve.add_argument("--port", type=int, required=True)
     serve.add_argument("--settings", required=True, help="a DATABASES entry as JSON")
     serve.add_argument("--loop", default="asyncio", choices=["asyncio", "uvloop"])
+    serve.add_argument("--cpu", type=int, help="pin the server process to this CPU")
     gen = sub.add_parser("load")
     gen.add_argument("--port", type=int, required=True)
     gen.add_argument("--seconds", type=float, default=5)
@@ -160,6 +163,8 @@ def main() -> None:
     if args.command == "serve":
         import uvicorn
 
+        if args.cpu is not None:
+            os.sched_setaffinity(0, {args.cpu})
         app = build_app(args.variant, json.loads(args.settings))
         uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", loop=args.loop, access_log=False)
     else:
