@@ -138,6 +138,42 @@ async def test_acquire_timeout_names_alias_cap_and_holders(fake: Any) -> None:
     assert stats.acquire_timeouts == 1 and stats.waiting == 0
 
 
+async def test_each_waiter_times_out_at_its_own_deadline(fake: Any) -> None:
+    """Waiters share one timer: a cancelled or served head must not delay or skip the others' deadlines."""
+    connections = fake(MAX_CONNS=1, ACQUIRE_TIMEOUT=0.3)
+    loop = asyncio.get_running_loop()
+    outcomes: dict[int, tuple[str, float]] = {}
+
+    async def waiter(i: int) -> None:
+        started = loop.time()
+        try:
+            await use(connections, i)
+            outcomes[i] = ("served", loop.time() - started)
+        except aconn.AcquireTimeout:
+            outcomes[i] = ("timed out", loop.time() - started)
+
+    async with holding(connections):
+        tasks = []
+        for i in range(4):
+            tasks.append(asyncio.create_task(waiter(i)))
+            await eventually(lambda i=i: connections.stats().waiting == i + 1)
+            await asyncio.sleep(0.05)  # spread the deadlines out
+        tasks[0].cancel()  # the head of the queue, whose deadline the timer is armed for
+        await asyncio.gather(*tasks[1:])
+    assert tasks[0].cancelled()
+    assert [outcomes[i][0] for i in (1, 2, 3)] == ["timed out"] * 3
+    for i in (1, 2, 3):
+        assert 0.3 <= outcomes[i][1] < 1.5, outcomes  # its own deadline: neither early nor stalled
+    stats = check(connections)
+    assert stats.acquire_timeouts == 3 and stats.waiting == 0
+    # a waiter queued after all that is served, and its old timer does not fire on it
+    async with holding(connections):
+        late = asyncio.create_task(waiter(9))
+        await eventually(lambda: connections.stats().waiting == 1)
+    await late
+    assert outcomes[9][0] == "served"
+
+
 async def test_slow_connect_does_not_block_a_free_connection(fake: Any) -> None:
     """Failure 15: no decision lock held across I/O."""
     connections = fake(MAX_CONNS=3)
