@@ -7,6 +7,7 @@ import contextlib
 import functools
 import logging
 import warnings
+from asyncio import get_running_loop
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextvars import ContextVar
 from time import monotonic
@@ -17,7 +18,7 @@ from .backends import load_backend
 from .errors import AconnError, ClosedError, ConfigError, ScopeError
 from .iteration import Jobs
 from .pool import Pool
-from .scope import Scope, current_task
+from .scope import Scope, task_of
 from .settings import Settings, parse_databases
 from .stats import PoolStats
 
@@ -189,7 +190,7 @@ class Connections:
                 "of work in `async with connections.scope():` (or decorate it with "
                 "@connections.scoped, or add aconn.asgi.ConnectionsMiddleware to the app)"
             )
-        task = current_task()
+        task = task_of(get_running_loop())
         if scope._task is not task:
             owner = scope._task.get_name() if scope._task is not None else "?"
             name = task.get_name() if task is not None else "?"

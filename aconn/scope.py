@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from asyncio import get_running_loop
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from time import monotonic
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -21,16 +21,15 @@ from .pool import Holder
 if TYPE_CHECKING:
     from .handler import Connections
 
-__all__ = ("Scope", "current_task", "run_shielded")
+__all__ = ("Scope", "run_shielded", "task_of")
 
+#: ``task_of(loop)``: the task running on ``loop``, with no Python frame on the scope path
+#: (3.11's ``asyncio.current_task`` is Python code around the dict it reads)
+task_of: Callable[[asyncio.AbstractEventLoop], asyncio.Task[Any] | None]
 if sys.version_info >= (3, 12):
-    current_task = asyncio.current_task  # implemented in C
+    task_of = asyncio.current_task  # implemented in C
 else:
-    _current_tasks: dict[asyncio.AbstractEventLoop, asyncio.Task[Any]] = asyncio.tasks._current_tasks  # type: ignore[attr-defined]
-
-    def current_task(loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Task[Any] | None:
-        """``asyncio.current_task()``, shorter: on 3.11 it is Python code on the scope path."""
-        return _current_tasks.get(loop or get_running_loop())
+    task_of = asyncio.tasks._current_tasks.get  # type: ignore[attr-defined]
 
 
 class Scope:
@@ -59,7 +58,7 @@ class Scope:
             handler._bind_loop()  # raises if the handler belongs to another loop
         var = handler._scope_var
         current = var.get(None)
-        task = current_task(loop)
+        task = task_of(loop)
         if current is not None and current._task is task:
             self._outer = current  # nested in the same task: the outer scope does the work
             return current

@@ -171,11 +171,16 @@ class MySQLBackend(Backend):
         poller = select.poll()
         poller.register(sock.fileno(), select.POLLIN | select.POLLPRI)
         poll = poller.poll
-        is_closing = conn._writer.transport.is_closing
 
         def alive() -> bool:
-            # the flags first: once the transport closes, the descriptor number may be reused
-            if _flagged_dead(conn) or is_closing():
+            # _flagged_dead(conn), inlined: this runs on every hand-out. The flags come first:
+            # asyncio closes the socket only after the reader saw EOF or an error, so while they
+            # are clear the descriptor number is still this connection's.
+            reader = conn._reader
+            if conn._writer is None or reader is None or reader._eof or reader._exception is not None:
+                return False
+            result = conn._result
+            if result is not None and result.unbuffered_active:
                 return False
             try:
                 return not poll(0)  # anything pending on an idle session (EOF, reset, bytes) means dead
