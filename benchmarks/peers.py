@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import random
 import statistics
 import time
 from collections.abc import Awaitable, Callable
@@ -41,20 +42,33 @@ class Table:
 
 
 async def interleave(title: str, contenders: dict[str, Bench], ops: int, rounds: int, note: str = "") -> Table:
-    """Median us/op of each contender, rounds interleaved; ratios against the first contender."""
-    samples: dict[str, list[float]] = {name: [] for name in contenders}
+    """Median us/op of each contender and its ratio to the first contender.
+
+    Every round times each contender once, in a shuffled order (seeded, so runs are
+    comparable); a contender's ratio is the median of its per-round ratios, so that a
+    slow spell of the machine, which hits the contenders of one round alike, cancels out.
+    """
+    samples = {name: [0.0] * rounds for name in contenders}
     for bench in contenders.values():
         await bench(max(1, ops // 10))  # warm up: connections open, code paths hot
-    for _ in range(rounds):
-        for name, bench in contenders.items():
+    order = list(contenders.items())
+    shuffle = random.Random(8).shuffle
+    for round_ in range(rounds):
+        shuffle(order)
+        for name, bench in order:
             started = time.perf_counter()
             await bench(ops)
-            samples[name].append((time.perf_counter() - started) / ops * 1e6)
-    base = statistics.median(next(iter(samples.values())))
-    table = Table(title, note=note)
+            samples[name][round_] = (time.perf_counter() - started) / ops * 1e6
+    return ratio_table(title, samples, note=note)
+
+
+def ratio_table(title: str, samples: dict[str, list[float]], unit: str = "us/op", note: str = "") -> Table:
+    """Medians, and medians of the per-round ratios to the first row's samples."""
+    base = next(iter(samples.values()))
+    table = Table(title, unit=unit, note=note)
     for name, values in samples.items():
-        median = statistics.median(values)
-        table.rows.append((name, median, median / base))
+        ratio = statistics.median(value / b for value, b in zip(values, base, strict=True))
+        table.rows.append((name, statistics.median(values), ratio))
     return table
 
 
@@ -276,43 +290,69 @@ async def workload_concurrency(c: Contenders, tasks: int = 1000) -> Table:
 
 
 async def workload_scale(settings: dict[str, Any], ops: int, rounds: int) -> Table:
-    """Cost per scope with 1, 10, 100 idle connections and with 10 to 10,000 waiters queued."""
-    rows: list[tuple[str, float, float]] = []
-    for idle in (1, 10, 100):
-        handler = aconn.Connections({"default": {**settings, "CONN_MAX_AGE": 3600, "MAX_CONNS": idle}})
+    """Cost per scope with 1, 10, 100 idle connections and with 10 to 10,000 waiters queued.
 
-        async def hold_one(handler: aconn.Connections = handler) -> None:
-            async with handler.scope():
-                await handler.connection()
-                await asyncio.sleep(0.05)
+    Each group of rows is measured in interleaved rounds; each round of the waiter rows
+    times one steady-state window per configuration.
+    """
+    handlers: list[aconn.Connections] = []
 
-        await asyncio.gather(*(hold_one() for _ in range(idle)))  # fill the idle set
-        table = await interleave("", {"x": _scopes(handler)}, ops, rounds)
-        rows.append((f"{idle} idle connection(s)", table.rows[0][1], 0.0))
-        await handler.aclose()
-    for queued in (10, 1000, 10000):
-        handler = aconn.Connections({"default": {**settings, "CONN_MAX_AGE": 3600, "MAX_CONNS": 10}})
+    def handler(max_conns: int) -> aconn.Connections:
+        handlers.append(aconn.Connections({"default": {**settings, "CONN_MAX_AGE": 3600, "MAX_CONNS": max_conns}}))
+        return handlers[-1]
 
-        async def worker(handler: aconn.Connections = handler) -> None:
-            async with handler.scope():
-                await handler.connection()
-                await asyncio.sleep(0)  # hold across a task switch: the others queue
+    try:
+        idle_benches: dict[str, Bench] = {}
+        for idle in (1, 10, 100):
+            filled = handler(idle)
+            release = asyncio.Event()
 
-        cost = await _contended(worker, queued + 10, rounds)
-        rows.append((f"{queued} waiters queued ({queued + 10} tasks over 10 connections)", cost, 0.0))
-        await handler.aclose()
-        # the same contention on a bare asyncio.Semaphore(10): what the event loop itself costs
-        semaphore = asyncio.Semaphore(10)
+            async def hold_one(filled: aconn.Connections = filled, release: asyncio.Event = release) -> None:
+                async with filled.scope():
+                    await filled.connection()
+                    await release.wait()
 
-        async def bare(semaphore: asyncio.Semaphore = semaphore) -> None:
-            async with semaphore:
-                await asyncio.sleep(0)
+            holders = [asyncio.create_task(hold_one()) for _ in range(idle)]
+            while filled.stats().in_use < idle:  # every connection opened and held at once
+                await asyncio.sleep(0.01)
+            release.set()
+            await asyncio.gather(*holders)  # ... and now all idle
+            idle_benches[f"{idle} idle connection(s)"] = _scopes(filled)
+        idle_table = await interleave("", idle_benches, ops, rounds)
 
-        cost = await _contended(bare, queued + 10, rounds)
-        rows.append((f"  baseline: asyncio.Semaphore(10), {queued + 10} tasks", cost, 0.0))
-    base = rows[0][1]
+        units: dict[str, tuple[Callable[[], Awaitable[None]], int]] = {}
+        for queued in (10, 1000, 10000):
+            limited = handler(10)
+
+            async def worker(limited: aconn.Connections = limited) -> None:
+                async with limited.scope():
+                    await limited.connection()
+                    await asyncio.sleep(0)  # hold across a task switch: the others queue
+
+            units[f"{queued} waiters queued ({queued + 10} tasks over 10 connections)"] = (worker, queued + 10)
+        for queued in (10, 1000, 10000):
+            # the same contention on a bare asyncio.Semaphore(10): what the event loop itself costs
+            semaphore = asyncio.Semaphore(10)
+
+            async def bare(semaphore: asyncio.Semaphore = semaphore) -> None:
+                async with semaphore:
+                    await asyncio.sleep(0)
+
+            units[f"  baseline: asyncio.Semaphore(10), {queued + 10} tasks"] = (bare, queued + 10)
+        samples: dict[str, list[float]] = {name: [] for name in units}
+        order = list(units.items())
+        shuffle = random.Random(8).shuffle
+        for _ in range(rounds):
+            shuffle(order)
+            for name, (unit, tasks) in order:
+                samples[name].append(await _contended(unit, tasks))
+        waiters_table = ratio_table("", samples)
+    finally:
+        for opened in handlers:
+            await opened.aclose()
+    base = idle_table.rows[0][1]
     table = Table("4. Scale: cost per scope as idle connections and waiters grow")
-    table.rows = [(name, value, value / base) for name, value, _ in rows]
+    table.rows = [(name, value, value / base) for name, value, _ in idle_table.rows + waiters_table.rows]
     table.note = (
         "Rows with waiters are timed in the steady state (task creation left out) and include the hand-off"
         " to the next waiter and a task switch per scope: compare them with each other and with the bare"
@@ -322,31 +362,28 @@ async def workload_scale(settings: dict[str, Any], ops: int, rounds: int) -> Tab
     return table
 
 
-async def _contended(unit: Callable[[], Awaitable[None]], tasks: int, rounds: int) -> float:
-    """Median us per unit of work in the steady state of ``tasks`` tasks doing units in a loop.
+async def _contended(unit: Callable[[], Awaitable[None]], tasks: int) -> float:
+    """Us per unit of work in the steady state of ``tasks`` tasks doing units in a loop.
 
     Only the middle is timed: from the moment every task has had two turns, for a window of
     at least three turns each, so task creation and the ramp-up stay out of the figure.
     """
-    samples = []
     warm, window = 2 * tasks, max(20_000, 3 * tasks)
-    for _ in range(rounds):
-        done = 0
-        started = ended = 0.0
+    done = 0
+    started = ended = 0.0
 
-        async def task() -> None:
-            nonlocal done, started, ended
-            while done < warm + window:
-                await unit()
-                done += 1
-                if done == warm:
-                    started = time.perf_counter()
-                elif done == warm + window:
-                    ended = time.perf_counter()
+    async def task() -> None:
+        nonlocal done, started, ended
+        while done < warm + window:
+            await unit()
+            done += 1
+            if done == warm:
+                started = time.perf_counter()
+            elif done == warm + window:
+                ended = time.perf_counter()
 
-        await asyncio.gather(*(task() for _ in range(tasks)))
-        samples.append((ended - started) / window * 1e6)
-    return statistics.median(samples)
+    await asyncio.gather(*(task() for _ in range(tasks)))
+    return (ended - started) / window * 1e6
 
 
 def percentile(ordered: list[float], q: float) -> float:

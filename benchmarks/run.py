@@ -15,6 +15,7 @@ import asyncio
 import json
 import os
 import platform
+import random
 import shutil
 import socket
 import statistics
@@ -62,7 +63,7 @@ def run_loop(coro_factory: Callable[[], Coroutine[Any, Any, Any]], use_uvloop: b
 async def in_process(
     settings: dict[str, Any], latent: dict[str, Any], quick: bool, loop_name: str
 ) -> list[peers.Table]:
-    ops, rounds = (1000, 3) if quick else (5000, 7)
+    ops, rounds = (500, 5) if quick else (2000, 15)
     tables: list[peers.Table] = []
 
     def done(table: peers.Table) -> None:
@@ -77,7 +78,7 @@ async def in_process(
     async with peers.Contenders(latent) as c:
         title = f"6a. One SELECT 1 per scope, +{LATENCY * 1000:g} ms each way (TCP proxy)"
         done(await peers.workload_select(c, ops // 50, rounds, title))
-    done(await peers.workload_scale(settings, ops, rounds))
+    done(await peers.workload_scale(settings, ops, rounds // 2))
     if loop_name == "asyncio":
         done(await peers.workload_memory(settings, 200_000 if quick else 1_000_000))
     return tables
@@ -100,7 +101,7 @@ def web(settings: dict[str, Any], quick: bool, loop_name: str, title: str) -> pe
     one with MariaDB. Besides requests/s, each round reads the app process' CPU time: CPU per
     request moves less with the machine's noise than requests/s does.
     """
-    seconds, rounds = (1, 3) if quick else (3, 5)  # whole seconds: what wrk takes
+    seconds, rounds = (1, 4) if quick else (1, 15)  # whole seconds: what wrk takes
     servers: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
     pin_to(SERVER_CPU)  # the load generator runs beside the server, away from the app
     try:
@@ -118,15 +119,18 @@ def web(settings: dict[str, Any], quick: bool, loop_name: str, title: str) -> pe
         results: dict[str, list[dict[str, float]]] = {v: [] for v in VARIANTS}
         for proc, port in servers.values():  # warm up
             _load(proc.pid, port, 1)
+        order = list(servers.items())
+        shuffle = random.Random(8).shuffle
         for _ in range(rounds):
-            for variant, (proc, port) in servers.items():
+            shuffle(order)
+            for variant, (proc, port) in order:
                 results[variant].append(_load(proc.pid, port, seconds))
     finally:
         pin_to(MEASURED_CPU)
         for proc, _ in servers.values():
             proc.terminate()
             proc.wait(30)
-    base = statistics.median(r["rps"] for r in results["aiomysql-pool"])
+    base = results["aiomysql-pool"]
     names = {
         "aconn": "aconn, health checks off", "aconn-health": "aconn, health checks on",
         "aconn-endpoint": "aconn, scope in the endpoint (no middleware)",
@@ -134,7 +138,6 @@ def web(settings: dict[str, Any], quick: bool, loop_name: str, title: str) -> pe
         "connect-per-request": "connect per request",
     }  # fmt: skip
     table = peers.Table(title, unit="requests/s")
-    cpu_base = statistics.median(r["cpu_us"] for r in results["aiomysql-pool"])
     lines = ["| variant | requests/s | ratio to aiomysql.Pool | p50 ms | p99 ms | app CPU us/request | CPU ratio "
              "| errors |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
     for variant in ("aiomysql-pool", "aconn", "aconn-health", "aconn-endpoint", "sqlalchemy", "connect-per-request"):
@@ -144,10 +147,13 @@ def web(settings: dict[str, Any], quick: bool, loop_name: str, title: str) -> pe
         p99 = statistics.median(r["p99_ms"] for r in runs)
         cpu = statistics.median(r["cpu_us"] for r in runs)
         errors = sum(int(r["errors"]) for r in runs)
-        table.rows.append((names[variant], rps, rps / base))
+        # ratios to the aiomysql.Pool app measured in the same round, then their median
+        ratio = statistics.median(r["rps"] / b["rps"] for r, b in zip(runs, base, strict=True))
+        cpu_ratio = statistics.median(r["cpu_us"] / b["cpu_us"] for r, b in zip(runs, base, strict=True))
+        table.rows.append((names[variant], rps, ratio))
         lines.append(
-            f"| {names[variant]} | {rps:.0f} | {rps / base:.2f}x | {p50:.2f} | {p99:.2f} | {cpu:.0f} "
-            f"| {cpu / cpu_base:.2f}x | {errors} |"
+            f"| {names[variant]} | {rps:.0f} | {ratio:.2f}x | {p50:.2f} | {p99:.2f} | {cpu:.0f} "
+            f"| {cpu_ratio:.2f}x | {errors} |"
         )
     generator = "wrk -t1 -c20" if shutil.which("wrk") else "benchmarks/webapp.py load (20 clients; install wrk)"
     placement = (
@@ -155,7 +161,11 @@ def web(settings: dict[str, Any], quick: bool, loop_name: str, title: str) -> pe
         if PINNED
         else "no CPU pinning"
     )
-    lines += ["", f"Load generator: {generator}; {placement}; {rounds} rounds of {seconds:g} s, medians."]
+    lines += [
+        "",
+        f"Load generator: {generator}; {placement}; {rounds} rounds of {seconds} s, the variants in a shuffled"
+        " order each round; ratios are medians of the per-round ratios to the aiomysql.Pool app.",
+    ]
     table.note = "\n".join(lines)
     return table
 
@@ -311,7 +321,7 @@ def targets(tables: list[peers.Table]) -> str:
     )
     web = by_title.get("5", {})
     if web:
-        versus = web["aconn, health checks off"][0] / web["SQLAlchemy async engine"][0]
+        versus = web["aconn, health checks off"][1] / web["SQLAlchemy async engine"][1]  # both per-round ratios
         checks.append(("web app >= 2x SQLAlchemy", versus >= 2, f"{versus:.2f}x"))
     scale = by_title.get("4", {})
     if scale:
