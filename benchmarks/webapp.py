@@ -5,8 +5,9 @@
 
 Variants: aconn with its middleware (health checks off / on), aconn with the
 scope inside the endpoint (the connection goes back before the response is
-sent, as the hand-rolled pool's does), a hand-rolled aiomysql.Pool,
-SQLAlchemy's async engine, connect-per-request. The load generator is a
+sent, as the hand-rolled pool's does), a hand-rolled aiomysql.Pool (twice, in
+two processes: the second is the control that shows how far two runs of the
+same app drift apart), SQLAlchemy's async engine, connect-per-request. The load generator is a
 plain keep-alive HTTP/1.1 client in its own process; it prints requests per
 second and latency percentiles as JSON. `benchmarks/run.py` prefers wrk (one
 thread, written in C: it takes far less CPU from the app than this one does).
@@ -25,7 +26,10 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-VARIANTS = ("aconn", "aconn-health", "aconn-endpoint", "aiomysql-pool", "sqlalchemy", "connect-per-request")
+VARIANTS = (
+    "aconn", "aconn-health", "aconn-endpoint", "aiomysql-pool", "aiomysql-pool-again", "sqlalchemy",
+    "connect-per-request",
+)  # fmt: skip
 
 
 def build_app(variant: str, settings: dict[str, Any]) -> Any:
@@ -68,7 +72,7 @@ def build_app(variant: str, settings: dict[str, Any]) -> Any:
             routes=[Route("/", endpoint)], middleware=[Middleware(ConnectionsMiddleware, connections=connections)]
         )
 
-    if variant == "aiomysql-pool":
+    if variant.startswith("aiomysql-pool"):  # "-again": the same app in a second process, a control
         state: dict[str, Any] = {}
 
         @contextlib.asynccontextmanager

@@ -1,0 +1,117 @@
+"""Instructions per scope, counted by callgrind: repeatable where timings are not.
+
+    python benchmarks/instructions.py      # needs valgrind (apt-get install -y valgrind)
+
+Counts user-space instructions only (a system call's kernel part is not in
+them), so it tracks the cost of aconn's Python path from one change to the
+next; the time a scope takes is in `docs/performance.md`. Each part is run
+for 0 and for N iterations in a fresh process, and the difference divided by N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+PARTS = {
+    "scope": "async with scope: await connection() (the whole path)",
+    "scope-only": "async with scope: pass (no connection taken)",
+    "take-release": "pool.take_idle() + pool.release(): the connection's part",
+    "liveness": "the hand-out check alone (flags, poll(0))",
+    "coroutine": "an empty coroutine run to its end (the measurement's own cost)",
+}
+
+
+async def measure(settings: dict[str, Any], part: str, n: int) -> None:
+    import aconn
+
+    handler = aconn.Connections({"default": {**settings, "CONN_MAX_AGE": 3600}})
+    await handler.open()
+    pool = handler._pools["default"]
+    holder = pool._idle[-1]
+
+    async def whole() -> None:
+        async with handler.scope():
+            await handler.connection()
+
+    async def scope_only() -> None:
+        async with handler.scope():
+            pass
+
+    async def take_release() -> None:
+        taken = pool.take_idle(None)
+        assert taken is not None
+        pool.release(taken, None)
+
+    async def liveness() -> None:
+        holder.alive()
+
+    async def coroutine() -> None:
+        pass
+
+    unit = {
+        "scope": whole, "scope-only": scope_only, "take-release": take_release,
+        "liveness": liveness, "coroutine": coroutine,
+    }[part]  # fmt: skip
+    for _ in range(200):  # warm: the same state in the 0 and the N runs
+        await unit()
+    for _ in range(n):  # driven by hand: no event loop iteration in the count
+        step = unit()
+        try:  # noqa: SIM105 (contextlib.suppress would add its own cost to every iteration)
+            step.send(None)
+        except StopIteration:
+            pass
+    await handler.aclose()
+
+
+def count(settings_json: str, part: str, n: int) -> int:
+    out = subprocess.run(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__,
+         "--child", part, str(n), settings_json],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    match = re.search(r"Collected : (\d+)", out.stderr)
+    assert match, out.stderr
+    return int(match.group(1))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-n", type=int, default=3000, help="iterations per part")
+    parser.add_argument("--child", nargs=3, metavar=("PART", "N", "SETTINGS"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        import json
+
+        part, n, settings = args.child
+        asyncio.run(measure(json.loads(settings), part, int(n)))
+        return 0
+    if shutil.which("valgrind") is None:
+        print("valgrind is not installed: apt-get install -y valgrind", file=sys.stderr)
+        return 2
+    import json
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from mariadb import MariaDB
+
+    server = MariaDB().start()
+    try:
+        settings = json.dumps(server.settings())
+        print("| part | instructions per iteration |\n| --- | ---: |")
+        for part, label in PARTS.items():
+            per = (count(settings, part, args.n) - count(settings, part, 0)) / args.n
+            print(f"| {label} | {per:,.0f} |", flush=True)
+    finally:
+        server.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
