@@ -59,13 +59,17 @@ class Holder:
         "last_used",
         "leak_timer",
         "opened_at",
+        "pool",
         "state",
         "taken_at",
         "taken_stack",
         "task",
     )  # fmt: skip
 
-    def __init__(self, conn: Any, alive: Callable[[], bool], now: float, close_at: float, idle_limit: float) -> None:
+    def __init__(
+        self, pool: Pool, conn: Any, alive: Callable[[], bool], now: float, close_at: float, idle_limit: float
+    ) -> None:
+        self.pool = pool
         self.conn = conn
         self.alive = alive  # the backend's liveness check of this connection, built once
         self.opened_at = now
@@ -337,7 +341,7 @@ class Pool:
             raise ClosedError(f"aconn alias {self.alias!r} is closed")
         self._c_opened += 1
         self.limits = limits
-        holder = Holder(conn, self.backend.liveness(conn), monotonic(), *self._deadlines(limits))
+        holder = Holder(self, conn, self.backend.liveness(conn), monotonic(), *self._deadlines(limits))
         self._holders.add(holder)
         self._in_use += 1
         return holder

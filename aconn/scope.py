@@ -35,12 +35,11 @@ else:
 class Scope:
     """One unit of work. Built by ``connections.scope()``; use it with ``async with``."""
 
-    __slots__ = ("_handler", "_held", "_outer", "_task", "_token")
+    __slots__ = ("_handler", "_held", "_task", "_token")
 
     def __init__(self, handler: Connections) -> None:
         self._handler = handler
         self._held: dict[str, Holder] = {}
-        self._outer: Scope | None = None
         self._task: asyncio.Task[Any] | None = None
         self._token: Any = None
 
@@ -60,8 +59,7 @@ class Scope:
         current = var.get(None)
         task = task_of(loop)
         if current is not None and current._task is task:
-            self._outer = current  # nested in the same task: the outer scope does the work
-            return current
+            return current  # nested in the same task: the outer scope does the work (no token set)
         self._task = task
         self._token = var.set(self)
         handler._active_scopes += 1
@@ -75,16 +73,15 @@ class Scope:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._outer is not None:
-            return
+        if self._token is None:
+            return  # a nested scope: the outer one gives the connections back
         handler = self._handler
         handler._scope_var.reset(self._token)
         held = self._held
         try:
             if held:
-                pools = handler._pools
-                for alias, holder in held.items():
-                    slow = pools[alias].release(holder, exc)
+                for holder in held.values():
+                    slow = holder.pool.release(holder, exc)
                     if slow is not None:
                         await run_shielded(slow)
                 held.clear()
