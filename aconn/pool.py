@@ -161,7 +161,8 @@ class Pool:
 
         None when the caller must go through :meth:`acquire`, which sorts out the rest
         (nothing idle, tasks waiting, the top one expired or dead, a ping or a leak timer due,
-        the pool closed).
+        the pool closed). The checks are those of :meth:`_unusable_reason`, written out:
+        this is the scope path.
         """
         idle = self._idle
         if not idle or self._waiting or self.closed or self._leak_timeout is not None:
@@ -189,12 +190,14 @@ class Pool:
         now = monotonic()
         while idle:
             holder = idle.pop()
-            if now < holder.close_at and now - holder.last_used < holder.idle_limit and holder.alive():
+            reason = self._unusable_reason(holder, now)
+            if reason is not None:
+                self._discard(holder, reason)
+            else:
                 holder.state = _IN_USE
                 holder.taken_at = now
                 self._in_use += 1
                 return holder
-            self._discard(holder, self._unusable_reason(holder, now) or "unusable")
         return None
 
     def _unusable_reason(self, holder: Holder, now: float) -> str | None:
