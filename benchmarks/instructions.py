@@ -4,8 +4,9 @@
 
 Counts user-space instructions only (a system call's kernel part is not in
 them), so it tracks the cost of aconn's Python path from one change to the
-next; the time a scope takes is in `docs/performance.md`. Each part is run
-for 0 and for N iterations in a fresh process, and the difference divided by N.
+next, and sets it beside aiomysql.Pool and a SELECT 1; the time a scope takes
+is in `docs/performance.md`. Each part is run for 0 and for N iterations in a
+fresh process, and the difference divided by N.
 """
 
 from __future__ import annotations
@@ -21,21 +22,39 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 PARTS = {
-    "scope": "async with scope: await connection() (the whole path)",
-    "scope-only": "async with scope: pass (no connection taken)",
-    "take-release": "pool.take_idle() + pool.release(): the connection's part",
-    "liveness": "the hand-out check alone (flags, poll(0))",
-    "coroutine": "an empty coroutine run to its end (the measurement's own cost)",
+    "scope": "aconn: async with scope: await connection() (the whole path)",
+    "scope-only": "aconn: async with scope: pass (no connection taken)",
+    "take-release": "aconn: pool.take_idle() + pool.release(), the connection's part",
+    "liveness": "aconn: the hand-out check alone (flags, poll(0))",
+    "coroutine": "an empty coroutine awaited (the measurement's own cost)",
+    "aiomysql-pool": "aiomysql.Pool: async with pool.acquire()",
+    "select-raw": "SELECT 1 on a raw held connection",
+    "select-scope": "SELECT 1 in an aconn scope",
+    "select-pool": "SELECT 1 through aiomysql.Pool",
 }
+ITERATIONS = {"select-raw": 1000, "select-scope": 1000, "select-pool": 1000}  # the rest: -n
 
 
 async def measure(settings: dict[str, Any], part: str, n: int) -> None:
+    import aiomysql
+
     import aconn
 
     handler = aconn.Connections({"default": {**settings, "CONN_MAX_AGE": 3600}})
     await handler.open()
     pool = handler._pools["default"]
     holder = pool._idle[-1]
+    kwargs = {
+        "host": settings["HOST"], "port": settings["PORT"], "user": settings["USER"],
+        "password": settings["PASSWORD"], "db": settings["NAME"], "autocommit": True,
+    }  # fmt: skip
+    raw = await aiomysql.connect(**kwargs)
+    peer = await aiomysql.create_pool(minsize=1, maxsize=10, **kwargs)
+
+    async def select1(conn: Any) -> None:
+        async with conn.cursor() as cur:
+            await cur.execute("SELECT 1")
+            await cur.fetchone()
 
     async def whole() -> None:
         async with handler.scope():
@@ -56,18 +75,33 @@ async def measure(settings: dict[str, Any], part: str, n: int) -> None:
     async def coroutine() -> None:
         pass
 
+    async def aiomysql_pool() -> None:
+        async with peer.acquire():
+            pass
+
+    async def select_raw() -> None:
+        await select1(raw)
+
+    async def select_scope() -> None:
+        async with handler.scope():
+            await select1(await handler.connection())
+
+    async def select_pool() -> None:
+        async with peer.acquire() as conn:
+            await select1(conn)
+
     unit = {
-        "scope": whole, "scope-only": scope_only, "take-release": take_release,
-        "liveness": liveness, "coroutine": coroutine,
+        "scope": whole, "scope-only": scope_only, "take-release": take_release, "liveness": liveness,
+        "coroutine": coroutine, "aiomysql-pool": aiomysql_pool, "select-raw": select_raw,
+        "select-scope": select_scope, "select-pool": select_pool,
     }[part]  # fmt: skip
     for _ in range(200):  # warm: the same state in the 0 and the N runs
         await unit()
-    for _ in range(n):  # driven by hand: no event loop iteration in the count
-        step = unit()
-        try:  # noqa: SIM105 (contextlib.suppress would add its own cost to every iteration)
-            step.send(None)
-        except StopIteration:
-            pass
+    for _ in range(n):
+        await unit()
+    raw.close()
+    peer.close()
+    await peer.wait_closed()
     await handler.aclose()
 
 
@@ -106,7 +140,8 @@ def main() -> int:
         settings = json.dumps(server.settings())
         print("| part | instructions per iteration |\n| --- | ---: |")
         for part, label in PARTS.items():
-            per = (count(settings, part, args.n) - count(settings, part, 0)) / args.n
+            n = ITERATIONS.get(part, args.n)
+            per = (count(settings, part, n) - count(settings, part, 0)) / n
             print(f"| {label} | {per:,.0f} |", flush=True)
     finally:
         server.close()

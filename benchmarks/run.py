@@ -351,54 +351,57 @@ REMAINING_COST = """## What a scope costs, and where it goes
 A scope with health checks on does no round trip in steady state: a
 connection used within the last 0.5 s is not pinged, and a release with no
 transaction open does no I/O (SQLAlchemy's pool rolls back on every return,
-a round trip per checkout). What is left is Python, counted by callgrind
+a round trip per checkout). What is left is Python. Counted by callgrind
 (`python benchmarks/instructions.py`, which needs valgrind: user-space
-instructions, repeatable where timings on this VM are not) on
-`async with scope: await connection()`:
-about 27,000 instructions per scope (39,000 before this round of work),
-which break down as
+instructions, repeatable where timings on this VM are not), per iteration:
 
-- about 9,900 for entering and leaving a scope that takes no connection:
-  the `__aenter__` and `__aexit__` coroutines, the `Scope` object, the
-  ContextVar set and reset, the owning task read once, the once-a-second
-  sweep gate;
-- about 4,600 for `connection()`: its coroutine, the owner check (the
-  task, read again), the scope's alias lookup;
-- about 9,800 for taking and giving back the connection: the idle-stack pop
-  and push, two `monotonic()` reads, the deadline, idle-limit and
-  ping-bypass compares, the flags of the driver's stream (EOF, error, unread
-  result, transaction status), of which about 2,000 for the `poll(0)` that
-  catches a session the server closed while it sat idle, before the event
-  loop noticed (the kernel's part of that system call, about 0.6 us here,
-  is not in the count);
-- about 2,700 for the coroutine that the measurement itself runs.
+| | instructions |
+| --- | ---: |
+| aconn: `async with scope: await connection()` | 23,800 |
+| (a) of which entering and leaving the scope | 9,700 |
+| (b) of which `connection()` | 4,500 |
+| (c) of which taking and giving back the connection | 9,600 |
+| (d) of which the `poll(0)` at hand-out | 1,850 |
+| aiomysql.Pool: `async with pool.acquire()` (it starts a task at every release) | 82,300 |
+| `SELECT 1` on a raw held connection (aiomysql, the event loop) | 267,600 |
+| `SELECT 1` in an aconn scope | 291,100 (+8.8%) |
+| `SELECT 1` through aiomysql.Pool | 350,400 (+31%) |
 
-Changes in this round: a poll object registered once per connection instead
-of one per check, the flags read as attributes instead of five method calls,
-release asks the backend one question (`reusable`), `take_idle` accepts only
-the top idle connection when nothing is unusual and leaves the rest to
-`acquire()`, the current task read with no Python frame on 3.11, and
-waiters sharing one timer (a timer each put ~10,000 handles in the loop's
-heap, pushed and cancelled per hand-off: the cost per scope doubled from 10
-to 10,000 waiters).
+(a) the `__aenter__` and `__aexit__` coroutines, the `Scope` object, the
+ContextVar set and reset, the owning task, the once-a-second sweep gate;
+(b) its coroutine, the owner check (the task, read again), the alias lookup;
+(c) the idle-stack pop and push, two `monotonic()` reads, the deadline,
+idle-limit and ping-bypass compares, the driver's stream flags and the
+transaction status; (d) the check that catches a session the server closed
+while it sat idle, before the event loop noticed (the kernel's part of the
+system call, ~0.6 us here, is not counted). The script's own loop, ~1,600
+per iteration, is taken off the aconn and aiomysql.Pool rows.
+The scope path was 37,000 before this round of work. What changed: a poll
+object registered once per connection instead of one per check, the flags
+read as attributes instead of five method calls, release asks the backend
+one question (`reusable`), `take_idle` accepts only the top idle connection
+when nothing is unusual and leaves the rest to `acquire()`, the current task
+read with no Python frame on 3.11, each holder knows its pool, and waiters
+share one timer (a timer each put ~10,000 handles in the loop's heap,
+pushed and cancelled per hand-off: the cost per scope doubled from 10 to
+10,000 waiters).
 
-Why two targets stay out of reach here:
+Why two targets stay out of reach:
 
-- Scope + `SELECT 1` within 3% of a raw held connection. In a tight loop a
-  scope costs ~5 us, 4% of a ~130 us round trip, but between real queries it
-  costs two to three times that: the query path (aiomysql parsing the
-  packets, the event loop's epoll) evicts the scope's code and data from the
-  CPU caches, so each scope runs cold. Measured in place, a scope on one
-  connection followed by a query on another added 15 us, and a 7 us busy
-  loop 7-14 us. aiomysql.Pool adds more (table 2). Within 3% would need a
-  scope of ~1 us in place: fewer than the three coroutines `async with` and
-  an awaitable `connection()` take by themselves.
-- Flat from 10 to 10,000 waiters. Each hand-off now costs O(1) in aconn's
+- Scope + `SELECT 1` within 3% of a raw held connection. The time ratio
+  follows the instruction ratio (table 2 measures 1.1x-1.2x; the count says
+  +8.8%, aiomysql.Pool +31%): a query through aiomysql is ~268,000
+  instructions, so 3% is ~8,000, and three coroutines (`async with` needs
+  two, an awaitable `connection()` one) with a ContextVar set and reset take
+  most of that before a connection is looked at. It would take a scope
+  without coroutines, i.e. a different API, or code in C.
+- Flat from 10 to 10,000 waiters. Each hand-off costs O(1) in aconn's
   structures (a FIFO deque, one timer); the growth is memory: with 1,000 or
-  more tasks waiting, each task's frames and objects are cold in the cache
-  when its turn comes. A bare `asyncio.Semaphore(10)` under the same load
-  grows too (the figure in parentheses), less because a waiting task holds
-  fewer frames. From 1,000 to 10,000 waiters the cost is flat.
+  more tasks waiting, each task's frames and objects are cold in the CPU
+  cache when its turn comes. A bare `asyncio.Semaphore(10)` under the same
+  load grows too (the figure in parentheses), a little less because a
+  waiting task holds fewer frames. From 1,000 to 10,000 waiters the cost is
+  flat.
 """
 
 
