@@ -361,7 +361,7 @@ instructions, repeatable where timings on this VM are not), per iteration:
 | (a) of which entering and leaving the scope | 9,700 |
 | (b) of which `connection()` | 4,500 |
 | (c) of which taking and giving back the connection | 9,600 |
-| (d) of which the `poll(0)` at hand-out | 1,850 |
+| (d) of (c), the `poll(0)` at hand-out | 1,850 |
 | aiomysql.Pool: `async with pool.acquire()` (it starts a task at every release) | 82,300 |
 | `SELECT 1` on a raw held connection (aiomysql, the event loop) | 267,600 |
 | `SELECT 1` in an aconn scope | 291,100 (+8.8%) |
