@@ -418,7 +418,7 @@ class Pool:
             self._in_use -= 1
             if self._waiters:
                 self._put_back(holder)
-            else:
+            else:  # _put_back's last two lines: the call costs ~3% of a scope
                 holder.state = _IDLE
                 self._idle.append(holder)
             return None
@@ -528,6 +528,7 @@ class Pool:
             self._release_slot()
 
     def _count_closed(self, holder: Holder, reason: str) -> None:
+        """Every close goes through here once: count it, log it, forget the holder."""
         self._holders.discard(holder)
         self._c_closed[reason] += 1
         if reason != "shutdown":

@@ -47,8 +47,8 @@ _MARIADB_STATEMENT_TIME = "@@SESSION.max_statement_time"  # seconds
 _MYSQL_STATEMENT_TIME = "@@SESSION.max_execution_time / 1000"  # milliseconds
 
 
-def _readable_now(fd: int) -> bool:
-    """True if the socket has something to read (EOF, a reset, stray bytes) or an error: one poll(0).
+def _pending_events(fd: int) -> Callable[[int], list[tuple[int, int]]]:
+    """``poll(timeout)`` of a poll object watching ``fd`` for anything to read, an EOF or an error.
 
     An idle MySQL session receives nothing, so anything pending means the
     server closed it (or wrote an error packet before closing). A poll object
@@ -57,15 +57,15 @@ def _readable_now(fd: int) -> bool:
     """
     poller = select.poll()
     poller.register(fd, select.POLLIN | select.POLLPRI)
-    return bool(poller.poll(0))
+    return poller.poll
 
 
 def _flagged_dead(conn: Any) -> bool:
     """True if the driver or the event loop already knows the session is unusable (no system call).
 
-    Runs twice per scope, so it reads attributes instead of calling methods: the
-    stream reader's ``_eof`` and ``_exception`` are what ``at_eof()`` and
-    ``exception()`` return (asyncio and uvloop share the StreamReader).
+    Runs at every hand-out and release, so it reads attributes instead of calling
+    methods: the stream reader's ``_eof`` and ``_exception`` are what ``at_eof()``
+    and ``exception()`` return (asyncio and uvloop share the StreamReader).
     """
     reader = conn._reader
     if conn._writer is None or reader is None or reader._eof or reader._exception is not None:
@@ -159,7 +159,7 @@ class MySQLBackend(Backend):
         if sock is None:
             return False
         try:
-            return _readable_now(sock.fileno())
+            return bool(_pending_events(sock.fileno())(0))
         except (OSError, ValueError):
             return True  # the descriptor is gone
 
@@ -167,20 +167,12 @@ class MySQLBackend(Backend):
         sock = conn._writer.transport.get_extra_info("socket")
         if sock is None:
             return super().liveness(conn)
-        # registered once: each check is then one poll(0) system call
-        poller = select.poll()
-        poller.register(sock.fileno(), select.POLLIN | select.POLLPRI)
-        poll = poller.poll
+        poll = _pending_events(sock.fileno())  # registered once: each check is one poll(0) system call
 
         def alive() -> bool:
-            # _flagged_dead(conn), inlined: this runs on every hand-out. The flags come first:
-            # asyncio closes the socket only after the reader saw EOF or an error, so while they
-            # are clear the descriptor number is still this connection's.
-            reader = conn._reader
-            if conn._writer is None or reader is None or reader._eof or reader._exception is not None:
-                return False
-            result = conn._result
-            if result is not None and result.unbuffered_active:
+            # The flags first: asyncio closes the socket only after the reader saw EOF or an
+            # error, so while they are clear the descriptor number is still this connection's.
+            if _flagged_dead(conn):
                 return False
             try:
                 return not poll(0)  # anything pending on an idle session (EOF, reset, bytes) means dead
