@@ -178,11 +178,22 @@ class MariaDB:
         """Server thread ids of the sessions of ``user`` now open."""
         return [int(r[0]) for r in self.sql(f"SELECT ID FROM information_schema.PROCESSLIST WHERE USER='{user}'")]
 
-    def kill_app_sessions(self, user: str = APP_USER) -> int:
-        ids = self.app_threads(user)
-        for thread_id in ids:
+    def kill_sessions(self, *thread_ids: int, user: str = APP_USER) -> None:
+        """KILL CONNECTION, and wait until the server has dropped the sessions.
+
+        KILL returns before the killed thread closes its socket (it does so when it
+        next wakes, later under load): a test that uses the connection right after
+        must wait for that, or it races the server instead of testing aconn.
+        """
+        for thread_id in thread_ids:
             with contextlib.suppress(pymysql.err.OperationalError, pymysql.err.InternalError):
                 self.sql(f"KILL CONNECTION {thread_id}")
+        left = self.wait_app_threads(lambda ids: not set(thread_ids) & set(ids), user=user)
+        assert not set(thread_ids) & set(left), f"sessions {thread_ids} still open after KILL: {left}"
+
+    def kill_app_sessions(self, user: str = APP_USER) -> int:
+        ids = self.app_threads(user)
+        self.kill_sessions(*ids, user=user)
         return len(ids)
 
     def wait_app_threads(self, predicate: Any, timeout: float = 10.0, user: str = APP_USER) -> list[int]:

@@ -79,7 +79,7 @@ async def test_server_wait_timeout_never_reaches_the_caller(
 async def test_killed_idle_connection_is_never_handed_out(db: MariaDB, make: Any, health_checks: bool) -> None:
     connections = make({"default": db.settings(CONN_MAX_AGE=60, CONN_HEALTH_CHECKS=health_checks)})
     first = await in_scope(connections, "SELECT CONNECTION_ID()")
-    db.sql(f"KILL CONNECTION {first}")
+    db.kill_sessions(first)
     second = await in_scope(connections, "SELECT CONNECTION_ID()")
     assert second != first
     assert connections.stats().closed_unusable == 1
@@ -147,7 +147,7 @@ async def test_error_in_scope_checks_the_connection(db: MariaDB, make: Any) -> N
     with pytest.raises(ZeroDivisionError):
         async with connections.scope():
             await connections.connection()
-            db.sql(f"KILL CONNECTION {first}")
+            db.kill_sessions(first)
             1 / 0  # noqa: B018
     assert connections.stats().closed_unusable == 1
     assert await in_scope(connections, "SELECT CONNECTION_ID()") != first
@@ -243,7 +243,7 @@ async def test_liveness_reads_driver_internals(db: MariaDB, make: Any) -> None:
         assert conn._reader._exception is conn._reader.exception() is None
     backend = connections._pools["default"].backend
     assert backend.is_dead(conn) is False
-    db.sql(f"KILL CONNECTION {conn.thread_id()}")
+    db.kill_sessions(conn.thread_id())
     assert backend.is_dead(conn) is True  # seen by the socket peek, before the loop noticed
 
 

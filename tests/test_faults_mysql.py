@@ -79,7 +79,7 @@ async def test_kill_mid_query_raises_once_and_never_replays(db: MariaDB, make: A
         thread = conn.thread_id()
         query = asyncio.create_task(fetch(conn, "INSERT INTO replay SELECT SLEEP(2)"))
         await asyncio.sleep(0.3)  # let the statement start on the server (it sleeps 2 s there)
-        db.sql(f"KILL CONNECTION {thread}")
+        db.kill_sessions(thread)
         with pytest.raises(pymysql.err.OperationalError) as info:
             await query
         assert info.value.args[0] in (2013, 1927, 2006)
@@ -257,8 +257,7 @@ async def test_health_check_never_reconnects(db: MariaDB, make: Any) -> None:
         assert again.thread_id() == thread and await scalar(again, "SELECT @mine") == 1
     assert connections.stats().health_checks == 1
     backend = connections._pools["default"].backend
-    db.sql(f"KILL CONNECTION {thread}")
-    await asyncio.sleep(0.1)
+    db.kill_sessions(thread)
     with pytest.raises(Exception):  # noqa: B017 - the driver's error for a closed session, whichever
         await backend.ping(again)
     assert again.closed or again._writer is None or backend.is_dead(again)
@@ -344,7 +343,7 @@ def test_killed_idle_connection_under_uvloop(db: MariaDB) -> None:
             first = await in_scope(connections, "SELECT CONNECTION_ID()")
             backend = connections._pools["default"].backend
             assert backend.is_dead(connections._pools["default"]._idle[-1].conn) is False
-            db.sql(f"KILL CONNECTION {first}")
+            db.kill_sessions(first)
             assert await in_scope(connections, "SELECT CONNECTION_ID()") != first
             assert connections.stats().closed_unusable == 1
         finally:
