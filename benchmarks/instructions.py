@@ -37,6 +37,7 @@ ITERATIONS = {"select-raw": 1000, "select-scope": 1000, "select-pool": 1000}  # 
 
 async def measure(settings: dict[str, Any], part: str, n: int) -> None:
     import aiomysql
+    from peers import driver_kwargs, select1
 
     import aconn
 
@@ -44,17 +45,9 @@ async def measure(settings: dict[str, Any], part: str, n: int) -> None:
     await handler.open()
     pool = handler._pools["default"]
     holder = pool._idle[-1]
-    kwargs = {
-        "host": settings["HOST"], "port": settings["PORT"], "user": settings["USER"],
-        "password": settings["PASSWORD"], "db": settings["NAME"], "autocommit": True,
-    }  # fmt: skip
+    kwargs = driver_kwargs(settings)
     raw = await aiomysql.connect(**kwargs)
     peer = await aiomysql.create_pool(minsize=1, maxsize=10, **kwargs)
-
-    async def select1(conn: Any) -> None:
-        async with conn.cursor() as cur:
-            await cur.execute("SELECT 1")
-            await cur.fetchone()
 
     async def whole() -> None:
         async with handler.scope():

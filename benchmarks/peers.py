@@ -72,6 +72,14 @@ def ratio_table(title: str, samples: dict[str, list[float]], unit: str = "us/op"
     return table
 
 
+def driver_kwargs(settings: dict[str, Any]) -> dict[str, Any]:
+    """``aiomysql.connect()`` arguments for a DATABASES entry: what the peers are given."""
+    return {
+        "host": settings["HOST"], "port": settings["PORT"], "user": settings["USER"],
+        "password": settings["PASSWORD"], "db": settings["NAME"], "autocommit": True,
+    }  # fmt: skip
+
+
 async def select1(conn: Any) -> None:
     async with conn.cursor() as cur:
         await cur.execute("SELECT 1")
@@ -83,10 +91,7 @@ class Contenders:
 
     def __init__(self, settings: dict[str, Any]) -> None:
         self.settings = settings
-        self.kwargs = {
-            "host": settings["HOST"], "port": settings["PORT"], "user": settings["USER"],
-            "password": settings["PASSWORD"], "db": settings["NAME"], "autocommit": True,
-        }  # fmt: skip
+        self.kwargs = driver_kwargs(settings)
         url = f"mysql+aiomysql://{settings['USER']}:{settings['PASSWORD']}@{settings['HOST']}:{settings['PORT']}"
         self.sa_url = f"{url}/{settings['NAME']}"
 
@@ -305,18 +310,16 @@ async def workload_scale(settings: dict[str, Any], ops: int, rounds: int) -> Tab
         idle_benches: dict[str, Bench] = {}
         for idle in (1, 10, 100):
             filled = handler(idle)
-            release = asyncio.Event()
+            barrier = asyncio.Barrier(idle)
 
-            async def hold_one(filled: aconn.Connections = filled, release: asyncio.Event = release) -> None:
+            async def hold_one(filled: aconn.Connections = filled, barrier: asyncio.Barrier = barrier) -> None:
                 async with filled.scope():
                     await filled.connection()
-                    await release.wait()
+                    await barrier.wait()  # every connection opened and held at once, then all given back
 
-            holders = [asyncio.create_task(hold_one()) for _ in range(idle)]
-            while filled.stats().in_use < idle:  # every connection opened and held at once
-                await asyncio.sleep(0.01)
-            release.set()
-            await asyncio.gather(*holders)  # ... and now all idle
+            async with asyncio.timeout(60):
+                await asyncio.gather(*(hold_one() for _ in range(idle)))
+            assert filled.stats().idle == idle
             idle_benches[f"{idle} idle connection(s)"] = _scopes(filled)
         idle_table = await interleave("", idle_benches, ops, rounds)
 

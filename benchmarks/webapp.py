@@ -34,16 +34,14 @@ VARIANTS = (
 
 def build_app(variant: str, settings: dict[str, Any]) -> Any:
     import aiomysql
+    from peers import driver_kwargs
     from starlette.applications import Starlette
     from starlette.middleware import Middleware
     from starlette.requests import Request
     from starlette.responses import PlainTextResponse
     from starlette.routing import Route
 
-    kwargs = {
-        "host": settings["HOST"], "port": settings["PORT"], "user": settings["USER"],
-        "password": settings["PASSWORD"], "db": settings["NAME"], "autocommit": True,
-    }  # fmt: skip
+    kwargs = driver_kwargs(settings)
 
     async def select1(conn: Any) -> Any:
         async with conn.cursor() as cur:
