@@ -357,15 +357,15 @@ instructions, repeatable where timings on this VM are not), per iteration:
 
 | | instructions |
 | --- | ---: |
-| aconn: `async with scope: await connection()` | 23,800 |
-| (a) of which entering and leaving the scope | 9,700 |
+| aconn: `async with scope: await connection()` | 24,500 |
+| (a) of which entering and leaving the scope | 9,600 |
 | (b) of which `connection()` | 4,500 |
-| (c) of which taking and giving back the connection | 9,600 |
-| (d) of (c), the `poll(0)` at hand-out | 1,850 |
-| aiomysql.Pool: `async with pool.acquire()` (it starts a task at every release) | 82,300 |
-| `SELECT 1` on a raw held connection (aiomysql, the event loop) | 267,600 |
-| `SELECT 1` in an aconn scope | 291,100 (+8.8%) |
-| `SELECT 1` through aiomysql.Pool | 350,400 (+31%) |
+| (c) of which taking and giving back the connection | 10,400 |
+| (d) of (c), the hand-out check with its `poll(0)` | 2,550 |
+| aiomysql.Pool: `async with pool.acquire()` (it starts a task at every release) | 82,600 |
+| `SELECT 1` on a raw held connection (aiomysql, the event loop) | 266,700 |
+| `SELECT 1` in an aconn scope | 292,000 (+9.5%) |
+| `SELECT 1` through aiomysql.Pool | 349,900 (+31%) |
 
 (a) the `__aenter__` and `__aexit__` coroutines, the `Scope` object, the
 ContextVar set and reset, the owning task, the once-a-second sweep gate;
@@ -374,7 +374,7 @@ ContextVar set and reset, the owning task, the once-a-second sweep gate;
 idle-limit and ping-bypass compares, the driver's stream flags and the
 transaction status; (d) the check that catches a session the server closed
 while it sat idle, before the event loop noticed (the kernel's part of the
-system call, ~0.6 us here, is not counted). The script's own loop, ~1,600
+system call, ~0.6 us here, is not counted). The script's own loop, ~1,400
 per iteration, is taken off the aconn and aiomysql.Pool rows.
 The scope path was 37,000 before this round of work. What changed: a poll
 object registered once per connection instead of one per check, the flags
@@ -390,7 +390,7 @@ Why two targets stay out of reach:
 
 - Scope + `SELECT 1` within 3% of a raw held connection. The time ratio
   follows the instruction ratio (table 2 measures 1.1x-1.2x; the count says
-  +8.8%, aiomysql.Pool +31%): a query through aiomysql is ~268,000
+  +9.5%, aiomysql.Pool +31%): a query through aiomysql is ~267,000
   instructions, so 3% is ~8,000, and three coroutines (`async with` needs
   two, an awaitable `connection()` one) with a ContextVar set and reset take
   most of that before a connection is looked at. It would take a scope
