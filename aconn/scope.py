@@ -80,11 +80,19 @@ class Scope:
         held = self._held
         try:
             if held:
+                # every alias is given back, even if the task is cancelled (or a release
+                # fails) on the way: the first such exception is re-raised after the last
+                failure: BaseException | None = None
                 for holder in held.values():
-                    slow = holder.pool.release(holder, exc)
-                    if slow is not None:
-                        await run_shielded(slow)
+                    try:
+                        slow = holder.pool.release(holder, exc)
+                        if slow is not None:
+                            await run_shielded(slow)
+                    except BaseException as release_exc:
+                        failure = failure or release_exc
                 held.clear()
+                if failure is not None:
+                    raise failure
         finally:
             handler._active_scopes -= 1
             if handler._drained is not None:
