@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import warnings
+import weakref
 from asyncio import get_running_loop
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextvars import ContextVar
@@ -33,6 +35,20 @@ T = TypeVar("T")
 #: how often, at most, entering a scope sweeps the idle sets for expired connections
 SWEEP_INTERVAL = 1.0
 
+#: every live handler, so that a forked child can make each start afresh
+_HANDLERS: weakref.WeakSet[Connections] = weakref.WeakSet()
+#: the parent's pools as a forked child inherited them: kept referenced, never closed, so that
+#: no garbage collection in the child ever touches a socket of the parent's sessions
+_INHERITED: list[Any] = []
+
+
+def _after_fork_in_child() -> None:
+    for handler in list(_HANDLERS):
+        handler._start_afresh()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
 
 class Connections:
     """Database connections of one process, by alias, handed out per scope.
@@ -43,9 +59,20 @@ class Connections:
 
     def __init__(self, databases: Mapping[str, Any]) -> None:
         self._settings: dict[str, Settings] = parse_databases(databases)
-        self._pools: dict[str, Pool] = {
-            alias: Pool(settings, load_backend(settings)) for alias, settings in self._settings.items()
-        }
+        self._pools: dict[str, Pool] = self._new_pools()
+        self._start_afresh(inherited=False)
+        _HANDLERS.add(self)
+
+    def _new_pools(self) -> dict[str, Pool]:
+        return {alias: Pool(settings, load_backend(settings)) for alias, settings in self._settings.items()}
+
+    def _start_afresh(self, *, inherited: bool = True) -> None:
+        """The state of a handler never opened. In a forked child (``inherited``): the parent's
+        connections are set aside untouched, since their sockets are the parent's sessions too.
+        """
+        if inherited:
+            _INHERITED.append(self._pools)
+            self._pools = self._new_pools()
         self._scope_var: ContextVar[Scope] = ContextVar(f"aconn.scope.{id(self):x}")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._opened = False
@@ -97,6 +124,14 @@ class Connections:
         """
         if self._closing:
             return
+        loop = asyncio.get_running_loop()
+        if self._loop is not None and self._loop is not loop:
+            raise AconnError(
+                "aclose() was called in another event loop than the one this aconn handler was "
+                "opened in (a different asyncio.run() or thread): its connections belong to that "
+                "loop. Close the handler inside that loop, before it ends (`async with connections:` "
+                "or the lifespan does)"
+            )
         self._closing = True
         try:
             own = 1 if self._scope_var.get(None) is not None else 0
