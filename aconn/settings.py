@@ -46,7 +46,7 @@ _KNOWN = frozenset(
         "ENGINE", "NAME", "USER", "PASSWORD", "HOST", "PORT", "OPTIONS",
         "CONN_MAX_AGE", "CONN_HEALTH_CHECKS", "AUTOCOMMIT",
         "MAX_CONNS", "MIN_CONNS", "ACQUIRE_TIMEOUT", "CONNECT_TIMEOUT",
-        "IDLE_TIMEOUT", "LEAK_TIMEOUT",
+        "IDLE_TIMEOUT", "LEAK_TIMEOUT", "STATEMENT_TIMEOUT", "CANCEL_ON_SERVER",
     }
 )  # fmt: skip
 
@@ -75,6 +75,10 @@ class Settings:
     connect_timeout: float = 10.0
     idle_timeout: float | None = None
     leak_timeout: float | None = None
+    #: server-side limit on each statement, set once per session (None: the server's own)
+    statement_timeout: float | None = None
+    #: stop a cancelled caller's statement at the server before its slot is reused
+    cancel_on_server: bool = True
 
     def __repr__(self) -> str:
         shown = {k: ("***" if k in SECRET_OPTIONS else v) for k, v in self.options.items()}
@@ -86,7 +90,8 @@ class Settings:
             f"autocommit={self.autocommit!r}, max_conns={self.max_conns!r}, "
             f"min_conns={self.min_conns!r}, acquire_timeout={self.acquire_timeout!r}, "
             f"connect_timeout={self.connect_timeout!r}, idle_timeout={self.idle_timeout!r}, "
-            f"leak_timeout={self.leak_timeout!r})"
+            f"leak_timeout={self.leak_timeout!r}, statement_timeout={self.statement_timeout!r}, "
+            f"cancel_on_server={self.cancel_on_server!r})"
         )
 
     __str__ = __repr__
@@ -166,6 +171,8 @@ def parse_settings(alias: str, entry: Any) -> Settings:
         connect_timeout=_required_seconds(alias, entry, "CONNECT_TIMEOUT", 10.0),
         idle_timeout=_seconds(alias, entry, "IDLE_TIMEOUT", None, allow_none=True),
         leak_timeout=_seconds(alias, entry, "LEAK_TIMEOUT", None, allow_none=True),
+        statement_timeout=_seconds(alias, entry, "STATEMENT_TIMEOUT", None, allow_none=True),
+        cancel_on_server=_bool(alias, entry, "CANCEL_ON_SERVER", True),
     )
 
 
@@ -261,9 +268,11 @@ _QUERY_KEYS: Mapping[str, str] = {
     "connect_timeout": "CONNECT_TIMEOUT",
     "idle_timeout": "IDLE_TIMEOUT",
     "leak_timeout": "LEAK_TIMEOUT",
+    "statement_timeout": "STATEMENT_TIMEOUT",
+    "cancel_on_server": "CANCEL_ON_SERVER",
 }
 _INT_KEYS = frozenset({"MAX_CONNS", "MIN_CONNS"})
-_BOOL_KEYS = frozenset({"CONN_HEALTH_CHECKS", "AUTOCOMMIT"})
+_BOOL_KEYS = frozenset({"CONN_HEALTH_CHECKS", "AUTOCOMMIT", "CANCEL_ON_SERVER"})
 
 
 def _url_to_dict(alias: str, url: str) -> dict[str, Any]:
@@ -283,20 +292,7 @@ def _url_to_dict(alias: str, url: str) -> dict[str, Any]:
             raise ConfigError(alias, "URL", "a SQLite URL is 'sqlite:///relative/path' or 'sqlite:////absolute/path'")
         entry["NAME"] = unquote(path[1:])
     else:
-        try:
-            parts = urlsplit(url)
-            port = parts.port
-        except ValueError as exc:
-            # the message of urllib's error may quote the URL: keep the password out
-            raise ConfigError(
-                alias, "URL", f"cannot parse the URL: invalid host or port ({type(exc).__name__})"
-            ) from None
-        query = parts.query
-        entry["USER"] = unquote(parts.username or "")
-        entry["PASSWORD"] = unquote(parts.password or "")
-        entry["HOST"] = parts.hostname or ""
-        entry["PORT"] = port
-        entry["NAME"] = unquote(parts.path.lstrip("/"))
+        query = _server_url(alias, scheme, rest, entry)
     for raw_key, raw_value in parse_qsl(query, keep_blank_values=True):
         key = _QUERY_KEYS.get(raw_key.lower())
         if key is None:
@@ -305,6 +301,34 @@ def _url_to_dict(alias: str, url: str) -> dict[str, Any]:
             raise ConfigError(alias, raw_key, f"unknown URL parameter{suggestion}")
         entry[key] = _url_value(alias, key, raw_value)
     return entry
+
+
+def _server_url(alias: str, scheme: str, rest: str, entry: dict[str, Any]) -> str:
+    """Fill USER, PASSWORD, HOST, PORT and NAME from ``user:pw@host:port/name?query``; return the query.
+
+    The userinfo is split off first, at the last ``@``, so that a password is never
+    mistaken for a host, a path or a query. No message here quotes the URL.
+    """
+    userinfo, at, hostpart = rest.rpartition("@")
+    if at and any(c in userinfo for c in "/?#"):
+        raise ConfigError(
+            alias,
+            "URL",
+            "the user or password contains '/', '?' or '#': percent-encode them "
+            "(urllib.parse.quote(password, safe=''))",
+        )
+    try:
+        parts = urlsplit(f"{scheme}://{hostpart}")
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(alias, "URL", f"cannot parse the URL: invalid host or port ({type(exc).__name__})") from None
+    user, _, password = userinfo.partition(":")
+    entry["USER"] = unquote(user)
+    entry["PASSWORD"] = unquote(password)
+    entry["HOST"] = parts.hostname or ""
+    entry["PORT"] = port
+    entry["NAME"] = unquote(parts.path.lstrip("/"))
+    return parts.query
 
 
 def _url_value(alias: str, key: str, raw: str) -> Any:
