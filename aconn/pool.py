@@ -14,7 +14,7 @@ import math
 import random
 import traceback
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from time import monotonic
 from typing import Any, Final
 
@@ -122,6 +122,8 @@ class Pool:
         self._c_timeouts = 0
         self._c_connect_errors = 0
         self._c_leaks = 0
+        self._c_server_cancels = 0
+        self._c_server_cancels_failed = 0
 
     # -- acquire --------------------------------------------------------------------------
 
@@ -135,17 +137,19 @@ class Pool:
         """
         if self.closed:
             raise ClosedError(f"aconn alias {self.alias!r} is closed")
+        # one deadline for every step from here: pings, connects and the wait
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.acquire_timeout
         while self._waiting == 0 and self._idle:
             holder = self._pop_idle()
             if holder is None:
                 break
-            if self._health_checks and holder.taken_at - holder.last_used > PING_BYPASS:
-                if not await self._health_check(holder):
-                    continue  # closed; try the next idle one
+            if self._needs_ping(holder) and not await self._health_check(holder, deadline):
+                self._in_use -= 1
+                self._release_slot()  # closed; try the next idle one
+                continue
             return self._taken(holder, task)
         # nothing idle (or tasks already waiting): open in a free slot, else queue
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.acquire_timeout
         if self._waiting == 0 and self._size < self.settings.max_conns:
             self._size += 1
             self._opening += 1
@@ -154,7 +158,19 @@ class Pool:
         if granted is SLOT:
             return self._taken(await self._open(deadline), task)
         assert isinstance(granted, Holder)
-        return self._taken(granted, task)
+        # A hand-off from a release passes the same checks as any other hand-out, here in
+        # the waiter's task: the session may have died while its last user held it.
+        now = granted.taken_at = monotonic()
+        reason = self._unusable_reason(granted, now)
+        if reason is not None:
+            self._in_use -= 1
+            self._discard(granted, reason, keep_slot=True)
+        elif self._needs_ping(granted) and not await self._health_check(granted, deadline):
+            self._in_use -= 1
+        else:
+            return self._taken(granted, task)
+        self._opening += 1  # the slot of the connection just closed is this waiter's: open in it
+        return self._taken(await self._open(deadline), task)
 
     def take_idle(self, task: asyncio.Task[Any] | None) -> Holder | None:
         """The common case of :meth:`acquire`, with no await: the top idle connection, if it passes.
@@ -210,17 +226,36 @@ class Pool:
             return "unusable"
         return None
 
-    async def _health_check(self, holder: Holder) -> bool:
-        """Ping a connection taken from the idle set; on failure close it and return False."""
+    def _needs_ping(self, holder: Holder) -> bool:
+        """With health checks on, a connection not used successfully within ``PING_BYPASS`` is pinged."""
+        return self._health_checks and holder.taken_at - holder.last_used > PING_BYPASS
+
+    async def _health_check(self, holder: Holder, deadline: float) -> bool:
+        """Ping a connection about to be handed out, within the acquire ``deadline``.
+
+        On failure the connection is aborted and counted closed; its slot stays
+        counted in ``size`` and ``in_use`` for the caller to pass on or reuse,
+        and False is returned.
+
+        :raises AcquireTimeout: when the deadline runs out during the ping (slot freed).
+        """
         self._c_pings += 1
+        remaining = deadline - asyncio.get_running_loop().time()
+        bound = min(remaining, self.settings.connect_timeout, CLEANUP_TIMEOUT)
         try:
-            async with asyncio.timeout(min(self.settings.connect_timeout, CLEANUP_TIMEOUT)):
+            if bound <= 0:
+                raise TimeoutError
+            async with asyncio.timeout(bound):
                 await self.backend.ping(holder.conn)
         except BaseException as exc:
             self._c_pings_failed += 1
-            self._in_use -= 1
-            self._discard(holder, "unusable", abort=True)
-            if not isinstance(exc, Exception):
+            self._discard(holder, "unusable", keep_slot=True)
+            if not isinstance(exc, Exception) or (isinstance(exc, TimeoutError) and bound == remaining):
+                self._in_use -= 1
+                self._release_slot()
+                if isinstance(exc, Exception):
+                    self._c_timeouts += 1
+                    raise AcquireTimeout(self._timeout_message()) from None
                 raise  # cancelled while pinging: the connection is closed, the slot freed
             return False
         return True
@@ -490,20 +525,26 @@ class Pool:
 
     # -- close ----------------------------------------------------------------------------
 
-    def _discard(self, holder: Holder, reason: str, *, abort: bool = False) -> None:
-        """Close a connection that is not in use (idle, or just failed a check), in the background.
+    def _discard(self, holder: Holder, reason: str, *, keep_slot: bool = False) -> None:
+        """Close a connection that is not in use (idle, or just failed a check).
 
-        Dead ones, and those the caller asks to ``abort`` (a failed ping), are closed at once.
+        Dead ones are closed at once, others in the background. With ``keep_slot``
+        the connection is aborted at once and its slot stays counted in ``size``
+        for the caller, who opens a new connection in it or releases it.
         """
         self._count_closed(holder, reason)
-        if abort or self.backend.is_dead(holder.conn, peek=False):
-            holder.state = _CLOSING
+        holder.state = _CLOSING
+        if keep_slot or self.backend.is_dead(holder.conn, peek=False):
             self.backend.abort(holder.conn)
-            self._release_slot()
+            if not keep_slot:
+                self._release_slot()
             return
         self._closing += 1
-        holder.state = _CLOSING
-        task = asyncio.get_running_loop().create_task(self._finish_close(holder))
+        self._in_background(self._finish_close(holder))
+
+    def _in_background(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run pool work in a task that :meth:`close` waits for."""
+        task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -513,7 +554,33 @@ class Pool:
         self._closing += 1
         holder.state = _CLOSING
         self._count_closed(holder, reason)
+        if self.settings.cancel_on_server and self.backend.left_running(holder.conn):
+            # A cancelled caller's statement still runs on the server: stop it there before
+            # the slot is reused, so the server never holds more than MAX_CONNS sessions of
+            # this alias. In the background: the cancelled caller goes on at once.
+            self.backend.abort(holder.conn)
+            self._in_background(self._stop_on_server(holder))
+            return
         await self._finish_close(holder)
+
+    async def _stop_on_server(self, holder: Holder) -> None:
+        """Stop a statement left running by a cancelled caller; then free the slot (bounded)."""
+        try:
+            async with asyncio.timeout(CLEANUP_TIMEOUT):
+                await self.backend.cancel_on_server(holder.conn)
+            self._c_server_cancels += 1
+        except Exception as exc:
+            self._c_server_cancels_failed += 1
+            logger.warning(
+                "aconn alias %r: could not stop a cancelled statement at the server (%s: %s); "
+                "its session may run on until the statement ends",
+                self.alias,
+                type(exc).__name__,
+                exc,
+            )
+        finally:
+            self._closing -= 1
+            self._release_slot()
 
     async def _finish_close(self, holder: Holder) -> None:
         """The I/O half of a close already decided and counted; frees the slot at the end."""
@@ -629,6 +696,8 @@ class Pool:
             acquire_timeouts=self._c_timeouts,
             connect_errors=self._c_connect_errors,
             leaks_detected=self._c_leaks,
+            server_cancels=self._c_server_cancels,
+            server_cancels_failed=self._c_server_cancels_failed,
         )
 
 

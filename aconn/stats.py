@@ -57,6 +57,10 @@ class PoolStats:
     connect_errors: int
     #: connections held longer than LEAK_TIMEOUT
     leaks_detected: int
+    #: statements of cancelled callers stopped at the server (CANCEL_ON_SERVER)
+    server_cancels: int = 0
+    #: such stops that failed or ran out of time (logged as WARNING)
+    server_cancels_failed: int = 0
 
     @property
     def closed(self) -> int:

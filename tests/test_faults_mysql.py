@@ -329,7 +329,7 @@ async def test_tls_required_but_server_has_none(db: MariaDB, make: Any) -> None:
     connections = make({"default": db.settings(OPTIONS={"ssl": context})})
     with pytest.raises(pymysql.err.OperationalError) as info:
         await in_scope(connections, "SELECT 1")
-    assert info.value.args[0] == 2026 and "not encrypted" in str(info.value)
+    assert info.value.args[0] == 2026 and "does not offer it; no credential was sent" in str(info.value)
     assert connections.stats().open == 0
 
 

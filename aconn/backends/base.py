@@ -115,6 +115,15 @@ class Backend:
         """Tell what an exception means; ``connecting`` is True for errors from :meth:`connect`."""
         raise NotImplementedError
 
+    def left_running(self, conn: Any) -> bool:
+        """True if a cancelled caller may have left a statement running on the server (no I/O)."""
+        return False
+
+    async def cancel_on_server(self, conn: Any) -> None:
+        """Stop the statement :meth:`left_running` reported, from another session, and wait until
+        the server has let go of it. ``conn`` is already aborted. The caller bounds it in time.
+        """
+
     def interrupt(self, conn: Any) -> None:
         """Stop a statement still running for a cancelled caller (no-op where not needed)."""
 

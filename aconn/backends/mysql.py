@@ -1,27 +1,34 @@
 """MySQL / MariaDB on aiomysql.
 
 This module is the only place that reads aiomysql's private attributes
-(``_writer``, ``_reader``, ``_result``) and those of asyncio's StreamReader
-(``_eof``, ``_exception``), for liveness checks that cost no round trip;
+(``_writer``, ``_reader``, ``_result``, ``_close_reason``) and those of asyncio's
+StreamReader (``_eof``, ``_exception``), for liveness checks that cost no round
+trip, and that hooks its authentication steps (TLS before any credential);
 ``test_liveness_reads_driver_internals`` fails if either changes them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import logging
+import os
 import select
-from collections.abc import Callable
+import ssl
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import aiomysql
 import pymysql
-from pymysql.constants import SERVER_STATUS
+from pymysql.constants import CLIENT, SERVER_STATUS
 
 from ..errors import ConfigError
 from ..settings import Settings
 from .base import Backend, ErrorKind, ServerLimits
 
 __all__ = ("MySQLBackend",)
+
+logger = logging.getLogger("aconn")
 
 # keys aconn sets from the top-level settings; OPTIONS may not override them
 _OWN_KEYS = {
@@ -35,16 +42,104 @@ _ISOLATION_LEVELS = frozenset({"read uncommitted", "read committed", "repeatable
 # client-side error codes that mean the session is gone or out of step
 _DISCONNECT_CODES = frozenset({2003, 2006, 2013, 2014, 2045, 2055, 4031})
 # server refused a new session for now: retry inside the acquire deadline
-_RETRY_CODES = frozenset({1040, 1203})
+# (1040 max_connections, 1203 and 1226 max_user_connections of the account)
+_RETRY_CODES = frozenset({1040, 1203, 1226})
 _IN_TRANS = SERVER_STATUS.SERVER_STATUS_IN_TRANS
 _AUTOCOMMIT = SERVER_STATUS.SERVER_STATUS_AUTOCOMMIT
 # one round trip per new connection; the statement-time variable differs between the two servers
 _LIMITS_SQL = (
     "SELECT @@SESSION.wait_timeout, @@GLOBAL.max_connections, @@SESSION.max_user_connections, "
-    "@@SESSION.interactive_timeout, {statement_time}"
+    "@@SESSION.interactive_timeout, {statement_time}, CONNECTION_ID()"
 )
 _MARIADB_STATEMENT_TIME = "@@SESSION.max_statement_time"  # seconds
 _MYSQL_STATEMENT_TIME = "@@SESSION.max_execution_time / 1000"  # milliseconds
+#: the Django / mysqlclient form of OPTIONS["ssl"]
+_TLS_KEYS = frozenset({"ca", "cert", "key", "check_hostname"})
+#: what aiomysql's ``_close_reason`` says after a cancellation interrupted a statement
+_CANCELLED_MID_STATEMENT = "Cancelled during execution"
+#: the server's answer to a KILL of a session that has already ended
+_UNKNOWN_THREAD = 1094
+_SESSION_ALIVE_SQL = "SELECT 1 FROM information_schema.PROCESSLIST WHERE ID = %s"
+
+
+class _Connection(aiomysql.Connection):  # type: ignore[misc]
+    """aiomysql's connection, with the authentication steps checked before any credential leaves.
+
+    aiomysql starts TLS only if the server's greeting offers it, and otherwise
+    authenticates in plain text; it also sends the password itself to a server
+    that asks for ``mysql_clear_password``. Both are refused here, before the
+    handshake response is written.
+    """
+
+    #: the id ``CONNECTION_ID()`` reported at connect, when it matches the handshake's (else None)
+    aconn_session_id: int | None = None
+
+    async def _request_authentication(self) -> None:
+        offered = bool(self.server_capabilities & CLIENT.SSL)
+        if self._ssl_context and not offered:
+            raise pymysql.err.OperationalError(
+                2026,
+                f"TLS was requested (OPTIONS['ssl']) but the server at {self._host}:{self._port} does not "
+                "offer it; no credential was sent",
+            )
+        plugin = self._client_auth_plugin or self._server_auth_plugin
+        if plugin == "mysql_clear_password" and not (self._ssl_context or self._unix_socket):
+            raise _cleartext_refused(self)
+        await super()._request_authentication()
+
+    async def _process_auth(self, plugin_name: bytes, auth_packet: Any) -> Any:
+        if plugin_name == b"mysql_clear_password" and not self._secure:
+            raise _cleartext_refused(self)  # an auth switch to the cleartext plugin, outside TLS
+        return await super()._process_auth(plugin_name, auth_packet)
+
+
+def _cleartext_refused(conn: Any) -> pymysql.err.OperationalError:
+    return pymysql.err.OperationalError(
+        2059,
+        f"the server at {conn._host}:{conn._port} asked for the password in clear text "
+        "(mysql_clear_password) on a connection without TLS; refused, no credential was sent. "
+        "Set OPTIONS['ssl'] to connect with TLS",
+    )
+
+
+def _tls_context(alias: str, value: Any) -> ssl.SSLContext:
+    """OPTIONS["ssl"] as an SSLContext: one given as-is, or built from the Django form."""
+    if isinstance(value, ssl.SSLContext):
+        return value
+    if not isinstance(value, Mapping) or not value:
+        raise ConfigError(
+            alias,
+            "OPTIONS.ssl",
+            f"must be an ssl.SSLContext or a dict such as {{'ca': '/path/to/ca.pem'}} with keys "
+            f"{sorted(_TLS_KEYS)} (Django's MySQL form); got {type(value).__name__} {_shown(value)}",
+        )
+    for key in value:
+        if key not in _TLS_KEYS:
+            raise ConfigError(alias, f"OPTIONS.ssl.{key}", f"unknown TLS option; use {sorted(_TLS_KEYS)}")
+    for key in ("ca", "cert", "key"):
+        if value.get(key) is not None and not isinstance(value[key], str | os.PathLike):
+            raise ConfigError(alias, f"OPTIONS.ssl.{key}", "must be a file path")
+    check_hostname = value.get("check_hostname", True)
+    if not isinstance(check_hostname, bool):
+        raise ConfigError(alias, "OPTIONS.ssl.check_hostname", f"must be True or False, got {check_hostname!r}")
+    if value.get("key") is not None and value.get("cert") is None:
+        raise ConfigError(alias, "OPTIONS.ssl.key", "a client key needs its certificate in 'cert'")
+    try:
+        context = ssl.create_default_context(cafile=value.get("ca"))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(alias, "OPTIONS.ssl.ca", f"cannot load the CA certificate: {exc}") from None
+    context.check_hostname = check_hostname
+    if value.get("cert") is not None:
+        try:
+            context.load_cert_chain(value["cert"], value.get("key"))
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(alias, "OPTIONS.ssl.cert", f"cannot load the client certificate: {exc}") from None
+    return context
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _pending_events(fd: int) -> Callable[[int], list[tuple[int, int]]]:
@@ -94,7 +189,9 @@ class MySQLBackend(Backend):
             if not isinstance(isolation, str) or isolation.lower() not in _ISOLATION_LEVELS:
                 raise ConfigError(alias, "OPTIONS.isolation_level", f"must be one of {sorted(_ISOLATION_LEVELS)}")
             self._setup_sql = f"SET SESSION TRANSACTION ISOLATION LEVEL {isolation.upper()}"
-        self._tls_required = bool(options.get("ssl"))
+        if "ssl" in options:
+            options["ssl"] = _tls_context(alias, options["ssl"])
+        self._tls_required = "ssl" in options
         self._kwargs: dict[str, Any] = {
             "host": settings.host or "localhost",
             "port": settings.port or 3306,
@@ -102,14 +199,23 @@ class MySQLBackend(Backend):
             "password": settings.password,
             "db": settings.name or None,
             "autocommit": settings.autocommit,
-            "connect_timeout": settings.connect_timeout,
+            # None: the driver's own bound is an asyncio.wait_for, which on Python 3.11 can
+            # swallow the caller's cancellation and leave the rest of the handshake unbounded;
+            # the pool bounds the whole connect with one asyncio.timeout instead.
+            "connect_timeout": None,
             **options,
         }
+        self._warned_unverified = False
+        # the side session that stops cancelled statements (CANCEL_ON_SERVER), one at most
+        self._side: Any = None
+        self._side_lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
+        self._side_users = 0
 
-    async def connect(self) -> tuple[Any, ServerLimits]:
+    async def _open(self) -> Any:
+        """A connection through the handshake (TLS and authentication checked), no session setup."""
         # aiomysql.connect() does not close the socket when cancelled mid-handshake;
         # building the Connection first lets us close it whatever happens.
-        conn = aiomysql.Connection(**self._kwargs)
+        conn = _Connection(**self._kwargs)
         try:
             await conn._connect()
             if self._tls_required and conn._writer.get_extra_info("ssl_object") is None:
@@ -117,16 +223,31 @@ class MySQLBackend(Backend):
                     2026,
                     f"TLS was requested (OPTIONS['ssl']) but the session to {self.settings.target} is not encrypted",
                 )
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    async def connect(self) -> tuple[Any, ServerLimits]:
+        conn = await self._open()
+        try:
             mariadb = "mariadb" in conn.server_version.lower()
             statement_time = _MARIADB_STATEMENT_TIME if mariadb else _MYSQL_STATEMENT_TIME
             async with conn.cursor() as cur:
                 if self._setup_sql:
                     await cur.execute(self._setup_sql)
+                timeout = self.settings.statement_timeout
+                if timeout is not None:
+                    if mariadb:
+                        await cur.execute("SET SESSION max_statement_time = %s", (timeout,))
+                    else:  # MySQL: milliseconds, and for SELECT statements only
+                        await cur.execute("SET SESSION max_execution_time = %s", (max(1, round(timeout * 1000)),))
                 await cur.execute(_LIMITS_SQL.format(statement_time=statement_time))
-                wait_timeout, max_conns, max_user, interactive, statement = await cur.fetchone()
+                wait_timeout, max_conns, max_user, interactive, statement, session_id = await cur.fetchone()
         except BaseException:
             conn.close()
             raise
+        self._verify_session_id(conn, int(session_id))
         limits = ServerLimits(
             idle_timeout=float(wait_timeout) if wait_timeout else None,
             max_connections=int(max_conns),
@@ -136,6 +257,25 @@ class MySQLBackend(Backend):
             max_statement_time=float(statement) if statement else None,
         )
         return conn, limits
+
+    def _verify_session_id(self, conn: Any, session_id: int) -> None:
+        """Keep the id a KILL would name only if the handshake and ``CONNECTION_ID()`` agree.
+
+        Behind a proxy (ProxySQL, MaxScale, RDS Proxy) the handshake's id is the proxy's and
+        ``CONNECTION_ID()`` a backend session's that other clients may share: a KILL of
+        either could stop the wrong statement.
+        """
+        if session_id == conn.thread_id():
+            conn.aconn_session_id = session_id
+            return
+        if self.settings.cancel_on_server and not self._warned_unverified:
+            self._warned_unverified = True
+            logger.warning(
+                "aconn alias %r: the server's CONNECTION_ID() differs from the handshake's thread id "
+                "(a proxy in between?): statements of cancelled callers cannot be stopped with KILL. "
+                "Set CANCEL_ON_SERVER=False and use STATEMENT_TIMEOUT to bound statements",
+                self.settings.alias,
+            )
 
     async def close(self, conn: Any) -> None:
         if conn._writer is None:
@@ -196,6 +336,54 @@ class MySQLBackend(Backend):
         await conn.rollback()
         if self.settings.autocommit and not conn.server_status & _AUTOCOMMIT:
             await conn.autocommit(True)  # the scope switched it off: restore the session
+
+    def left_running(self, conn: Any) -> bool:
+        # aiomysql closes the socket when a read is cancelled: the statement goes on at the server
+        return conn._close_reason == _CANCELLED_MID_STATEMENT and conn.aconn_session_id is not None
+
+    async def cancel_on_server(self, conn: Any) -> None:
+        """``KILL CONNECTION`` the session from a side session, then wait until the server drops it.
+
+        KILL CONNECTION, not KILL QUERY: the connection is discarded anyway, and ending the
+        session at once rolls back its transaction and releases its locks. KILL returns
+        before the killed thread ends, so the processlist is read until it is gone.
+        """
+        session_id = conn.aconn_session_id
+        loop = asyncio.get_running_loop()
+        if self._side_lock is None or self._side_lock[0] is not loop:
+            self._side_lock = (loop, asyncio.Lock())
+        lock = self._side_lock[1]
+        self._side_users += 1
+        try:
+            async with lock:
+                side = self._side
+                if side is None or _flagged_dead(side):
+                    side = self._side = await self._open()
+                try:
+                    async with side.cursor() as cur:
+                        try:
+                            await cur.execute("KILL CONNECTION %s", (session_id,))
+                        except pymysql.err.OperationalError as exc:
+                            if not exc.args or exc.args[0] != _UNKNOWN_THREAD:
+                                raise
+                        delay = 0.002
+                        while await cur.execute(_SESSION_ALIVE_SQL, (session_id,)):
+                            await asyncio.sleep(delay)
+                            delay = min(delay * 2, 0.05)
+                except BaseException:
+                    self._side = None
+                    side.close()
+                    raise
+        finally:
+            self._side_users -= 1
+            if self._side_users == 0 and self._side is not None:
+                side, self._side = self._side, None
+                await self.close(side)  # one per burst of cancellations: no session kept for it
+
+    async def aclose(self) -> None:
+        if self._side is not None:
+            side, self._side = self._side, None
+            side.close()
 
     def classify(self, exc: BaseException, *, connecting: bool = False) -> ErrorKind:
         if isinstance(exc, pymysql.err.MySQLError) and exc.args and isinstance(exc.args[0], int):
