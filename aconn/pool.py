@@ -565,11 +565,16 @@ class Pool:
 
     async def _stop_on_server(self, holder: Holder) -> None:
         """Stop a statement left running by a cancelled caller; then free the slot (bounded)."""
+        # an idle connection of the pool sends the KILL if there is one (no extra session on
+        # the server); else the backend opens its side session, outside the cap
+        via = self._pop_idle() if not self._waiting and not self.closed else None
+        via_exc: BaseException | None = None
         try:
             async with asyncio.timeout(CLEANUP_TIMEOUT):
-                await self.backend.cancel_on_server(holder.conn)
+                await self.backend.cancel_on_server(holder.conn, via.conn if via else None)
             self._c_server_cancels += 1
         except Exception as exc:
+            via_exc = exc
             self._c_server_cancels_failed += 1
             logger.warning(
                 "aconn alias %r: could not stop a cancelled statement at the server (%s: %s); "
@@ -581,6 +586,10 @@ class Pool:
         finally:
             self._closing -= 1
             self._release_slot()
+            if via is not None:
+                slow = self.release(via, via_exc)
+                if slow is not None:
+                    await slow
 
     async def _finish_close(self, holder: Holder) -> None:
         """The I/O half of a close already decided and counted; frees the slot at the end."""

@@ -40,7 +40,7 @@ def idle_limit_from_server(idle_timeout: float | None) -> float | None:
 
 def evaluate(settings: Settings, limits: ServerLimits, workers: int = 1) -> list[Verdict]:
     """Every rule for one alias, given the server's limits and the number of processes."""
-    return [_idle_rule(settings, limits), _budget_rule(settings, limits, workers)]
+    return [_idle_rule(settings, limits), _budget_rule(settings, limits, workers), _cancel_rule(settings, limits)]
 
 
 def _idle_rule(settings: Settings, limits: ServerLimits) -> Verdict:
@@ -84,3 +84,22 @@ def _budget_rule(settings: Settings, limits: ServerLimits, workers: int) -> Verd
     if total is None:
         return Verdict("MAX_CONNS", True, f"{budget_text}; the server sets no connection limit")
     return Verdict("MAX_CONNS", True, f"{budget_text} within max_connections={total}")
+
+
+def _cancel_rule(settings: Settings, limits: ServerLimits) -> Verdict:
+    bound = (
+        f"STATEMENT_TIMEOUT={settings.statement_timeout:g}s bounds each statement"
+        if settings.statement_timeout is not None
+        else "no STATEMENT_TIMEOUT"
+    )
+    if not settings.cancel_on_server:
+        return Verdict("CANCEL_ON_SERVER", True, f"off: a cancelled caller's statement runs on at the server; {bound}")
+    if not limits.session_id_verified:
+        return Verdict(
+            "CANCEL_ON_SERVER",
+            False,
+            "the server's session id differs from the handshake's (a proxy in between?): statements "
+            f"of cancelled callers cannot be stopped at the server; {bound}",
+            "set CANCEL_ON_SERVER=False and STATEMENT_TIMEOUT to bound statements on the server",
+        )
+    return Verdict("CANCEL_ON_SERVER", True, f"statements of cancelled callers are stopped at the server; {bound}")

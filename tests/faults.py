@@ -32,6 +32,8 @@ class Proxy:
         #: accept new connections and reset them at once
         self.refuse = False
         self.accepted = 0
+        #: chunks that arrived while black-holed (the test can wait for traffic to be stuck)
+        self.held = 0
         self._sockets: set[Any] = set()
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -73,6 +75,8 @@ class Proxy:
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while data := await reader.read(65536):
+                if self.blackhole:
+                    self.held += 1
                 while self.blackhole:
                     await asyncio.sleep(0.01)
                 if self.latency:
@@ -136,3 +140,69 @@ def make_certificates(directory: Path) -> dict[str, str]:
     run("x509", "-req", "-in", csr, "-days", "2", "-CA", ca_cert, "-CAkey", ca_key, "-CAcreateserial",
         "-extfile", extensions, "-out", cert)  # fmt: skip
     return {"ca": str(ca_cert), "cert": str(cert), "key": str(key)}
+
+
+class FakeMySQLServer:
+    """Speaks the first steps of the MySQL protocol only: a greeting, then (optionally) an auth switch.
+
+    It records every byte a client sends after the greeting, so a test can tell
+    whether a credential left the client. Used as ``async with FakeMySQLServer(...) as server``.
+    """
+
+    def __init__(self, *, tls: bool = False, plugin: str = "mysql_native_password", switch_to: str | None = None):
+        self.tls = tls
+        self.plugin = plugin
+        self.switch_to = switch_to
+        self.received = b""
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._handlers: set[asyncio.Task[Any]] = set()
+
+    async def __aenter__(self) -> FakeMySQLServer:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in self._handlers:
+            task.cancel()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        try:
+            writer.write(_packet(0, self._greeting()))
+            await writer.drain()
+            async with asyncio.timeout(10):
+                response = await reader.read(65536)  # b"" when the client hangs up
+                self.received += response
+                if response and self.switch_to:
+                    writer.write(_packet(2, b"\xfe" + self.switch_to.encode() + b"\0" + b"0123456789abcdefghij\0"))
+                    await writer.drain()
+                    self.received += await reader.read(65536)
+        finally:
+            writer.transport.abort()
+
+    def _greeting(self) -> bytes:
+        from pymysql.constants import CLIENT
+
+        caps = (
+            CLIENT.LONG_PASSWORD | CLIENT.PROTOCOL_41 | CLIENT.SECURE_CONNECTION | CLIENT.PLUGIN_AUTH
+            | CLIENT.CONNECT_WITH_DB | CLIENT.TRANSACTIONS
+        )  # fmt: skip
+        if self.tls:
+            caps |= CLIENT.SSL
+        salt = b"abcdefghijklmnopqrst"
+        return (
+            b"\x0a" + b"5.5.5-10.11.0-MariaDB-fake\0" + struct.pack("<I", 42) + salt[:8] + b"\0"
+            + struct.pack("<HBHH", caps & 0xFFFF, 45, 2, caps >> 16) + bytes([21]) + b"\0" * 10
+            + salt[8:] + b"\0" + self.plugin.encode() + b"\0"
+        )  # fmt: skip
+
+
+def _packet(seq: int, payload: bytes) -> bytes:
+    return struct.pack("<I", len(payload))[:3] + bytes([seq]) + payload

@@ -45,6 +45,9 @@ class ServerLimits:
     #: server-side statement time limit in seconds (MariaDB ``max_statement_time``,
     #: MySQL ``max_execution_time``), None when unlimited
     max_statement_time: float | None = None
+    #: the session id the server reports (``CONNECTION_ID()``) is the handshake's: a cancel
+    #: request names this very session (False behind a proxy that maps sessions)
+    session_id_verified: bool = True
 
 
 class Backend:
@@ -119,9 +122,11 @@ class Backend:
         """True if a cancelled caller may have left a statement running on the server (no I/O)."""
         return False
 
-    async def cancel_on_server(self, conn: Any) -> None:
+    async def cancel_on_server(self, conn: Any, via: Any = None) -> None:
         """Stop the statement :meth:`left_running` reported, from another session, and wait until
-        the server has let go of it. ``conn`` is already aborted. The caller bounds it in time.
+        the server has let go of it. ``conn`` is already aborted; ``via`` is an idle connection
+        of the pool to send the request on, or None for a side session of the backend's own.
+        The caller bounds it in time.
         """
 
     def interrupt(self, conn: Any) -> None:

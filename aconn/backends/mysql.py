@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import logging
 import os
 import select
 import ssl
@@ -27,8 +26,6 @@ from ..settings import Settings
 from .base import Backend, ErrorKind, ServerLimits
 
 __all__ = ("MySQLBackend",)
-
-logger = logging.getLogger("aconn")
 
 # keys aconn sets from the top-level settings; OPTIONS may not override them
 _OWN_KEYS = {
@@ -169,6 +166,20 @@ def _flagged_dead(conn: Any) -> bool:
     return result is not None and bool(result.unbuffered_active)  # an unbuffered result left unread
 
 
+async def _kill(conn: Any, session_id: int) -> None:
+    """KILL CONNECTION ``session_id`` over ``conn`` and wait until the server has dropped it."""
+    async with conn.cursor() as cur:
+        try:
+            await cur.execute("KILL CONNECTION %s", (session_id,))
+        except pymysql.err.OperationalError as exc:
+            if not exc.args or exc.args[0] != _UNKNOWN_THREAD:
+                raise
+        delay = 0.002
+        while await cur.execute(_SESSION_ALIVE_SQL, (session_id,)):
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+
 class MySQLBackend(Backend):
     """aiomysql connections to MySQL or MariaDB."""
 
@@ -205,7 +216,6 @@ class MySQLBackend(Backend):
             "connect_timeout": None,
             **options,
         }
-        self._warned_unverified = False
         # the side session that stops cancelled statements (CANCEL_ON_SERVER), one at most
         self._side: Any = None
         self._side_lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
@@ -247,7 +257,7 @@ class MySQLBackend(Backend):
         except BaseException:
             conn.close()
             raise
-        self._verify_session_id(conn, int(session_id))
+        verified = self._verify_session_id(conn, int(session_id))
         limits = ServerLimits(
             idle_timeout=float(wait_timeout) if wait_timeout else None,
             max_connections=int(max_conns),
@@ -255,27 +265,22 @@ class MySQLBackend(Backend):
             version=conn.server_version.removeprefix("5.5.5-"),  # MariaDB's handshake prefix
             interactive_timeout=float(interactive) if interactive else None,
             max_statement_time=float(statement) if statement else None,
+            session_id_verified=verified,
         )
         return conn, limits
 
-    def _verify_session_id(self, conn: Any, session_id: int) -> None:
+    @staticmethod
+    def _verify_session_id(conn: Any, session_id: int) -> bool:
         """Keep the id a KILL would name only if the handshake and ``CONNECTION_ID()`` agree.
 
         Behind a proxy (ProxySQL, MaxScale, RDS Proxy) the handshake's id is the proxy's and
         ``CONNECTION_ID()`` a backend session's that other clients may share: a KILL of
-        either could stop the wrong statement.
+        either could stop the wrong statement, so none is sent (the CANCEL_ON_SERVER rule
+        says so once, and ``python -m aconn check`` reports it).
         """
-        if session_id == conn.thread_id():
-            conn.aconn_session_id = session_id
-            return
-        if self.settings.cancel_on_server and not self._warned_unverified:
-            self._warned_unverified = True
-            logger.warning(
-                "aconn alias %r: the server's CONNECTION_ID() differs from the handshake's thread id "
-                "(a proxy in between?): statements of cancelled callers cannot be stopped with KILL. "
-                "Set CANCEL_ON_SERVER=False and use STATEMENT_TIMEOUT to bound statements",
-                self.settings.alias,
-            )
+        verified: bool = session_id == conn.thread_id()
+        conn.aconn_session_id = session_id if verified else None
+        return verified
 
     async def close(self, conn: Any) -> None:
         if conn._writer is None:
@@ -341,35 +346,27 @@ class MySQLBackend(Backend):
         # aiomysql closes the socket when a read is cancelled: the statement goes on at the server
         return conn._close_reason == _CANCELLED_MID_STATEMENT and conn.aconn_session_id is not None
 
-    async def cancel_on_server(self, conn: Any) -> None:
-        """``KILL CONNECTION`` the session from a side session, then wait until the server drops it.
+    async def cancel_on_server(self, conn: Any, via: Any = None) -> None:
+        """``KILL CONNECTION`` the session from another one, then wait until the server drops it.
 
         KILL CONNECTION, not KILL QUERY: the connection is discarded anyway, and ending the
         session at once rolls back its transaction and releases its locks. KILL returns
         before the killed thread ends, so the processlist is read until it is gone.
         """
-        session_id = conn.aconn_session_id
+        if via is not None:
+            await _kill(via, conn.aconn_session_id)
+            return
         loop = asyncio.get_running_loop()
         if self._side_lock is None or self._side_lock[0] is not loop:
             self._side_lock = (loop, asyncio.Lock())
-        lock = self._side_lock[1]
         self._side_users += 1
         try:
-            async with lock:
+            async with self._side_lock[1]:
                 side = self._side
                 if side is None or _flagged_dead(side):
                     side = self._side = await self._open()
                 try:
-                    async with side.cursor() as cur:
-                        try:
-                            await cur.execute("KILL CONNECTION %s", (session_id,))
-                        except pymysql.err.OperationalError as exc:
-                            if not exc.args or exc.args[0] != _UNKNOWN_THREAD:
-                                raise
-                        delay = 0.002
-                        while await cur.execute(_SESSION_ALIVE_SQL, (session_id,)):
-                            await asyncio.sleep(delay)
-                            delay = min(delay * 2, 0.05)
+                    await _kill(side, conn.aconn_session_id)
                 except BaseException:
                     self._side = None
                     side.close()

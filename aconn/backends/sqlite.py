@@ -40,6 +40,13 @@ class SQLiteBackend(Backend):
         for key in options:
             if key not in _DRIVER_KEYS and key != "init_command":
                 raise ConfigError(settings.alias, f"OPTIONS.{key}", "not a sqlite3.connect() option")
+        if settings.statement_timeout is not None:
+            raise ConfigError(
+                settings.alias,
+                "STATEMENT_TIMEOUT",
+                "SQLite has no server-side statement limit; bound statements with asyncio.timeout() "
+                "(a cancelled statement is interrupted)",
+            )
         self._init_command: str | None = options.pop("init_command", None)
         self._anchor: sqlite3.Connection | None = None
         if settings.name == ":memory:":
