@@ -1,4 +1,5 @@
-"""Project tasks: `nox -s demo`, `nox -s tests`, `nox -s lint typecheck`, `nox -s bench`."""
+"""Project tasks: `nox -s demo`, `nox -s tests`, `nox -s lint typecheck`, `nox -s bench`, `nox -s soak`,
+`nox -s reliability`."""
 
 from __future__ import annotations
 
@@ -47,3 +48,10 @@ def bench(session: nox.Session) -> None:
     """aconn against aiomysql.Pool, SQLAlchemy and connect-per-request; writes docs/performance.md and .png."""
     session.install("-e", ".[test,bench]")
     session.run("python", "benchmarks/run.py", *session.posargs)
+
+
+@nox.session
+def reliability(session: nox.Session) -> None:
+    """aconn, aiomysql.Pool and SQLAlchemy side by side under faults; writes the table in docs/reliability.md."""
+    session.install("-e", ".[test,bench]")
+    session.run("python", "benchmarks/reliability.py", *session.posargs)

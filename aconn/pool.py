@@ -111,6 +111,7 @@ class Pool:
         self._leak_timeout = settings.leak_timeout
         self._warned = False
         self._refusing = False
+        self._stops_failing = False
         self._c_opened = 0
         self._c_closed: dict[str, int] = dict.fromkeys(("max_age", "idle", "unusable", "error", "shutdown"), 0)
         self._c_pings = 0
@@ -555,9 +556,10 @@ class Pool:
         holder.state = _CLOSING
         self._count_closed(holder, reason)
         if self.settings.cancel_on_server and self.backend.left_running(holder.conn):
-            # A cancelled caller's statement still runs on the server: stop it there before
-            # the slot is reused, so the server never holds more than MAX_CONNS sessions of
-            # this alias. In the background: the cancelled caller goes on at once.
+            # A statement still runs on the server for a connection dropped mid-command (its
+            # caller cancelled, or the network lost): stop it there before the slot is reused,
+            # so that the server never holds more than MAX_CONNS sessions of this alias. In the
+            # background: the cancelled caller goes on at once.
             self.backend.abort(holder.conn)
             self._in_background(self._stop_on_server(holder))
             return
@@ -573,16 +575,20 @@ class Pool:
             async with asyncio.timeout(CLEANUP_TIMEOUT):
                 await self.backend.cancel_on_server(holder.conn, via.conn if via else None)
             self._c_server_cancels += 1
+            self._stops_failing = False
         except Exception as exc:
             via_exc = exc
             self._c_server_cancels_failed += 1
-            logger.warning(
-                "aconn alias %r: could not stop a cancelled statement at the server (%s: %s); "
+            # WARNING once until a stop succeeds again (a server restarting fails them all)
+            logger.log(
+                logging.INFO if self._stops_failing else logging.WARNING,
+                "aconn alias %r: could not stop a statement left running at the server (%s: %s); "
                 "its session may run on until the statement ends",
                 self.alias,
                 type(exc).__name__,
                 exc,
             )
+            self._stops_failing = True
         finally:
             self._closing -= 1
             self._release_slot()

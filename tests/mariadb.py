@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -232,3 +233,74 @@ class MariaDB:
 
     def url(self, query: str = "") -> str:
         return f"mysql://{APP_USER}:{APP_PASSWORD}@127.0.0.1:{self.port}/{DATABASE}" + (f"?{query}" if query else "")
+
+
+_SESSIONS_SQL = "SELECT INFO, TIME_MS FROM information_schema.PROCESSLIST WHERE USER = %s"
+
+
+class SessionSampler:
+    """Counts a user's sessions on the server every ``interval`` seconds, from a thread.
+
+    A thread, so that the count goes on while the test's event loop is busy; robust
+    to restarts and freezes of the server (a failed sample is skipped, and the admin
+    connection reopened). Records the most sessions seen and, for ``statement``, the
+    longest time any session had been running it. Use it with ``with``.
+    """
+
+    def __init__(self, server: MariaDB, statement: str | None = None, user: str = APP_USER, interval: float = 0.05):
+        self.server = server
+        self.statement = statement
+        self.user = user
+        self.interval = interval
+        self.max_sessions = 0
+        self.max_statement_ms = 0.0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="aconn-session-sampler")
+
+    def __enter__(self) -> SessionSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        conn: pymysql.connections.Connection | None = None
+        while not self._stop.is_set():
+            try:
+                if conn is None:
+                    conn = self._connect()
+                with conn.cursor() as cur:
+                    cur.execute(_SESSIONS_SQL, (self.user,))
+                    rows = cur.fetchall()
+            except (pymysql.err.MySQLError, OSError):
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        conn.close()
+                conn = None
+            else:
+                self.samples += 1
+                self.max_sessions = max(self.max_sessions, len(rows))
+                for info, time_ms in rows:
+                    if self.statement and info and self.statement in info:
+                        self.max_statement_ms = max(self.max_statement_ms, float(time_ms))
+            self._stop.wait(self.interval)
+        if conn is not None:
+            conn.close()
+
+    def _connect(self) -> pymysql.connections.Connection:
+        # our own socket, closed on failure: a refused pymysql connect leaks the one it made
+        sock = socket.socket(socket.AF_UNIX)
+        sock.settimeout(1)
+        try:
+            sock.connect(self.server.socket)
+            conn = pymysql.connect(
+                unix_socket=self.server.socket, user="root", autocommit=True, read_timeout=1, defer_connect=True
+            )
+            conn.connect(sock)
+        except BaseException:
+            sock.close()
+            raise
+        return conn

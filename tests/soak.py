@@ -4,12 +4,15 @@
     (tests/test_soak.py runs a short version in the suite)
 
 Load: scopes with checked results, transactions (committed and rolled
-back), cancellations, child tasks with scopes of their own, through a TCP
-proxy to a throwaway MariaDB whose sessions have wait_timeout=2. Faults:
+back), cancellations of short and of long statements (``SELECT SLEEP(2)``
+cancelled after 0.05-0.3 s), child tasks with scopes of their own, through a
+TCP proxy to a throwaway MariaDB whose sessions have wait_timeout=2. Faults:
 admin kills, server restarts, SIGSTOP freezes, proxy resets and black holes.
 Invariants: every error surfaced is one a fault explains (a known kind, within
 a few seconds of a fault); zero wrong results; zero sessions left on the
-server after aclose; counters balance.
+server after aclose; counters balance; the sessions of the application user
+on the server, sampled every 50 ms, never above MAX_CONNS + 1 (the side
+session that stops cancelled statements when no idle connection can).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import pymysql
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from faults import Proxy
-from mariadb import MariaDB
+from mariadb import MariaDB, SessionSampler
 
 import aconn
 
@@ -37,6 +40,9 @@ import aconn
 EXPLAINED_CODES = frozenset({1053, 1927, 2003, 2006, 2013})
 #: an error more than this long after the last fault ended is unexplained
 EXPLAIN_WINDOW = 15.0
+#: the soak's cap; the server may also see the one side session that sends KILLs
+MAX_CONNS = 6
+CANCELLED = "cancelled by the load (expected)"
 
 
 @dataclass
@@ -49,18 +55,26 @@ class Summary:
     leaked_sessions: int = -1
     longest_recovery_s: float = 0.0
     balanced: bool = False
+    max_sessions: int = 0
+    server_cancels: int = 0
+    server_cancels_failed: int = 0
 
     def line(self) -> str:
         return (
             f"soak: scopes={self.scopes} faults={sum(self.faults.values())} {dict(self.faults)} "
             f"errors={dict(self.errors)} unexplained={len(self.unexplained)} wrong_results={self.wrong_results} "
             f"leaked_connections={self.leaked_sessions} longest_recovery_after_restart={self.longest_recovery_s:.2f}s "
-            f"counters_balanced={self.balanced}"
+            f"counters_balanced={self.balanced} sessions_on_server_max={self.max_sessions} "
+            f"(cap MAX_CONNS={MAX_CONNS}, +1 side session) statements_stopped_at_server={self.server_cancels} "
+            f"stops_failed={self.server_cancels_failed}"
         )
 
     @property
     def ok(self) -> bool:
-        return not self.unexplained and self.wrong_results == 0 and self.leaked_sessions == 0 and self.balanced
+        return (
+            not self.unexplained and self.wrong_results == 0 and self.leaked_sessions == 0 and self.balanced
+            and self.max_sessions <= MAX_CONNS + 1
+        )  # fmt: skip
 
 
 async def soak(server: MariaDB, seconds: float, seed: int = 1, concurrency: int = 24, faults: bool = True) -> Summary:
@@ -70,7 +84,7 @@ async def soak(server: MariaDB, seconds: float, seed: int = 1, concurrency: int 
     server.sql("CREATE TABLE IF NOT EXISTS aconn_test.soak (id INT AUTO_INCREMENT PRIMARY KEY, n INT) ENGINE=InnoDB")
     connections = aconn.Connections(
         {"default": server.settings(
-            PORT=proxy.port, CONN_MAX_AGE=30, CONN_HEALTH_CHECKS=True, MAX_CONNS=6, ACQUIRE_TIMEOUT=5,
+            PORT=proxy.port, CONN_MAX_AGE=30, CONN_HEALTH_CHECKS=True, MAX_CONNS=MAX_CONNS, ACQUIRE_TIMEOUT=5,
             CONNECT_TIMEOUT=1, OPTIONS={"init_command": "SET SESSION wait_timeout=2"})}
     )  # fmt: skip
     last_fault_end = time.monotonic()
@@ -118,13 +132,21 @@ async def soak(server: MariaDB, seconds: float, seed: int = 1, concurrency: int 
                     summary.wrong_results += 1
                 if op < 0.6:
                     await conn.commit()  # else: left open, rolled back at scope exit
+            elif op < 0.78:
+                conn = await connections.connection()
+                try:
+                    async with asyncio.timeout(rng.uniform(0.05, 0.3)):
+                        await fetch(conn, "SELECT SLEEP(2)")  # a long statement, stopped at the server
+                except TimeoutError:
+                    summary.errors[CANCELLED] += 1
+                    raise
             else:
                 conn = await connections.connection()
                 try:
                     async with asyncio.timeout(rng.random() * 0.02):
                         await fetch(conn, "SELECT SLEEP(0.05)")
                 except TimeoutError:
-                    summary.errors["cancelled by the load (expected)"] += 1
+                    summary.errors[CANCELLED] += 1
                     raise
         summary.scopes += 1
         if restarted_at is not None:
@@ -138,7 +160,7 @@ async def soak(server: MariaDB, seconds: float, seed: int = 1, concurrency: int 
             try:
                 await one_scope(rng.randrange(1_000_000) + n)
             except TimeoutError as exc:
-                if not isinstance(exc, aconn.AcquireTimeout) and summary.errors["cancelled by the load (expected)"]:
+                if not isinstance(exc, aconn.AcquireTimeout) and summary.errors[CANCELLED]:
                     continue
                 record_error(exc)
             except Exception as exc:
@@ -171,8 +193,12 @@ async def soak(server: MariaDB, seconds: float, seed: int = 1, concurrency: int 
             last_fault_end = time.monotonic()
 
     try:
-        await asyncio.gather(*([inject()] if faults else []), *(load() for _ in range(concurrency)))
+        with SessionSampler(server) as sampler:
+            await asyncio.gather(*([inject()] if faults else []), *(load() for _ in range(concurrency)))
+        summary.max_sessions = sampler.max_sessions
+        await connections.close_old()  # background work (statements being stopped) done
         stats = connections.stats()
+        summary.server_cancels, summary.server_cancels_failed = stats.server_cancels, stats.server_cancels_failed
         summary.balanced = (
             stats.open == stats.idle + stats.in_use + stats.opening + stats.closing
             and stats.in_use == 0 and stats.waiting == 0 and stats.open <= stats.max_conns

@@ -83,6 +83,7 @@ async def test_kill_mid_query_raises_once_and_never_replays(db: MariaDB, make: A
         with pytest.raises(pymysql.err.OperationalError) as info:
             await query
         assert info.value.args[0] in (2013, 1927, 2006)
+    await connections.close_old()  # the check that the server let go of the session (CANCEL_ON_SERVER)
     stats = connections.stats()
     assert stats.closed_unusable + stats.closed_error == 1 and stats.open == 0
     assert await in_scope(connections, "SELECT 1") == 1

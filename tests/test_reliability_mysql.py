@@ -2,7 +2,7 @@
 
 | # | promise | tests |
 | --- | --- | --- |
-| 1 | a cancelled statement is stopped at the server before its slot is reused | test_cancellation_storm_holds_the_cap_on_the_server, test_row_lock_of_a_cancelled_scope_is_released, test_cancel_on_server_can_be_turned_off, test_unverified_session_id_sends_no_kill |
+| 1 | a cancelled statement is stopped at the server before its slot is reused | test_cancellation_storm_holds_the_cap_on_the_server, test_row_lock_of_a_cancelled_scope_is_released, test_idle_connection_sends_the_kill, test_statement_of_a_lost_connection_is_stopped, test_cancel_on_server_can_be_turned_off, test_unverified_session_id_sends_no_kill |
 | 2 | STATEMENT_TIMEOUT, set once per session | test_statement_timeout_raises_and_keeps_the_connection |
 | 3 | 1226 (max_user_connections) retried like 1040 | test_max_user_connections_is_retried_within_the_deadline |
 | 4 | a hand-off passes the hand-out checks | test_hand_off_of_a_killed_session, test_hand_offs_under_load_after_every_session_is_killed |
@@ -22,7 +22,6 @@ import json
 import subprocess
 import sys
 import textwrap
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ import pytest
 from conftest import assert_balanced, assert_no_password
 from faults import FakeMySQLServer, Proxy, make_certificates
 from helpers import fetch, in_scope, scalar
-from mariadb import APP_PASSWORD, APP_USER, MariaDB
+from mariadb import APP_PASSWORD, APP_USER, MariaDB, SessionSampler
 
 import aconn
 import aconn.pool
@@ -43,43 +42,6 @@ from aconn.rules import evaluate
 from aconn.settings import parse_settings
 
 pytestmark = pytest.mark.mysql
-
-
-class ProcesslistSampler:
-    """Samples the application user's sessions every 50 ms from a thread (the test's loop stays free)."""
-
-    def __init__(self, db: MariaDB, statement: str) -> None:
-        self.db = db
-        self.statement = statement
-        self.max_sessions = 0
-        self.max_statement_ms = 0.0
-        self.samples = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> ProcesslistSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-    def _run(self) -> None:
-        conn = self.db.admin_connection()
-        try:
-            with conn.cursor() as cur:
-                while not self._stop.is_set():
-                    cur.execute("SELECT INFO, TIME_MS FROM information_schema.PROCESSLIST WHERE USER = %s", (APP_USER,))
-                    rows = cur.fetchall()
-                    self.samples += 1
-                    self.max_sessions = max(self.max_sessions, len(rows))
-                    for info, time_ms in rows:
-                        if info and self.statement in info:
-                            self.max_statement_ms = max(self.max_statement_ms, float(time_ms))
-                    self._stop.wait(0.05)
-        finally:
-            conn.close()
 
 
 async def wait_until(predicate: Any, timeout: float = 10.0) -> None:
@@ -126,7 +88,7 @@ async def test_cancellation_storm_holds_the_cap_on_the_server(db: MariaDB) -> No
             cancelled += 1
 
     try:
-        with ProcesslistSampler(db, "SLEEP(2)") as sampler:
+        with SessionSampler(db, "SLEEP(2)") as sampler:
             await asyncio.gather(*(worker(n) for n in range(20)))
             await connections.aclose()
             left_running = [
@@ -161,6 +123,7 @@ async def test_row_lock_of_a_cancelled_scope_is_released(db: MariaDB, make: Any)
     async with asyncio.timeout(1.0), connections.scope():
         await fetch(await connections.connection(), "UPDATE locks SET n = n + 10 WHERE id = 1")
     assert db.sql("SELECT n FROM aconn_test.locks WHERE id = 1") == [(10,)]  # the cancelled update rolled back
+    await connections.close_old()  # the stop's last step (the session gone from the processlist)
     assert connections.stats().server_cancels == 1
 
 
@@ -188,6 +151,41 @@ async def test_idle_connection_sends_the_kill(db: MariaDB, make: Any) -> None:
     assert db.wait_app_threads(lambda ids: ids == [idle_thread]) == [idle_thread]
 
 
+async def test_statement_of_a_lost_connection_is_stopped(db: MariaDB, make: Any) -> None:
+    """The network path breaks mid-statement: the server runs on, so the statement is stopped too."""
+    proxy = Proxy(db.port).start()
+    try:
+        connections = make({"default": db.settings(PORT=proxy.port, CONN_MAX_AGE=60)})
+        threads: list[int] = []
+
+        async def job() -> None:
+            async with connections.scope():
+                conn = await connections.connection()
+                threads.append(conn.thread_id())
+                await fetch(conn, "SELECT SLEEP(5)")
+
+        task = asyncio.create_task(job())
+        await wait_until(
+            lambda: (
+                bool(threads)
+                and bool(
+                    db.sql(
+                        f"SELECT 1 FROM information_schema.PROCESSLIST WHERE ID = {threads[0]} AND INFO LIKE 'SELECT SLEEP%'"
+                    )
+                )
+            )
+        )
+        proxy.reset_all()
+        with pytest.raises(pymysql.err.OperationalError) as info:
+            await task
+        assert info.value.args[0] == 2013
+        await connections.close_old()  # waits for the stop
+        assert connections.stats().server_cancels == 1
+        assert threads[0] not in db.app_threads()  # gone at once, not when SLEEP(5) ends
+    finally:
+        proxy.close()
+
+
 async def test_cancel_on_server_can_be_turned_off(db: MariaDB, make: Any) -> None:
     connections = make({"default": db.settings(CONN_MAX_AGE=60, CANCEL_ON_SERVER=False)})
     with pytest.raises(TimeoutError):
@@ -208,7 +206,7 @@ async def test_unverified_session_id_sends_no_kill(db: MariaDB, make: Any, aconn
         assert limits.session_id_verified and conn.aconn_session_id == conn.thread_id()
         assert backend._verify_session_id(conn, conn.thread_id() + 1) is False
         assert conn.aconn_session_id is None
-        conn._close_reason = "Cancelled during execution"
+        conn.aconn_dropped = True  # as after a cancelled read
         assert backend.left_running(conn) is False
     finally:
         conn.close()

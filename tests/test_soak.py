@@ -25,3 +25,5 @@ async def test_soak_short() -> None:
     assert summary.wrong_results == 0
     assert summary.leaked_sessions == 0
     assert summary.balanced
+    assert summary.server_cancels > 10
+    assert summary.max_sessions <= 7  # MAX_CONNS=6, and the side session that sends the KILLs

@@ -119,7 +119,9 @@ class Backend:
         raise NotImplementedError
 
     def left_running(self, conn: Any) -> bool:
-        """True if a cancelled caller may have left a statement running on the server (no I/O)."""
+        """True if a statement may still run on the server for a connection the client dropped
+        mid-command (a cancelled caller, a lost or out-of-step stream). No I/O.
+        """
         return False
 
     async def cancel_on_server(self, conn: Any, via: Any = None) -> None:

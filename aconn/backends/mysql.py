@@ -1,7 +1,7 @@
 """MySQL / MariaDB on aiomysql.
 
 This module is the only place that reads aiomysql's private attributes
-(``_writer``, ``_reader``, ``_result``, ``_close_reason``) and those of asyncio's
+(``_writer``, ``_reader``, ``_result``) and those of asyncio's
 StreamReader (``_eof``, ``_exception``), for liveness checks that cost no round
 trip, and that hooks its authentication steps (TLS before any credential);
 ``test_liveness_reads_driver_internals`` fails if either changes them.
@@ -52,8 +52,6 @@ _MARIADB_STATEMENT_TIME = "@@SESSION.max_statement_time"  # seconds
 _MYSQL_STATEMENT_TIME = "@@SESSION.max_execution_time / 1000"  # milliseconds
 #: the Django / mysqlclient form of OPTIONS["ssl"]
 _TLS_KEYS = frozenset({"ca", "cert", "key", "check_hostname"})
-#: what aiomysql's ``_close_reason`` says after a cancellation interrupted a statement
-_CANCELLED_MID_STATEMENT = "Cancelled during execution"
 #: the server's answer to a KILL of a session that has already ended
 _UNKNOWN_THREAD = 1094
 _SESSION_ALIVE_SQL = "SELECT 1 FROM information_schema.PROCESSLIST WHERE ID = %s"
@@ -70,6 +68,16 @@ class _Connection(aiomysql.Connection):  # type: ignore[misc]
 
     #: the id ``CONNECTION_ID()`` reported at connect, when it matches the handshake's (else None)
     aconn_session_id: int | None = None
+    #: the driver dropped the connection itself while talking to the server (a cancelled or
+    #: failed read, a stream out of step): a statement may still be running there
+    aconn_dropped = False
+    #: set by the backend before it closes the connection on purpose
+    aconn_closing = False
+
+    def close(self) -> None:
+        if self._writer is not None and not self.aconn_closing:
+            self.aconn_dropped = True  # aiomysql closes from inside a failed or cancelled command
+        super().close()
 
     async def _request_authentication(self) -> None:
         offered = bool(self.server_capabilities & CLIENT.SSL)
@@ -285,12 +293,14 @@ class MySQLBackend(Backend):
     async def close(self, conn: Any) -> None:
         if conn._writer is None:
             return
+        conn.aconn_closing = True
         if self.is_dead(conn):
             conn.close()
         else:
             await conn.ensure_closed()  # COM_QUIT: the server logs no aborted connection
 
     def abort(self, conn: Any) -> None:
+        conn.aconn_closing = True
         conn.close()
 
     def is_dead(self, conn: Any, *, peek: bool = True) -> bool:
@@ -343,8 +353,9 @@ class MySQLBackend(Backend):
             await conn.autocommit(True)  # the scope switched it off: restore the session
 
     def left_running(self, conn: Any) -> bool:
-        # aiomysql closes the socket when a read is cancelled: the statement goes on at the server
-        return conn._close_reason == _CANCELLED_MID_STATEMENT and conn.aconn_session_id is not None
+        # aiomysql closes the socket itself when a read is cancelled or fails mid-command; the
+        # server goes on with the statement (it notices a closed client only when it writes)
+        return bool(conn.aconn_dropped) and conn.aconn_session_id is not None
 
     async def cancel_on_server(self, conn: Any, via: Any = None) -> None:
         """``KILL CONNECTION`` the session from another one, then wait until the server drops it.
@@ -353,24 +364,39 @@ class MySQLBackend(Backend):
         session at once rolls back its transaction and releases its locks. KILL returns
         before the killed thread ends, so the processlist is read until it is gone.
         """
+        session_id = conn.aconn_session_id
         if via is not None:
-            await _kill(via, conn.aconn_session_id)
-            return
+            try:
+                await _kill(via, session_id)
+                return
+            except Exception as exc:
+                if self.classify(exc) is not ErrorKind.DISCONNECT:
+                    raise
+                # that connection was lost too (the pool closes it at release): use a side session
         loop = asyncio.get_running_loop()
         if self._side_lock is None or self._side_lock[0] is not loop:
             self._side_lock = (loop, asyncio.Lock())
         self._side_users += 1
         try:
             async with self._side_lock[1]:
-                side = self._side
-                if side is None or _flagged_dead(side):
-                    side = self._side = await self._open()
-                try:
-                    await _kill(side, conn.aconn_session_id)
-                except BaseException:
-                    self._side = None
-                    side.close()
-                    raise
+                backoff = 0.01
+                while True:  # the caller's time bound ends the retries
+                    side = self._side
+                    try:
+                        if side is None or _flagged_dead(side):
+                            side = None
+                            side = self._side = await self._open()
+                        await _kill(side, session_id)
+                        return
+                    except Exception as exc:
+                        self._side = None
+                        if side is not None:
+                            side.close()
+                        # lost with the rest (a network reset) or refused (a restart): try again
+                        if self.classify(exc, connecting=True) is ErrorKind.OTHER:
+                            raise
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 0.05)  # a refused connect is cheap; recover fast
         finally:
             self._side_users -= 1
             if self._side_users == 0 and self._side is not None:
