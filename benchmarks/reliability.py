@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import re
 import sys
 import threading
@@ -46,7 +47,8 @@ class Contender:
 
     name = ""
 
-    async def open(self, settings: dict[str, Any]) -> None:
+    async def open(self, settings: dict[str, Any], max_age: float) -> None:
+        """Ready to serve units; connections are replaced after ``max_age`` seconds."""
         raise NotImplementedError
 
     def unit(self) -> contextlib.AbstractAsyncContextManager[Any]:
@@ -59,8 +61,8 @@ class Contender:
 class Aconn(Contender):
     name = "aconn"
 
-    async def open(self, settings: dict[str, Any]) -> None:
-        self.connections = aconn.Connections({"default": {**settings, "CONN_MAX_AGE": 60, "MAX_CONNS": CAP}})
+    async def open(self, settings: dict[str, Any], max_age: float) -> None:
+        self.connections = aconn.Connections({"default": {**settings, "CONN_MAX_AGE": max_age, "MAX_CONNS": CAP}})
 
     @contextlib.asynccontextmanager
     async def unit(self) -> AsyncIterator[Any]:
@@ -74,8 +76,8 @@ class Aconn(Contender):
 class AiomysqlPool(Contender):
     name = "aiomysql.Pool"
 
-    async def open(self, settings: dict[str, Any]) -> None:
-        self.pool = await aiomysql.create_pool(minsize=0, maxsize=CAP, **driver_kwargs(settings))
+    async def open(self, settings: dict[str, Any], max_age: float) -> None:
+        self.pool = await aiomysql.create_pool(minsize=0, maxsize=CAP, pool_recycle=max_age, **driver_kwargs(settings))
 
     def unit(self) -> contextlib.AbstractAsyncContextManager[Any]:
         return self.pool.acquire()  # type: ignore[no-any-return]
@@ -88,12 +90,12 @@ class AiomysqlPool(Contender):
 class SQLAlchemy(Contender):
     name = "SQLAlchemy, pool_pre_ping"
 
-    async def open(self, settings: dict[str, Any]) -> None:
+    async def open(self, settings: dict[str, Any], max_age: float) -> None:
         from sqlalchemy.ext.asyncio import create_async_engine
 
         s = settings
         url = f"mysql+aiomysql://{s['USER']}:{s['PASSWORD']}@{s['HOST']}:{s['PORT']}/{s['NAME']}"
-        self.engine = create_async_engine(url, pool_size=CAP, max_overflow=0, pool_pre_ping=True)
+        self.engine = create_async_engine(url, pool_size=CAP, max_overflow=0, pool_pre_ping=True, pool_recycle=max_age)
 
     @contextlib.asynccontextmanager
     async def unit(self) -> AsyncIterator[Any]:
@@ -124,7 +126,24 @@ async def select(conn: Any, sql: str) -> Any:
         return await cur.fetchall()
 
 
-# -- workloads: (contender, row, seconds) -> None --------------------------------------------
+async def short_units(c: Contender, row: Row, seconds: float, tasks: int) -> None:
+    """``tasks`` loops of short units: SELECT 1, then 5 ms of work holding the connection."""
+
+    async def task() -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            row.units += 1
+            try:
+                async with c.unit() as conn:
+                    await select(conn, "SELECT 1")
+                    await asyncio.sleep(0.005)
+            except Exception:
+                row.errors += 1
+
+    await asyncio.gather(*(task() for _ in range(tasks)))
+
+
+# -- workloads: (contender, row, seconds, server) -> None ------------------------------------
 
 
 async def cancelled_long_statements(c: Contender, row: Row, seconds: float, server: MariaDB) -> None:
@@ -147,8 +166,7 @@ async def cancelled_long_statements(c: Contender, row: Row, seconds: float, serv
 
 
 async def sessions_killed(c: Contender, row: Row, seconds: float, server: MariaDB) -> None:
-    """50 tasks of short units (SELECT 1, then 5 ms of work holding the connection); every
-    0.25 s an admin kills every session of the application user."""
+    """50 loops of short units; every 0.25 s an admin kills every session of the application user."""
     stop = threading.Event()
 
     def killer() -> None:
@@ -158,29 +176,19 @@ async def sessions_killed(c: Contender, row: Row, seconds: float, server: MariaD
                     with contextlib.suppress(pymysql.err.MySQLError):
                         server.sql(f"KILL CONNECTION {thread_id}")
 
-    async def task() -> None:
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            row.units += 1
-            try:
-                async with c.unit() as conn:
-                    await select(conn, "SELECT 1")
-                    await asyncio.sleep(0.005)
-            except Exception:
-                row.errors += 1
-
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
     try:
-        await asyncio.gather(*(task() for _ in range(50)))
+        await short_units(c, row, seconds, tasks=50)
     finally:
         stop.set()
         thread.join(10)
 
 
 async def server_full(c: Contender, row: Row, seconds: float, server: MariaDB) -> None:
-    """max_connections=20; other clients take 12 sessions for 0.3 s, then leave for 0.3 s, over and
-    over; 30 tasks of short units run meanwhile."""
+    """max_connections=20; other clients grab every session that frees up (15 at most) for 0.5 s, then
+    leave for 0.1 s, over and over; 30 loops of short units run meanwhile, their connections replaced
+    every second (max age), so that each replacement races the other clients."""
     server.sql(
         "SET GLOBAL max_connections = 20",
         "CREATE USER IF NOT EXISTS 'other'@'%' IDENTIFIED BY 'other-pw'",
@@ -188,52 +196,44 @@ async def server_full(c: Contender, row: Row, seconds: float, server: MariaDB) -
     stop = threading.Event()
 
     def others() -> None:
+        held: list[Any] = []
         while not stop.is_set():
-            held = []
-            for _ in range(12):
-                with contextlib.suppress(pymysql.err.MySQLError):
-                    held.append(pymysql.connect(host="127.0.0.1", port=server.port, user="other",
-                                                password="other-pw", connect_timeout=2))  # fmt: skip
-            stop.wait(0.3)
+            cycle_end = time.monotonic() + 0.5
+            while time.monotonic() < cycle_end and not stop.is_set():
+                if len(held) < 15:  # grab every session that frees up
+                    with contextlib.suppress(pymysql.err.MySQLError):
+                        held.append(pymysql.connect(host="127.0.0.1", port=server.port, user="other",
+                                                    password="other-pw", connect_timeout=2))  # fmt: skip
+                stop.wait(0.005)
             for conn in held:
                 conn.close()
-            stop.wait(0.3)
-
-    async def task() -> None:
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            row.units += 1
-            try:
-                async with c.unit() as conn:
-                    await select(conn, "SELECT 1")
-                    await asyncio.sleep(0.005)
-            except Exception:
-                row.errors += 1
-                await asyncio.sleep(0.01)
+            held = []
+            stop.wait(0.1)
 
     thread = threading.Thread(target=others, daemon=True)
     thread.start()
     try:
-        await asyncio.gather(*(task() for _ in range(30)))
+        await short_units(c, row, seconds, tasks=30)
     finally:
         stop.set()
         thread.join(10)
         server.sql("SET GLOBAL max_connections = 151")
 
 
-FAULTS: dict[str, Callable[[Contender, Row, float, MariaDB], Awaitable[None]]] = {
-    "statements cancelled by a 0.2 s timeout": cancelled_long_statements,
-    "every session killed every 0.25 s": sessions_killed,
-    "other clients fill max_connections": server_full,
+#: fault -> (workload, the contenders' max age of a connection in seconds)
+FAULTS: dict[str, tuple[Callable[[Contender, Row, float, MariaDB], Awaitable[None]], float]] = {
+    "statements cancelled by a 0.2 s timeout": (cancelled_long_statements, 60),
+    "every session killed every 0.25 s": (sessions_killed, 60),
+    "other clients fill max_connections (connections replaced every 1 s)": (server_full, 1),
 }
 
 
 async def measure(server: MariaDB, seconds: float) -> list[Row]:
     rows = []
-    for fault, workload in FAULTS.items():
+    for fault, (workload, max_age) in FAULTS.items():
         for contender in (Aconn(), AiomysqlPool(), SQLAlchemy()):
             row = Row(fault, contender.name)
-            await contender.open(server.settings())
+            await contender.open(server.settings(), max_age)
             try:
                 with SessionSampler(server) as sampler:
                     async with asyncio.timeout(seconds + 60):
@@ -271,6 +271,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--no-write", action="store_true", help="print the table, leave docs/reliability.md alone")
     args = parser.parse_args()
+    logging.getLogger("sqlalchemy.pool").setLevel(logging.CRITICAL)  # its tracebacks of reset failures
     server = MariaDB().start()
     try:
         rows = asyncio.run(measure(server, args.seconds))

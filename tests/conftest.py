@@ -53,6 +53,20 @@ def db(mariadb: MariaDB) -> Iterator[MariaDB]:
         mariadb.start()
 
 
+@pytest.fixture(scope="session")
+def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MariaDB, dict[str, str]]]:
+    """A second throwaway server, with TLS: (server, {"ca", "cert", "key"} file paths)."""
+    from faults import make_certificates
+
+    certs = make_certificates(tmp_path_factory.mktemp("certs"))
+    server = MariaDB(extra_args=[f"--ssl-ca={certs['ca']}", f"--ssl-cert={certs['cert']}", f"--ssl-key={certs['key']}"])
+    server.start()
+    try:
+        yield server, certs
+    finally:
+        server.close()
+
+
 @pytest.fixture
 def sqlite_path(tmp_path: Path) -> str:
     return str(tmp_path / "app.db")

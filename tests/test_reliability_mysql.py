@@ -22,7 +22,6 @@ import json
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -409,19 +408,8 @@ async def test_cleartext_plugin_refused_on_auth_switch(make: Any) -> None:
     assert APP_PASSWORD.encode() not in server.received  # ...the password itself never
 
 
-@pytest.fixture(scope="module")
-def tls_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MariaDB, dict[str, str]]]:
-    certs = make_certificates(tmp_path_factory.mktemp("certs"))
-    server = MariaDB(extra_args=[f"--ssl-ca={certs['ca']}", f"--ssl-cert={certs['cert']}", f"--ssl-key={certs['key']}"])
-    server.start()
-    try:
-        yield server, certs
-    finally:
-        server.close()
-
-
-async def test_django_tls_form_against_a_tls_server(tls_db: tuple[MariaDB, dict[str, str]], make: Any) -> None:
-    server, certs = tls_db
+async def test_django_tls_form_against_a_tls_server(tls_server: tuple[MariaDB, dict[str, str]], make: Any) -> None:
+    server, certs = tls_server
     connections = make({"default": server.settings(OPTIONS={"ssl": {"ca": certs["ca"]}})})
     async with connections.scope():
         rows = await fetch(await connections.connection(), "SHOW SESSION STATUS LIKE 'Ssl_cipher'")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from pathlib import Path
 
 import pytest
 from conftest import assert_no_password
@@ -166,3 +167,71 @@ def test_public_names_exported() -> None:
     }
     for cls in (aconn.ConfigError, aconn.ScopeError, aconn.AcquireTimeout, aconn.ClosedError):
         assert issubclass(cls, aconn.AconnError)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"mysql://app:{SECRET}?tail@db.example/app",  # unescaped '?': the rest would be the query
+        f"mysql://app:{SECRET}/tail@db.example/app",  # unescaped '/': the rest would be NAME
+        f"mysql://app:{SECRET}#tail@db.example/app",
+    ],
+)
+def test_malformed_url_never_shows_the_password(url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(aconn.ConfigError) as info:
+        aconn.Connections({"default": url})
+    assert info.value.key == "URL" and "percent-encode" in str(info.value)
+    for shown in (str(info.value), repr(info.value)):
+        assert SECRET not in shown and "tail" not in shown
+    from aconn.check import main
+
+    for json_flag in ([], ["--json"]):
+        assert main(["check", "--url", url, *json_flag]) == 2
+        out, err = capsys.readouterr()
+        assert "percent-encode" in out + err
+        assert SECRET not in out + err and "tail" not in out + err
+
+
+def test_unescaped_at_sign_in_the_password_is_understood() -> None:
+    settings = parse_settings("default", f"mysql://app:{SECRET}@x@db.example:3307/app")
+    assert (settings.user, settings.password, settings.host, settings.port, settings.name) == (
+        "app", f"{SECRET}@x", "db.example", 3307, "app"
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("ssl_option", "key", "fragment"),
+    [
+        ({}, "OPTIONS.ssl", "ssl.SSLContext or a dict"),
+        (True, "OPTIONS.ssl", "got bool"),
+        ({"ca": "/nonexistent/ca.pem"}, "OPTIONS.ssl.ca", "cannot load the CA certificate"),
+        ({"capath": "/etc/ssl"}, "OPTIONS.ssl.capath", "unknown TLS option"),
+        ({"check_hostname": "yes"}, "OPTIONS.ssl.check_hostname", "True or False"),
+        ({"key": "/k.pem"}, "OPTIONS.ssl.key", "needs its certificate"),
+    ],
+)
+def test_tls_options_checked_at_construction(ssl_option: object, key: str, fragment: str) -> None:
+    with pytest.raises(aconn.ConfigError) as info:
+        aconn.Connections({"default": {"ENGINE": "mysql", "OPTIONS": {"ssl": ssl_option}}})
+    assert info.value.key == key and fragment in str(info.value)
+
+
+def test_tls_django_form_and_context(tmp_path: Path) -> None:
+    import ssl
+
+    from faults import make_certificates
+
+    certs = make_certificates(tmp_path)
+    handler = aconn.Connections({"default": {"ENGINE": "mysql", "OPTIONS": {"ssl": {"ca": certs["ca"]}}}})
+    context = handler._pools["default"].backend._kwargs["ssl"]
+    assert isinstance(context, ssl.SSLContext)
+    assert context.check_hostname and context.verify_mode is ssl.CERT_REQUIRED
+    given = ssl.create_default_context()
+    handler = aconn.Connections({"default": {"ENGINE": "mysql", "OPTIONS": {"ssl": given}}})
+    assert handler._pools["default"].backend._kwargs["ssl"] is given
+
+
+def test_new_keys_from_urls() -> None:
+    settings = parse_settings("default", "mysql://u@h/db?statement_timeout=2.5&cancel_on_server=false")
+    assert settings.statement_timeout == 2.5 and settings.cancel_on_server is False
+    assert parse_settings("default", "mysql://u@h/db").cancel_on_server is True
