@@ -7,7 +7,7 @@ scoped by a context variable instead of a thread.
 
 from __future__ import annotations
 
-from .errors import AconnError, AcquireTimeout, ClosedError, ConfigError, ScopeError
+from .errors import AconnError, AcquireTimeout, ClosedError, ConfigError, PoolOverloaded, ScopeError
 from .handler import Connections
 from .scope import Scope
 from .settings import Settings
@@ -19,6 +19,7 @@ __all__ = (
     "ClosedError",
     "ConfigError",
     "Connections",
+    "PoolOverloaded",
     "PoolStats",
     "Scope",
     "ScopeError",

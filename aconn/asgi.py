@@ -10,6 +10,7 @@ import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from .errors import AcquireTimeout
 from .handler import Connections
 
 __all__ = ("ConnectionsMiddleware",)
@@ -22,18 +23,24 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-
-class _StartupFailed(Exception):
-    pass
+#: seconds a client is told to wait before retrying, when no connection was free (503)
+RETRY_AFTER = b"1"
 
 
 class ConnectionsMiddleware:
     """Run every ``http`` and ``websocket`` call in ``connections.scope()``; open and close with the lifespan.
 
+    An HTTP request that gets no connection (``AcquireTimeout``, ``PoolOverloaded``
+    with ``MAX_WAITING``) before its response started is answered ``503 Service
+    Unavailable`` with ``Retry-After``. Add it inside Starlette's error handling
+    (``Middleware(ConnectionsMiddleware, ...)``) so that the error reaches it
+    before Starlette's own 500 page does.
+
     Lifespan startup opens the handler before the wrapped app's own startup
-    runs (so it may use the database), and reports ``lifespan.startup.failed``
-    with the reason if the database is unreachable, so the server refuses to
-    start. Shutdown closes the handler after the app's own shutdown, once
+    runs (so it may use the database). If the database is unreachable it
+    reports ``lifespan.startup.failed`` with the reason and raises the error,
+    as Starlette's router does, so the server refuses to start and test
+    clients raise it. Shutdown closes the handler after the app's own shutdown, once
     requests in flight have finished (up to ``shutdown_timeout`` seconds).
 
     :param app: the ASGI app to wrap.
@@ -48,7 +55,9 @@ class ConnectionsMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        if kind == "http" or kind == "websocket":
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "websocket":
             async with self.connections.scope():
                 await self.app(scope, receive, send)
         elif kind == "lifespan":
@@ -56,27 +65,58 @@ class ConnectionsMiddleware:
         else:
             await self.app(scope, receive, send)
 
-    async def _open(self) -> str | None:
-        """Open the handler; the failure message for ``lifespan.startup.failed``, or None."""
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """One request in a scope; no connection to be had before the response started: 503."""
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            async with self.connections.scope():
+                await self.app(scope, receive, tracking_send)
+        except AcquireTimeout as exc:
+            if started:
+                raise
+            logger.warning("aconn: answered 503 Service Unavailable: %s", exc)
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 503,
+                    "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"retry-after", RETRY_AFTER)],
+                }
+            )
+            await send({"type": "http.response.body", "body": b"Service Unavailable: no database connection free\n"})
+
+    async def _open(self, send: Send) -> None:
+        """Open the handler; on failure report ``lifespan.startup.failed`` with the reason, then raise.
+
+        As Starlette's router does: the server reports the real error and stops, and test
+        clients (Starlette's TestClient, asgi-lifespan) raise it instead of hanging.
+        """
         try:
             await self.connections.open()
-        except Exception as exc:
+        except BaseException as exc:
             message = f"aconn could not open the database connections: {type(exc).__name__}: {exc}"
             logger.error("%s", message)
-            return message
-        return None
+            await send({"type": "lifespan.startup.failed", "message": message})
+            raise
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
-        state = {"startup_seen": False, "closed": False}
+        state = {"startup_seen": False, "closed": False, "startup_failed": False}
 
         async def wrapped_receive() -> Message:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 state["startup_seen"] = True
-                failure = await self._open()
-                if failure is not None:
-                    await send({"type": "lifespan.startup.failed", "message": failure})
-                    raise _StartupFailed
+                try:
+                    await self._open(send)
+                except BaseException:
+                    state["startup_failed"] = True
+                    raise
             return message
 
         async def wrapped_send(message: Message) -> None:
@@ -87,11 +127,13 @@ class ConnectionsMiddleware:
 
         try:
             await self.app(scope, wrapped_receive, wrapped_send)
-        except _StartupFailed:
-            return
-        except Exception:
+        except BaseException as exc:
+            if state["startup_failed"]:
+                raise  # already reported as lifespan.startup.failed; nothing was left open
             if state["startup_seen"]:
                 await self.connections.aclose(self.shutdown_timeout)
+                raise
+            if not isinstance(exc, Exception):
                 raise
             # the wrapped app does not speak lifespan: handle it ourselves
         if state["startup_seen"]:
@@ -104,10 +146,7 @@ class ConnectionsMiddleware:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                failure = await self._open()
-                if failure is not None:
-                    await send({"type": "lifespan.startup.failed", "message": failure})
-                    return
+                await self._open(send)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.connections.aclose(self.shutdown_timeout)

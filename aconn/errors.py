@@ -6,7 +6,7 @@ wrapped: they reach the caller unchanged, because users already catch them.
 
 from __future__ import annotations
 
-__all__ = ("AconnError", "AcquireTimeout", "ClosedError", "ConfigError", "ScopeError")
+__all__ = ("AconnError", "AcquireTimeout", "ClosedError", "ConfigError", "PoolOverloaded", "ScopeError")
 
 
 class AconnError(Exception):
@@ -29,6 +29,10 @@ class ScopeError(AconnError, RuntimeError):
 
 class AcquireTimeout(AconnError, TimeoutError):
     """No connection could be had within ``ACQUIRE_TIMEOUT``."""
+
+
+class PoolOverloaded(AcquireTimeout):
+    """``MAX_WAITING`` tasks already wait for a connection of the alias: refused at once."""
 
 
 class ClosedError(AconnError, RuntimeError):

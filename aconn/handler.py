@@ -10,17 +10,17 @@ import os
 import warnings
 import weakref
 from asyncio import get_running_loop
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextvars import ContextVar
 from time import monotonic
 from types import TracebackType
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar, overload
 
 from .backends import load_backend
 from .errors import AconnError, ClosedError, ConfigError, ScopeError
 from .iteration import Jobs
 from .pool import Pool
-from .scope import Scope, task_of
+from .scope import Scope, run_shielded, task_of
 from .settings import Settings, parse_databases
 from .stats import PoolStats
 
@@ -60,28 +60,34 @@ class Connections:
     def __init__(self, databases: Mapping[str, Any]) -> None:
         self._settings: dict[str, Settings] = parse_databases(databases)
         self._pools: dict[str, Pool] = self._new_pools()
-        self._start_afresh(inherited=False)
+        self._scope_var: ContextVar[Scope] = ContextVar(f"aconn.scope.{id(self):x}")
+        self._active_scopes = 0
+        self._reset()
         _HANDLERS.add(self)
 
     def _new_pools(self) -> dict[str, Pool]:
         return {alias: Pool(settings, load_backend(settings)) for alias, settings in self._settings.items()}
 
-    def _start_afresh(self, *, inherited: bool = True) -> None:
-        """The state of a handler never opened. In a forked child (``inherited``): the parent's
-        connections are set aside untouched, since their sockets are the parent's sessions too.
-        """
-        if inherited:
-            _INHERITED.append(self._pools)
-            self._pools = self._new_pools()
-        self._scope_var: ContextVar[Scope] = ContextVar(f"aconn.scope.{id(self):x}")
+    def _reset(self) -> None:
+        """The lifecycle state of a handler never opened, bound to no event loop."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._opened = False
         self._closing = False
         self._closed = False
-        self._active_scopes = 0
         self._drained: asyncio.Event | None = None
         self._next_sweep = 0.0
         self._housekeeper: Any = None
+        self._watch: AsyncGenerator[None, None] | None = None
+
+    def _start_afresh(self) -> None:
+        """In a forked child: set the parent's connections aside untouched (their sockets are the
+        parent's sessions too) and start as a handler never opened, with pools of its own.
+        """
+        _INHERITED.append(self._pools)
+        self._pools = self._new_pools()
+        self._scope_var = ContextVar(f"aconn.scope.{id(self):x}")
+        self._active_scopes = 0
+        self._reset()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open" if self._opened else "new"
@@ -101,21 +107,52 @@ class Connections:
     async def open(self) -> None:
         """Bind to the running loop, connect once per alias, start housekeeping. Idempotent.
 
-        :raises ClosedError: if the handler was closed.
+        A closed handler opens again, in the same event loop or another one. If an
+        alias cannot connect, what was opened is closed before the error is raised,
+        and ``open()`` may be tried again.
+
+        :raises ClosedError: while ``aclose()`` is still running.
+        :raises AconnError: while the handler is open in another event loop.
         :raises Exception: the driver's error if an alias cannot connect.
         """
-        if self._closing:
-            raise ClosedError("this aconn handler is closed; build a new Connections")
+        if self._closing and not self._closed:
+            raise ClosedError("this aconn handler is being closed; open it again once aclose() has returned")
+        if self._closed:
+            self._renew_pools()
+            self._reset()
         if self._opened:
+            self._bind_loop()  # open in another loop than its own: the clear error
             return
         self._bind_loop()
-        for pool in self._pools.values():
-            await pool.warm()
+        try:
+            for pool in self._pools.values():
+                await pool.warm()
+        except BaseException:
+            await run_shielded(self._close_pools())
+            self._renew_pools()
+            self._reset()
+            raise
         from .housekeeping import Housekeeper
 
         self._housekeeper = Housekeeper(self)
         self._housekeeper.start()
         self._opened = True
+
+    def _renew_pools(self) -> None:
+        """Closed pools serve again: the same ones (their counters go on) when nothing of their
+        last life is left, else new ones (a scope that outlived aclose() still holds a connection).
+        """
+        if all(pool.quiet() and not pool.stats().open for pool in self._pools.values()):
+            for pool in self._pools.values():
+                pool.reopen()
+        else:
+            self._pools = self._new_pools()
+
+    async def _close_pools(self) -> None:
+        for pool in self._pools.values():
+            await pool.close()
+        for pool in self._pools.values():
+            await pool.backend.aclose()
 
     async def aclose(self, timeout: float = 10.0) -> None:
         """Wait for scopes in flight (up to ``timeout`` seconds), then close every connection.
@@ -150,10 +187,7 @@ class Connections:
                     )
             if self._housekeeper is not None:
                 await self._housekeeper.stop()
-            for pool in self._pools.values():
-                await pool.close()
-            for pool in self._pools.values():
-                await pool.backend.aclose()
+            await self._close_pools()
         finally:
             self._closed = True
 
@@ -182,13 +216,73 @@ class Connections:
         loop = asyncio.get_running_loop()
         if self._loop is None:
             self._loop = loop
+            self._watch_loop_end()
         elif self._loop is not loop:
-            raise AconnError(
-                "this aconn handler belongs to another event loop (it was first used in a "
-                "different asyncio.run() or thread); connections cannot cross event loops: "
-                "build one Connections per event loop, and open and close it inside that loop"
-            )
+            old = self._loop
+            if old.is_running() or (self._opened and not old.is_closed()) or self._active_scopes:
+                raise AconnError(
+                    "this aconn handler is in use in another event loop (a different asyncio.run() "
+                    "or thread); connections cannot cross event loops. Close it in that loop "
+                    "(`await connections.aclose()`, or `async with connections:`) and it can be "
+                    "opened again in this one; or build one Connections per event loop"
+                )
+            if not all(pool.quiet() for pool in self._pools.values()):
+                raise AconnError(
+                    "this aconn handler still has connections being used, opened or closed in the "
+                    "event loop it was used in before; finish that loop's work (or close the handler "
+                    "there) before using it in this one"
+                )
+            if self._opened:  # its loop ended without aclose(): say so, then carry on lazily
+                logger.warning(
+                    "aconn: this handler was open in an event loop that has ended without aclose(); "
+                    "its idle connections are dropped without a goodbye to the server. Close it before "
+                    "the loop ends: `async with connections:` or `await connections.aclose()`"
+                )
+                self._opened = False
+                self._housekeeper = None
+            # Its work in the old loop is done: move to this one. The idle connections belong to
+            # the old loop; their sockets are closed with no I/O.
+            for pool in self._pools.values():
+                pool.forget_idle()
+            self._loop = loop
+            self._watch_loop_end()
         return loop
+
+    def _watch_loop_end(self) -> None:
+        """Be told when the running loop ends (``asyncio.run()``, uvicorn, pytest-asyncio).
+
+        Event loops finalise the async generators still suspended when they end
+        (``loop.shutdown_asyncgens()``, PEP 525), while they can still run I/O: one
+        started here is the hook. Cheap: once per loop the handler is bound to.
+        """
+        watch = self._loop_end()
+        self._watch = watch  # the loop holds it weakly
+        with contextlib.suppress(StopIteration):
+            watch.asend(None).send(None)  # to its first yield, now: the loop registers it
+
+    async def _loop_end(self) -> AsyncGenerator[None, None]:
+        loop = asyncio.get_running_loop()
+        try:
+            yield
+        finally:
+            if self._loop is loop and not self._closing:
+                await self._loop_ended()
+
+    async def _loop_ended(self) -> None:
+        """The loop ends with the handler not closed: close what is open, politely, say so, unbind."""
+        still_open = sum(pool.stats().open for pool in self._pools.values())
+        if still_open:
+            logger.warning(
+                "aconn: the event loop is ending with %d connection(s) of this handler open: closing "
+                "them now. Close the handler before its loop ends: `async with connections:`, "
+                "`await connections.aclose()`, or the ASGI lifespan",
+                still_open,
+            )
+        if self._housekeeper is not None:
+            await self._housekeeper.stop()
+        await self._close_pools()
+        self._renew_pools()
+        self._reset()  # usable again, in another loop
 
     # -- scopes ---------------------------------------------------------------------------
 
@@ -208,12 +302,21 @@ class Connections:
         for pool in self._pools.values():
             pool.sweep()
 
-    async def connection(self, alias: str = "default") -> Any:
+    @overload
+    async def connection(self, alias: str = "default") -> Any: ...
+
+    @overload
+    async def connection(self, alias: str, expected: type[T]) -> T: ...
+
+    async def connection(self, alias: str = "default", expected: type[Any] | None = None) -> Any:
         """The driver's connection for ``alias``, bound to the current scope and task.
 
-        The same object is returned for the rest of the scope.
+        The same object is returned for the rest of the scope. Pass the driver's
+        connection class as ``expected`` (``aiosqlite.Connection``...) to have it
+        typed as such for mypy, checked with ``isinstance`` at run time.
 
         :raises ScopeError: outside a scope, or from a task that does not own the scope.
+        :raises TypeError: if the connection is not an ``expected``.
         :raises ConfigError: for an unknown alias.
         :raises AcquireTimeout: when no connection can be had within ``ACQUIRE_TIMEOUT``.
         :raises ClosedError: when the handler is closed.
@@ -230,9 +333,12 @@ class Connections:
             owner = scope._task.get_name() if scope._task is not None else "?"
             name = task.get_name() if task is not None else "?"
             raise ScopeError(
-                f"task {name!r} asked for a connection ({alias!r}) in a scope owned by task "
-                f"{owner!r}: a connection is never shared between tasks. Open a scope of its "
-                "own in the child task: `async with connections.scope():`"
+                f"task {name!r} asked for a connection ({alias!r}) in a scope entered by task "
+                f"{owner!r}: a connection is never shared between tasks. If {name!r} is a child "
+                "task (gather, TaskGroup, create_task), open a scope of its own in it: `async with "
+                "connections.scope():`. If the scope was entered by another task that is not its "
+                "parent (a pytest fixture, a startup hook), enter the scope in the task that uses "
+                "the connection instead"
             )
         held = scope._held
         holder = held.get(alias)
@@ -240,6 +346,11 @@ class Connections:
             pool = self._pools.get(alias) or self._pool(alias)
             holder = pool.take_idle(task) or await pool.acquire(task)
             held[alias] = holder
+        if expected is not None and not isinstance(holder.conn, expected):
+            raise TypeError(
+                f"aconn alias {alias!r} hands out {type(holder.conn).__module__}.{type(holder.conn).__qualname__}, "
+                f"not {expected.__module__}.{expected.__qualname__}"
+            )
         return holder.conn
 
     def scoped(self, func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:

@@ -19,7 +19,7 @@ from time import monotonic
 from typing import Any, Final
 
 from .backends.base import Backend, ErrorKind, ServerLimits
-from .errors import AconnError, AcquireTimeout, ClosedError
+from .errors import AconnError, AcquireTimeout, ClosedError, PoolOverloaded
 from .rules import evaluate, idle_limit_from_server
 from .settings import Settings
 from .stats import PoolStats
@@ -125,6 +125,7 @@ class Pool:
         self._c_leaks = 0
         self._c_server_cancels = 0
         self._c_server_cancels_failed = 0
+        self._c_overloaded = 0
 
     # -- acquire --------------------------------------------------------------------------
 
@@ -262,7 +263,18 @@ class Pool:
         return True
 
     async def _wait(self, loop: asyncio.AbstractEventLoop, deadline: float) -> Holder | _Slot:
-        """Queue first-in first-out until a release hands over a connection or a slot, or the deadline."""
+        """Queue first-in first-out until a release hands over a connection or a slot, or the deadline.
+
+        :raises PoolOverloaded: at once, when ``MAX_WAITING`` tasks already wait.
+        """
+        max_waiting = self.settings.max_waiting
+        if max_waiting is not None and self._waiting >= max_waiting:
+            self._c_overloaded += 1
+            raise PoolOverloaded(
+                f"aconn alias {self.alias!r}: {self._waiting} task(s) already wait for a connection "
+                f"(MAX_WAITING={max_waiting}, MAX_CONNS={self.settings.max_conns}, {self._in_use} in use): "
+                "refused at once instead of waiting ACQUIRE_TIMEOUT; shed load or raise the limits"
+            )
         waiter: asyncio.Future[Holder | _Slot] = loop.create_future()
         self._waiters.append((deadline, waiter))
         self._waiting += 1
@@ -353,6 +365,8 @@ class Pool:
                 except Exception as exc:
                     self._c_connect_errors += 1
                     if self.backend.classify(exc, connecting=True) is not ErrorKind.RETRYABLE:
+                        # the driver's own error, still catchable as such, now saying where it happened
+                        exc.add_note(f"aconn alias {self.alias!r}: connecting to {settings.target}")
                         raise
                     refused += 1
                     remaining = deadline - loop.time()
@@ -660,6 +674,26 @@ class Pool:
             closes.append(self._finish_close(holder))
         await asyncio.gather(*closes, *self._background, return_exceptions=True)
 
+    def reopen(self) -> None:
+        """Serve again after :meth:`close`; only when quiet (nothing of the old life left running)."""
+        if not self.quiet() or self._size:
+            raise AconnError(f"aconn alias {self.alias!r}: internal error, reopened a pool still in use")
+        self.closed = False
+
+    def quiet(self) -> bool:
+        """Nothing in use, being opened or closed, no waiter, no background work."""
+        return not (self._in_use or self._opening or self._closing or self._waiting or self._background)
+
+    def forget_idle(self) -> None:
+        """Drop the idle connections of an event loop this pool leaves: sockets closed, no I/O."""
+        idle, self._idle = self._idle, []
+        for holder in idle:
+            holder.state = _CLOSING
+            self._count_closed(holder, "shutdown")
+            self.backend.forget(holder.conn)
+            self._size -= 1
+        self.backend.forget_own()
+
     async def fill(self) -> None:
         """Open one more connection into the idle set, if below the cap (for MIN_CONNS)."""
         if self.closed or self._size >= self.settings.max_conns:
@@ -713,6 +747,7 @@ class Pool:
             leaks_detected=self._c_leaks,
             server_cancels=self._c_server_cancels,
             server_cancels_failed=self._c_server_cancels_failed,
+            overloaded=self._c_overloaded,
         )
 
 

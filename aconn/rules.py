@@ -1,9 +1,10 @@
 """Settings checked against the server's limits: the rules behind the WARNINGs and ``aconn check``.
 
 Two classic failures of persistent connections come from settings that
-disagree with the server: a max age above its ``wait_timeout`` ("MySQL server
-has gone away") and processes x connections above ``max_connections`` ("Too
-many connections"). Each rule gives a verdict and the fix in one line.
+disagree with the server: connections kept idle longer than its
+``wait_timeout`` ("MySQL server has gone away") and processes x connections
+above ``max_connections`` ("Too many connections"). Each rule gives a verdict
+and the fix in one line; a rule fails only where a setting can lead to a failure.
 """
 
 from __future__ import annotations
@@ -44,22 +45,33 @@ def evaluate(settings: Settings, limits: ServerLimits, workers: int = 1) -> list
 
 
 def _idle_rule(settings: Settings, limits: ServerLimits) -> Verdict:
+    """Fails only where an idle connection can outlive the server's ``wait_timeout``.
+
+    A long (or no) ``CONN_MAX_AGE`` is fine: aconn retires idle connections below the
+    server's limit by itself. What fails is an ``IDLE_TIMEOUT`` set at or above it.
+    """
     wait_timeout = limits.idle_timeout
-    max_age = settings.conn_max_age
     if not wait_timeout:
-        return Verdict("CONN_MAX_AGE", True, "the server closes no idle session")
-    limit = idle_limit_from_server(wait_timeout)
-    age = "None" if max_age is None else f"{max_age:g}"
-    if (max_age is None or max_age >= wait_timeout) and not settings.health_checks:
+        return Verdict("IDLE_TIMEOUT", True, "the server closes no idle session")
+    age = "None" if settings.conn_max_age is None else f"{settings.conn_max_age:g}"
+    derived = idle_limit_from_server(wait_timeout)
+    if settings.idle_timeout is not None and settings.idle_timeout >= wait_timeout and not settings.health_checks:
         return Verdict(
-            "CONN_MAX_AGE",
+            "IDLE_TIMEOUT",
             False,
-            f"CONN_MAX_AGE={age} but wait_timeout={wait_timeout:g}: connections outlive the server's idle "
-            f"limit (aconn retires them after {limit:g}s idle; without health checks a session the server "
-            "drops early is only caught by the socket check)",
-            f"set CONN_MAX_AGE below {limit:g} or enable CONN_HEALTH_CHECKS",
+            f"IDLE_TIMEOUT={settings.idle_timeout:g} but wait_timeout={wait_timeout:g}: an idle connection can "
+            'outlive the server\'s idle limit ("MySQL server has gone away"; without health checks only the '
+            "socket check catches a session the server dropped)",
+            f"remove IDLE_TIMEOUT (aconn then retires idle connections after {derived:g}s) or set it below "
+            f"{wait_timeout:g}, or enable CONN_HEALTH_CHECKS",
         )
-    return Verdict("CONN_MAX_AGE", True, f"CONN_MAX_AGE={age}, wait_timeout={wait_timeout:g}, idle limit {limit:g}s")
+    limit = settings.idle_timeout if settings.idle_timeout is not None else derived
+    return Verdict(
+        "IDLE_TIMEOUT",
+        True,
+        f"idle connections retired after {limit:g}s, within the server's wait_timeout={wait_timeout:g} "
+        f"(CONN_MAX_AGE={age})",
+    )
 
 
 def _budget_rule(settings: Settings, limits: ServerLimits, workers: int) -> Verdict:

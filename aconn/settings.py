@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -31,10 +32,23 @@ ENGINE_ALIASES: Mapping[str, str] = {
 _URL_SCHEMES: Mapping[str, str] = {
     "mysql": "mysql",
     "mariadb": "mysql",
+    # SQLAlchemy's spellings: aiomysql speaks PyMySQL's options, aiosqlite sqlite3's
     "mysql+aiomysql": "mysql",
+    "mysql+pymysql": "mysql",
+    "mariadb+aiomysql": "mysql",
+    "mariadb+pymysql": "mysql",
     "sqlite": "sqlite",
     "sqlite3": "sqlite",
     "sqlite+aiosqlite": "sqlite",
+    "sqlite+pysqlite": "sqlite",
+}
+
+#: URL parameters for the driver's TLS options, gathered into OPTIONS["ssl"] (Django's form)
+_TLS_PARAMETERS: Mapping[str, str] = {
+    "ssl_ca": "ca",
+    "ssl_cert": "cert",
+    "ssl_key": "key",
+    "ssl_check_hostname": "check_hostname",
 }
 
 #: Django keys that aconn accepts so that settings can be pasted as-is, but
@@ -46,7 +60,7 @@ _KNOWN = frozenset(
         "ENGINE", "NAME", "USER", "PASSWORD", "HOST", "PORT", "OPTIONS",
         "CONN_MAX_AGE", "CONN_HEALTH_CHECKS", "AUTOCOMMIT",
         "MAX_CONNS", "MIN_CONNS", "ACQUIRE_TIMEOUT", "CONNECT_TIMEOUT",
-        "IDLE_TIMEOUT", "LEAK_TIMEOUT", "STATEMENT_TIMEOUT", "CANCEL_ON_SERVER",
+        "IDLE_TIMEOUT", "LEAK_TIMEOUT", "STATEMENT_TIMEOUT", "CANCEL_ON_SERVER", "MAX_WAITING",
     }
 )  # fmt: skip
 
@@ -79,6 +93,8 @@ class Settings:
     statement_timeout: float | None = None
     #: stop a cancelled caller's statement at the server before its slot is reused
     cancel_on_server: bool = True
+    #: tasks that may wait for a connection of the alias; beyond, PoolOverloaded at once (None: no limit)
+    max_waiting: int | None = None
 
     def __repr__(self) -> str:
         shown = {k: ("***" if k in SECRET_OPTIONS else v) for k, v in self.options.items()}
@@ -91,7 +107,7 @@ class Settings:
             f"min_conns={self.min_conns!r}, acquire_timeout={self.acquire_timeout!r}, "
             f"connect_timeout={self.connect_timeout!r}, idle_timeout={self.idle_timeout!r}, "
             f"leak_timeout={self.leak_timeout!r}, statement_timeout={self.statement_timeout!r}, "
-            f"cancel_on_server={self.cancel_on_server!r})"
+            f"cancel_on_server={self.cancel_on_server!r}, max_waiting={self.max_waiting!r})"
         )
 
     __str__ = __repr__
@@ -100,7 +116,7 @@ class Settings:
     def target(self) -> str:
         """Where this alias connects, for messages: never includes the password."""
         if self.engine == "sqlite":
-            return f"sqlite {self.name}"
+            return f"sqlite {self.name if self.name == ':memory:' else os.path.abspath(self.name)}"
         return f"{self.engine} {self.user}@{self.host or 'localhost'}:{self.port or 3306}/{self.name}"
 
 
@@ -133,6 +149,13 @@ def parse_settings(alias: str, entry: Any) -> Settings:
     if not isinstance(entry, Mapping):
         raise ConfigError(alias, None, f"expected a dict or a URL string, got {type(entry).__name__}")
 
+    if entry.get("ATOMIC_REQUESTS", False) is not False:
+        raise ConfigError(
+            alias,
+            "ATOMIC_REQUESTS",
+            "aconn does not run requests in transactions yet: set it False or remove it, and "
+            "open transactions in the request itself (BEGIN ... COMMIT; a scope exit rolls back an open one)",
+        )
     for key in entry:
         if not isinstance(key, str) or (key not in _KNOWN and key not in _DJANGO_IGNORED):
             hint = difflib.get_close_matches(str(key), sorted(_KNOWN), n=1)
@@ -173,6 +196,7 @@ def parse_settings(alias: str, entry: Any) -> Settings:
         leak_timeout=_seconds(alias, entry, "LEAK_TIMEOUT", None, allow_none=True),
         statement_timeout=_seconds(alias, entry, "STATEMENT_TIMEOUT", None, allow_none=True),
         cancel_on_server=_bool(alias, entry, "CANCEL_ON_SERVER", True),
+        max_waiting=None if entry.get("MAX_WAITING") is None else _int(alias, entry, "MAX_WAITING", 0, minimum=0),
     )
 
 
@@ -182,10 +206,20 @@ def _engine(alias: str, value: Any) -> str:
     engine = ENGINE_ALIASES.get(value)
     if engine is not None:
         return engine
-    if "." in value or ":" in value:
+    if ("." in value or ":" in value) and not value.startswith("django.db.backends."):
         return value  # a backend class path, resolved by aconn.backends.load_backend
-    known = ", ".join(sorted(ENGINE_ALIASES))
-    raise ConfigError(alias, "ENGINE", f"unsupported engine {value!r}; use one of {known} or a backend class path")
+    raise ConfigError(alias, "ENGINE", unsupported_engine(value))
+
+
+def unsupported_engine(value: str) -> str:
+    """The message for an engine aconn does not serve: the supported ones and the closest match."""
+    known = sorted(ENGINE_ALIASES)
+    hint = difflib.get_close_matches(value, known, n=1, cutoff=0.8)
+    suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
+    return (
+        f"unsupported engine {value!r}{suggestion}; aconn serves {', '.join(known)}, "
+        "or an aconn Backend class given by its import path"
+    )
 
 
 def _string(alias: str, entry: Mapping[str, Any], key: str, default: str) -> str:
@@ -270,8 +304,9 @@ _QUERY_KEYS: Mapping[str, str] = {
     "leak_timeout": "LEAK_TIMEOUT",
     "statement_timeout": "STATEMENT_TIMEOUT",
     "cancel_on_server": "CANCEL_ON_SERVER",
+    "max_waiting": "MAX_WAITING",
 }
-_INT_KEYS = frozenset({"MAX_CONNS", "MIN_CONNS"})
+_INT_KEYS = frozenset({"MAX_CONNS", "MIN_CONNS", "MAX_WAITING"})
 _BOOL_KEYS = frozenset({"CONN_HEALTH_CHECKS", "AUTOCOMMIT", "CANCEL_ON_SERVER"})
 
 
@@ -293,14 +328,32 @@ def _url_to_dict(alias: str, url: str) -> dict[str, Any]:
         entry["NAME"] = unquote(path[1:])
     else:
         query = _server_url(alias, scheme, rest, entry)
+    options: dict[str, Any] = {}
     for raw_key, raw_value in parse_qsl(query, keep_blank_values=True):
         key = _QUERY_KEYS.get(raw_key.lower())
-        if key is None:
-            hint = difflib.get_close_matches(raw_key.lower(), sorted(_QUERY_KEYS), n=1)
-            suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
-            raise ConfigError(alias, raw_key, f"unknown URL parameter{suggestion}")
-        entry[key] = _url_value(alias, key, raw_value)
+        if key is not None:
+            entry[key] = _url_value(alias, key, raw_value)
+            continue
+        hint = difflib.get_close_matches(raw_key.lower(), sorted(_QUERY_KEYS), n=1, cutoff=0.8)
+        if hint:  # a typo of aconn's own parameters, not a driver option
+            raise ConfigError(alias, raw_key, f"unknown URL parameter (did you mean {hint[0]!r}?)")
+        if raw_key in _TLS_PARAMETERS:
+            options.setdefault("ssl", {})[_TLS_PARAMETERS[raw_key]] = _option_value(raw_value)
+        else:  # a driver option, checked by the backend exactly as OPTIONS is
+            options[raw_key] = _option_value(raw_value)
+    if options:
+        entry["OPTIONS"] = options
     return entry
+
+
+def _option_value(raw: str) -> Any:
+    """A driver option from a URL: a number or a boolean where it reads as one, else the string."""
+    for kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(raw.lower(), raw)
 
 
 def _server_url(alias: str, scheme: str, rest: str, entry: dict[str, Any]) -> str:

@@ -61,6 +61,8 @@ class PoolStats:
     server_cancels: int = 0
     #: such stops that failed or ran out of time (logged as WARNING)
     server_cancels_failed: int = 0
+    #: requests refused at once because MAX_WAITING tasks already waited (PoolOverloaded)
+    overloaded: int = 0
 
     @property
     def closed(self) -> int:

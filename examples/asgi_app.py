@@ -5,7 +5,7 @@ SQLite by default (a file in the temp directory); MySQL/MariaDB with
 
 - `GET /items`            read: every item
 - `POST /items?name=x`    write: insert an item and bump a counter, in one transaction
-- `GET /stats`            `connections.stats()` as JSON
+- `GET /stats`            `connections.stats()` as JSON, with the pid of the worker process that answered
 - `WS /ws`                a WebSocket session holding one scope for its life
 """
 
@@ -61,7 +61,8 @@ def create_app(database_url: str) -> Starlette:
         return JSONResponse({"added": name, "count": count}, status_code=201)
 
     async def stats(request: Request) -> JSONResponse:
-        return JSONResponse(dataclasses.asdict(connections.stats()))
+        # stats are per process: under `uvicorn --workers N` each worker answers for itself
+        return JSONResponse({"pid": os.getpid(), **dataclasses.asdict(connections.stats())})
 
     async def echo_session(websocket: WebSocket) -> None:
         await websocket.accept()

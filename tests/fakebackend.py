@@ -56,6 +56,8 @@ class FakeBackend(Backend):
     entered: ClassVar[dict[str, asyncio.Event]] = {}
     opened: ClassVar[list[FakeConn]] = []
     idle_timeout: ClassVar[float | None] = None
+    #: NAMEs whose connects fail with an error that is not retried (a wrong password, say)
+    denied: ClassVar[set[str]] = set()
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
@@ -67,6 +69,7 @@ class FakeBackend(Backend):
         cls.entered = {}
         cls.opened = []
         cls.idle_timeout = None
+        cls.denied = set()
 
     @classmethod
     def live(cls) -> list[FakeConn]:
@@ -88,6 +91,8 @@ class FakeBackend(Backend):
         self.opened.append(conn)
         try:
             await self._step("connect")
+            if self.settings.name in self.denied:
+                raise PermissionError(f"access denied to {self.settings.name} (fake)")
         except BaseException:
             conn.closed = True
             raise

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pymysql
 import pytest
 import uvicorn
 import websockets
@@ -67,6 +70,7 @@ async def test_hundreds_of_requests_against_mariadb(db: MariaDB) -> None:
         assert max(sampler.samples) <= 4
         stats = (await client.get("/stats")).json()
         assert stats["opened"] <= 4 and stats["in_use"] <= 1  # persisted between requests
+        assert stats["pid"] == os.getpid()  # stats are per process: the endpoint says which one
         # a handler that raises mid-transaction: 500, rolled back, the next requests succeed
         failed = await client.post("/items", params={"name": "boom"})
         assert failed.status_code == 500
@@ -214,3 +218,57 @@ async def test_fastapi_dependency_recipe(tmp_path: Path) -> None:
         assert [r["result"] for r in results] == [0, 2, 4, 6, 8]
         assert len({r["conn"] for r in results}) == 1
     assert connections.stats().open == 0
+
+
+@pytest.mark.mysql
+# Starlette now prefers httpx2 under its TestClient; which client it drives is beside the point here
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient` is deprecated")
+def test_test_client_raises_the_startup_error(db: MariaDB) -> None:
+    from starlette.testclient import TestClient
+
+    connections = aconn.Connections({"default": db.settings(PASSWORD=APP_PASSWORD + "-x")})
+    app = ConnectionsMiddleware(Starlette(), connections=connections)
+    started = time.monotonic()
+    with pytest.raises(pymysql.err.OperationalError, match="Access denied"), TestClient(app):
+        pass
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.mysql
+async def test_lifespan_manager_raises_the_startup_error(db: MariaDB) -> None:
+    from asgi_lifespan import LifespanManager
+
+    connections = aconn.Connections({"default": db.settings(PASSWORD=APP_PASSWORD + "-x")})
+    app = ConnectionsMiddleware(Starlette(), connections=connections)
+    async with asyncio.timeout(5):
+        with pytest.raises(pymysql.err.OperationalError, match="Access denied") as info:
+            async with LifespanManager(app):
+                pass
+    assert "aconn alias 'default': connecting to" in "\n".join(info.value.__notes__)
+    assert db.wait_app_threads(lambda ids: not ids) == []
+
+
+async def test_no_connection_free_is_a_503_with_retry_after(tmp_path: Path) -> None:
+    connections = aconn.Connections(
+        {"default": f"sqlite:///{tmp_path / 'busy.db'}?conn_max_age=60&max_conns=1&max_waiting=0"}
+    )
+    gate = asyncio.Event()
+
+    async def slow(request: Any) -> JSONResponse:
+        conn = await connections.connection()
+        await gate.wait()
+        return JSONResponse((await conn.execute_fetchall("SELECT 1"))[0][0])
+
+    app = Starlette(
+        routes=[Route("/slow", slow)], middleware=[Middleware(ConnectionsMiddleware, connections=connections)]
+    )
+    async with serve(app) as (url, _), httpx.AsyncClient(base_url=url, timeout=10) as client:
+        first = asyncio.create_task(client.get("/slow"))
+        async with asyncio.timeout(5):
+            while connections.stats().in_use < 1:
+                await asyncio.sleep(0.01)
+        shed = await client.get("/slow")  # the one connection is taken and MAX_WAITING=0: shed at once
+        gate.set()
+        assert (await first).json() == 1
+    assert shed.status_code == 503 and shed.headers["retry-after"] == "1"
+    assert connections.stats().overloaded == 1

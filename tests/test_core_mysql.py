@@ -71,8 +71,7 @@ async def test_server_wait_timeout_never_reaches_the_caller(
     stats = connections.stats()
     assert stats.closed_idle + stats.closed_unusable == 1
     assert "idle past the idle limit" in aconn_logs.text or "found dead" in aconn_logs.text
-    if not health_checks:
-        assert "CONN_MAX_AGE=None but wait_timeout=1" in aconn_logs.text
+    assert "wait_timeout=1" not in aconn_logs.text  # no false alarm: the idle limit comes from the server
 
 
 @pytest.mark.parametrize("health_checks", [False, True])
@@ -180,8 +179,8 @@ async def test_scope_errors_and_closed_handler(db: MariaDB, make: Any) -> None:
     with pytest.raises(aconn.ClosedError):
         async with connections.scope():
             pass
-    with pytest.raises(aconn.ClosedError):
-        await connections.open()
+    await connections.open()  # a closed handler opens again
+    assert await in_scope(connections, "SELECT 3") == 3
 
 
 async def test_wrong_password_fails_at_once_without_the_password(

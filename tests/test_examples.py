@@ -22,3 +22,15 @@ def test_quickstart_runs_on_sqlite_with_no_server() -> None:
     assert "got a new connection: True" in out
     assert "rows with n=99 afterwards: 0; rollbacks: 1" in out
     assert "every connection is closed: True" in out
+
+
+def test_readme_quickstart_runs_in_an_empty_folder(tmp_path: Path) -> None:
+    readme = (ROOT / "README.md").read_text()
+    code = readme.split("## Quickstart", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "quickstart.py").write_text(code)
+    result = subprocess.run(
+        [sys.executable, "quickstart.py"], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "(1,)"
+    assert (tmp_path / "app.db").exists()

@@ -341,16 +341,81 @@ async def test_idle_limit_from_the_server(fake: Any) -> None:
     assert connections.stats().closed_idle == 1
 
 
-def test_handler_from_another_event_loop_is_refused() -> None:
+def test_open_handler_refuses_another_live_loop_then_reopens_there(aconn_logs: Any) -> None:
     connections = aconn.Connections({"default": {"ENGINE": ENGINE, "NAME": "x", "CONN_MAX_AGE": 60}})
-    asyncio.run(use(connections, 1))
+    first = asyncio.new_event_loop()
+    try:
+        first.run_until_complete(connections.open())
 
-    async def second_run() -> None:
-        with pytest.raises(aconn.AconnError, match="another event loop"):
-            await use(connections, 2)
+        async def while_open_elsewhere() -> None:
+            with pytest.raises(aconn.AconnError, match="in use in another event loop"):
+                await use(connections, 2)
+            with pytest.raises(aconn.AconnError, match="in use in another event loop"):
+                await connections.open()
+            with pytest.raises(aconn.AconnError, match="another event loop"):
+                await connections.aclose()
 
-    asyncio.run(second_run())
-    connections._closed = True  # its loop is gone; nothing left to close politely
+        asyncio.run(while_open_elsewhere())
+        first.run_until_complete(connections.aclose())
+    finally:
+        first.close()
+
+    async def reopened() -> int:
+        async with connections:  # open() after aclose(), in another loop
+            return await use(connections, 3)
+
+    assert asyncio.run(reopened()) == 3
+    assert asyncio.run(reopened()) == 3  # and again: one module-level handler, a loop per test
+    assert "event loop is ending" not in aconn_logs.text
+
+
+def test_lazy_handler_moves_to_the_next_loop(aconn_logs: Any) -> None:
+    """Used without open() in one asyncio.run(), then in the next: works, and the first loop's end says so."""
+    connections = aconn.Connections({"default": {"ENGINE": ENGINE, "NAME": "x", "CONN_MAX_AGE": 60}})
+    assert asyncio.run(use(connections, 1)) == 1
+    assert connections.stats().open == 0  # closed politely as the loop ended
+    assert "the event loop is ending with 1 connection(s) of this handler open" in aconn_logs.text
+    assert asyncio.run(use(connections, 2)) == 2
+
+
+async def test_open_failure_closes_what_it_opened(make: Any) -> None:
+    connections = make(
+        {"default": {"ENGINE": ENGINE, "NAME": "x", "CONN_MAX_AGE": 60}, "other": {"ENGINE": ENGINE, "NAME": "y"}}
+    )
+    FakeBackend.denied = {"y"}  # "default" connects, then "other" is refused
+    with pytest.raises(PermissionError) as info:
+        await connections.open()
+    assert len(FakeBackend.opened) == 2 and all(c.closed for c in FakeBackend.opened)  # default's too
+    assert "aconn alias 'other': connecting to" in "\n".join(info.value.__notes__)
+    assert not connections._opened and connections.stats("default").open == 0
+    FakeBackend.denied = set()
+    await connections.open()  # and it can be tried again
+    assert connections.stats("default").open == 1 and connections.stats("other").opened == 1
+
+
+async def test_max_waiting_refuses_at_once(fake: Any) -> None:
+    connections = fake(MAX_CONNS=1, MAX_WAITING=1, ACQUIRE_TIMEOUT=30)
+    gate = asyncio.Event()
+
+    async def hold() -> None:
+        async with connections.scope():
+            await connections.connection()
+            await gate.wait()
+
+    holder = asyncio.create_task(hold())
+    waiter = asyncio.create_task(use(connections, 7))
+    async with asyncio.timeout(5):
+        while connections.stats().waiting < 1:
+            await asyncio.sleep(0.01)
+    with pytest.raises(aconn.PoolOverloaded, match="MAX_WAITING=1") as info:
+        await use(connections, 8)
+    assert isinstance(info.value, aconn.AcquireTimeout)
+    gate.set()
+    await holder
+    assert await waiter == 7
+    stats = connections.stats()
+    assert stats.overloaded == 1 and stats.acquire_timeouts == 0
+    assert_balanced(stats)
 
 
 async def test_aclose_waits_for_scopes_in_flight(fake: Any) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 
 from ..errors import ConfigError
-from ..settings import Settings
+from ..settings import Settings, unsupported_engine
 from .base import Backend, ErrorKind, ServerLimits
 
 __all__ = ("Backend", "ErrorKind", "ServerLimits", "load_backend")
@@ -31,7 +31,9 @@ def load_backend(settings: Settings) -> Backend:
         try:
             found = getattr(importlib.import_module(module_name), attr) if sep else None
         except ImportError as exc:
-            raise ConfigError(settings.alias, "ENGINE", f"cannot import {engine!r}: {exc}") from None
+            raise ConfigError(
+                settings.alias, "ENGINE", f"{unsupported_engine(engine)}; importing it failed: {exc}"
+            ) from None
         except AttributeError:
             found = None
         if not (isinstance(found, type) and issubclass(found, Backend)):

@@ -7,6 +7,7 @@ driver's private attributes (for liveness checks with no round trip).
 
 from __future__ import annotations
 
+import contextlib
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -78,6 +79,17 @@ class Backend:
     def abort(self, conn: Any) -> None:
         """Close at once, with no I/O to wait for."""
         raise NotImplementedError
+
+    def forget(self, conn: Any) -> None:
+        """Release a connection whose event loop is gone or elsewhere: no I/O, no loop needed.
+
+        The default calls :meth:`abort`, ignoring a closed loop's complaint.
+        """
+        with contextlib.suppress(RuntimeError):  # "Event loop is closed": nothing more to do from here
+            self.abort(conn)
+
+    def forget_own(self) -> None:
+        """:meth:`forget` for what the backend itself holds (side sessions)."""
 
     def is_dead(self, conn: Any, *, peek: bool = True) -> bool:
         """Cheap liveness: True if the connection is known unusable. No round trip.

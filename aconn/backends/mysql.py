@@ -10,6 +10,7 @@ trip, and that hooks its authentication steps (TLS before any credential);
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import os
 import select
@@ -302,6 +303,28 @@ class MySQLBackend(Backend):
     def abort(self, conn: Any) -> None:
         conn.aconn_closing = True
         conn.close()
+
+    def forget(self, conn: Any) -> None:
+        # transport.close() would schedule its work on the connection's own loop: close the
+        # socket itself (the server sees the FIN) and detach the streams
+        writer = conn._writer
+        if writer is None:
+            return
+        conn.aconn_closing = True
+        conn._writer = conn._reader = None
+        transport = writer.transport
+        sock = getattr(transport, "_sock", None)  # asyncio's selector transports
+        if sock is not None:
+            sock.close()
+            transport._sock = None  # nothing left for the transport's __del__ to close or warn about
+        else:  # another transport (uvloop, TLS): its own abort, if its loop allows it
+            with contextlib.suppress(RuntimeError):
+                transport.abort()
+
+    def forget_own(self) -> None:
+        if self._side is not None:
+            side, self._side = self._side, None
+            self.forget(side)
 
     def is_dead(self, conn: Any, *, peek: bool = True) -> bool:
         if _flagged_dead(conn) or conn._writer.transport.is_closing():

@@ -6,6 +6,8 @@ Reads aiosqlite's private ``_connection`` and ``_running`` for liveness;
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 import sqlite3
 from typing import Any, ClassVar
@@ -23,6 +25,8 @@ _DRIVER_KEYS = frozenset(
     {"timeout", "detect_types", "check_same_thread", "factory", "cached_statements", "uri", "autocommit"}
 )
 _counter = itertools.count()
+#: how long a failed connect waits for its thread to stop
+CLOSE_WAIT = 1.0
 
 
 class SQLiteBackend(Backend):
@@ -67,7 +71,10 @@ class SQLiteBackend(Backend):
             if self._init_command:
                 await conn.executescript(self._init_command)
         except BaseException:
-            conn.stop()
+            stopped = conn.stop()
+            if stopped is not None:  # let its thread finish with this loop, before the loop may end
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait([stopped], timeout=CLOSE_WAIT)
             raise
         return conn, ServerLimits(version=sqlite3.sqlite_version)
 

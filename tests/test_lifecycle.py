@@ -1,0 +1,222 @@
+"""Lifecycle and first-hour edges: a failed start leaks nothing, a handler opens again in any loop,
+errors say where, settings mistakes are explained, the connection can be typed.
+
+| item | tests |
+| --- | --- |
+| open() failing on one alias closes the others | test_failed_open_leaves_no_session (here), test_pool::test_open_failure_closes_what_it_opened |
+| open() after aclose(), in the same or another loop; lazy use across loops | test_module_level_handler_across_asyncio_runs (here), test_pool::test_open_handler_refuses_another_live_loop_then_reopens_there, test_pool::test_lazy_handler_moves_to_the_next_loop |
+| a failed lifespan startup raises | test_asgi::test_test_client_raises_the_startup_error, test_asgi::test_lifespan_manager_raises_the_startup_error |
+| a loop ending with connections open is said out loud | test_loop_end_closes_and_warns (here) |
+| connect errors name the alias and host:port | test_connect_errors_say_where (here) |
+| unsupported engines explained | test_unsupported_engines (here) |
+| driver options and +driver spellings in URLs | test_driver_options_in_urls (here) |
+| the quickstart runs anywhere; a SQLite file that cannot open names alias and path | test_examples::test_readme_quickstart_runs_in_an_empty_folder, test_unopenable_sqlite_file_says_where (here) |
+| ATOMIC_REQUESTS=True refused | test_atomic_requests_refused (here) |
+| no false wait_timeout alarm | test_check::test_wait_timeout_5_warns_only_where_it_can_fail |
+| ScopeError for a scope entered by another task | test_scope_entered_by_another_task (here) |
+| a typed connection | test_typed_connection_for_mypy (here) |
+| MAX_WAITING, 503 + Retry-After | test_pool::test_max_waiting_refuses_at_once, test_asgi::test_no_connection_free_is_a_503_with_retry_after |
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import pymysql
+import pytest
+from conftest import assert_no_password
+from helpers import in_scope
+from mariadb import APP_PASSWORD, MariaDB, free_port
+
+import aconn
+from aconn.settings import parse_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.mysql
+async def test_failed_open_leaves_no_session(db: MariaDB) -> None:
+    connections = aconn.Connections(
+        {"default": db.settings(CONN_MAX_AGE=60), "other": db.settings(PASSWORD=APP_PASSWORD + "-typo")}
+    )
+    with pytest.raises(pymysql.err.OperationalError, match="Access denied") as info:
+        await connections.open()
+    assert db.wait_app_threads(lambda ids: not ids) == []  # default's session was closed too
+    notes = "\n".join(info.value.__notes__)
+    assert f"aconn alias 'other': connecting to mysql app@127.0.0.1:{db.port}/aconn_test" in notes
+    assert_no_password(str(info.value), notes)
+    await connections.aclose()
+
+
+@pytest.mark.mysql
+def test_module_level_handler_across_asyncio_runs(db: MariaDB) -> None:
+    """One module-level handler, a loop per test (asyncio.run twice): each run works and leaves nothing."""
+    connections = aconn.Connections({"default": db.settings(CONN_MAX_AGE=60)})
+
+    async def run() -> int:
+        async with connections:
+            return int(await in_scope(connections, "SELECT CONNECTION_ID()"))
+
+    first = asyncio.run(run())
+    assert db.wait_app_threads(lambda ids: not ids) == []
+    second = asyncio.run(run())
+    assert second != first
+    assert db.wait_app_threads(lambda ids: not ids) == []
+
+    async def lazily(handler: aconn.Connections) -> int:
+        return int(await in_scope(handler, "SELECT 1"))
+
+    with pytest.raises(aconn.ClosedError):  # closed means closed, until open() again
+        asyncio.run(lazily(connections))
+    lazy = aconn.Connections({"default": db.settings(CONN_MAX_AGE=60)})  # never opened at all
+    assert asyncio.run(lazily(lazy)) == 1
+    assert asyncio.run(lazily(lazy)) == 1  # the end of each loop closed what it had opened
+    assert db.wait_app_threads(lambda ids: not ids) == []
+
+
+async def test_loop_end_closes_and_warns(tmp_path: Path) -> None:
+    script = tmp_path / "forgot.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import asyncio, logging
+            import aconn
+            logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+            connections = aconn.Connections({{"default": "sqlite:///{tmp_path / "f.db"}?conn_max_age=60"}})
+
+            async def main():
+                await connections.open()  # and never aclose()
+                async with connections.scope():
+                    await connections.connection()
+
+            asyncio.run(main())
+            print("stats after the loop:", connections.stats().open)
+            """
+        )
+    )
+    result = subprocess.run([sys.executable, "-W", "error", str(script)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "WARNING aconn: the event loop is ending with 1 connection(s) of this handler open" in result.stderr
+    assert "Event loop is closed" not in result.stderr
+    assert "stats after the loop: 0" in result.stdout
+
+
+async def test_connect_errors_say_where(make: Any) -> None:
+    port = free_port()
+    connections = make({"default": {"ENGINE": "mysql", "HOST": "127.0.0.1", "PORT": port, "USER": "u",
+                                    "PASSWORD": APP_PASSWORD, "CONNECT_TIMEOUT": 2}})  # fmt: skip
+    with pytest.raises(pymysql.err.OperationalError) as info:  # still the driver's type: catchable as before
+        await in_scope(connections, "SELECT 1")
+    assert info.value.args[0] == 2003
+    notes = "\n".join(info.value.__notes__)
+    assert f"aconn alias 'default': connecting to mysql u@127.0.0.1:{port}/" in notes
+    assert_no_password(str(info.value), notes)
+
+
+@pytest.mark.parametrize(
+    ("engine", "fragment"),
+    [
+        ("django.db.backends.postgresql", "unsupported engine 'django.db.backends.postgresql'"),
+        ("django.db.backends.mysq", "did you mean 'django.db.backends.mysql'?"),
+        ("myapp.backends.Nope", "importing it failed"),
+    ],
+)
+def test_unsupported_engines(engine: str, fragment: str) -> None:
+    with pytest.raises(aconn.ConfigError) as info:
+        aconn.Connections({"default": {"ENGINE": engine, "NAME": "x"}})
+    assert info.value.key == "ENGINE" and fragment in str(info.value)
+    assert "django.db.backends.sqlite3" in str(info.value)  # the supported ones are listed
+
+
+def test_driver_options_in_urls() -> None:
+    settings = parse_settings(
+        "default", "mysql+pymysql://u:p@h/db?charset=utf8mb4&unix_socket=/run/mysqld/mysqld.sock&conn_max_age=60"
+    )
+    assert settings.engine == "mysql" and settings.conn_max_age == 60
+    assert dict(settings.options) == {"charset": "utf8mb4", "unix_socket": "/run/mysqld/mysqld.sock"}
+    tls = parse_settings("default", "mysql+aiomysql://u:p@h/db?ssl_ca=/etc/ca.pem&ssl_check_hostname=false")
+    assert dict(tls.options) == {"ssl": {"ca": "/etc/ca.pem", "check_hostname": False}}
+    with pytest.raises(aconn.ConfigError) as info:  # checked exactly as OPTIONS is
+        aconn.Connections({"default": "mysql://u:p@h/db?charsett=utf8"})
+    assert info.value.key == "OPTIONS.charsett"
+    assert parse_settings("c", "sqlite+pysqlite:///x.db?timeout=2.5").options["timeout"] == 2.5
+
+
+async def test_unopenable_sqlite_file_says_where(make: Any, tmp_path: Path) -> None:
+    connections = make({"cache": f"sqlite:///{tmp_path / 'missing-dir' / 'cache.db'}"})
+    with pytest.raises(Exception, match="unable to open database file") as info:
+        await in_scope(connections, "SELECT 1", alias="cache")
+    assert f"aconn alias 'cache': connecting to sqlite {tmp_path / 'missing-dir' / 'cache.db'}" in "\n".join(
+        info.value.__notes__
+    )
+
+
+def test_atomic_requests_refused() -> None:
+    with pytest.raises(aconn.ConfigError) as info:
+        aconn.Connections({"default": {"ENGINE": "sqlite", "NAME": "x", "ATOMIC_REQUESTS": True}})
+    assert info.value.key == "ATOMIC_REQUESTS" and "does not run requests in transactions" in str(info.value)
+    aconn.Connections({"default": {"ENGINE": "sqlite", "NAME": "x", "ATOMIC_REQUESTS": False}})  # accepted
+
+
+async def test_scope_entered_by_another_task(make: Any, tmp_path: Path) -> None:
+    connections = make({"default": f"sqlite:///{tmp_path / 's.db'}"})
+    entered = asyncio.Event()
+    done = asyncio.Event()
+    contexts: list[contextvars.Context] = []
+
+    async def fixture_like() -> None:  # enters the scope, as a pytest fixture's task would
+        async with connections.scope():
+            contexts.append(contextvars.copy_context())
+            entered.set()
+            await done.wait()
+
+    task = asyncio.create_task(fixture_like())
+    await entered.wait()
+    # the test runs in a copy of the fixture's context, as pytest-asyncio does, in a task of its own
+    ctx = contexts[0]
+    with pytest.raises(aconn.ScopeError, match="entered by another task that is not its parent"):
+        await asyncio.get_running_loop().create_task(connections.connection(), context=ctx)
+    done.set()
+    await task
+
+
+def test_typed_connection_for_mypy(tmp_path: Path) -> None:
+    """``connection(alias, aiosqlite.Connection)`` is typed: mypy --strict catches a misspelt method."""
+    code = textwrap.dedent(
+        """
+        import aiosqlite
+        import aconn
+
+        connections = aconn.Connections({"default": "sqlite:///x.db"})
+
+        async def job() -> None:
+            async with connections.scope():
+                conn = await connections.connection("default", aiosqlite.Connection)
+                await conn.execute("SELECT 1")
+                await conn.executee("SELECT 1")
+        """
+    )
+    (tmp_path / "typed.py").write_text(code)
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", str(tmp_path / "typed.py")],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    errors = [line for line in result.stdout.splitlines() if ": error:" in line]
+    assert len(errors) == 1 and '"Connection" has no attribute "executee"' in errors[0], result.stdout
+
+
+async def test_typed_connection_checked_at_run_time(make: Any, tmp_path: Path) -> None:
+    connections = make({"default": f"sqlite:///{tmp_path / 't.db'}"})
+    async with connections.scope():
+        conn = await connections.connection("default", aiosqlite.Connection)
+        assert isinstance(conn, aiosqlite.Connection)
+        with pytest.raises(TypeError, match=r"hands out aiosqlite\.core\.Connection, not"):
+            await connections.connection("default", pymysql.connections.Connection)
