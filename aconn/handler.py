@@ -78,6 +78,7 @@ class Connections:
         self._next_sweep = 0.0
         self._housekeeper: Any = None
         self._watch: AsyncGenerator[None, None] | None = None
+        self._closed_in: asyncio.AbstractEventLoop | None = None
 
     def _start_afresh(self) -> None:
         """In a forked child: set the parent's connections aside untouched (their sockets are the
@@ -138,6 +139,18 @@ class Connections:
         self._housekeeper.start()
         self._opened = True
 
+    def _revive(self) -> bool:
+        """Used lazily in another event loop than the one it was closed in: start afresh there.
+
+        In the loop that closed it, a closed handler stays closed (a request arriving after
+        shutdown is an error); a new loop is a new life (one module-level handler, a loop per test).
+        """
+        if not self._closed or self._closed_in is asyncio.get_running_loop():
+            return False
+        self._renew_pools()
+        self._reset()
+        return True
+
     def _renew_pools(self) -> None:
         """Closed pools serve again: the same ones (their counters go on) when nothing of their
         last life is left, else new ones (a scope that outlived aclose() still holds a connection).
@@ -190,6 +203,7 @@ class Connections:
             await self._close_pools()
         finally:
             self._closed = True
+            self._closed_in = loop
 
     async def __aenter__(self) -> Connections:
         await self.open()

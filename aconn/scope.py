@@ -50,8 +50,11 @@ class Scope:
 
     async def __aenter__(self) -> Scope:
         handler = self._handler
-        if handler._closing:
-            raise ClosedError("this aconn handler is closed: no new scope can start")
+        if handler._closing and not handler._revive():
+            raise ClosedError(
+                "this aconn handler is closed: no new scope can start in this event loop "
+                "(open it again with `await connections.open()`)"
+            )
         loop = get_running_loop()
         if loop is not handler._loop:
             handler._bind_loop()  # raises if the handler belongs to another loop

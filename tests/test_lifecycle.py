@@ -73,8 +73,7 @@ def test_module_level_handler_across_asyncio_runs(db: MariaDB) -> None:
     async def lazily(handler: aconn.Connections) -> int:
         return int(await in_scope(handler, "SELECT 1"))
 
-    with pytest.raises(aconn.ClosedError):  # closed means closed, until open() again
-        asyncio.run(lazily(connections))
+    assert asyncio.run(lazily(connections)) == 1  # closed in another loop: a new loop, a new life
     lazy = aconn.Connections({"default": db.settings(CONN_MAX_AGE=60)})  # never opened at all
     assert asyncio.run(lazily(lazy)) == 1
     assert asyncio.run(lazily(lazy)) == 1  # the end of each loop closed what it had opened
@@ -220,3 +219,41 @@ async def test_typed_connection_checked_at_run_time(make: Any, tmp_path: Path) -
         assert isinstance(conn, aiosqlite.Connection)
         with pytest.raises(TypeError, match=r"hands out aiosqlite\.core\.Connection, not"):
             await connections.connection("default", pymysql.connections.Connection)
+
+
+def test_pytest_module_with_a_loop_per_test(tmp_path: Path) -> None:
+    """A user's pytest module: one module-level handler, every test in its own event loop."""
+    (tmp_path / "test_users_app.py").write_text(
+        textwrap.dedent(
+            f"""
+            import pytest
+            import aconn
+
+            connections = aconn.Connections({{"default": "sqlite:///{tmp_path / "app.db"}?conn_max_age=60"}})
+
+            @pytest.fixture
+            async def db():
+                async with connections:
+                    yield connections
+
+            @pytest.mark.parametrize("n", range(3))
+            async def test_opened_per_test(db, n):
+                async with db.scope():
+                    conn = await db.connection()
+                    assert (await conn.execute_fetchall(f"SELECT {{n}}"))[0][0] == n
+
+            @pytest.mark.parametrize("n", range(3))
+            async def test_lazy(n):
+                async with connections.scope():
+                    conn = await connections.connection()
+                    assert (await conn.execute_fetchall("SELECT 1"))[0][0] == 1
+            """
+        )
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error::ResourceWarning",
+         "-o", "asyncio_mode=auto", "-o", "asyncio_default_fixture_loop_scope=function", "test_users_app.py"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "6 passed" in result.stdout
