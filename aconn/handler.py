@@ -78,6 +78,7 @@ class Connections:
         self._next_sweep = 0.0
         self._housekeeper: Any = None
         self._watch: AsyncGenerator[None, None] | None = None
+        self._watch_token: object = None
         self._closed_in: asyncio.AbstractEventLoop | None = None
 
     def _start_afresh(self) -> None:
@@ -269,17 +270,21 @@ class Connections:
         (``loop.shutdown_asyncgens()``, PEP 525), while they can still run I/O: one
         started here is the hook. Cheap: once per loop the handler is bound to.
         """
-        watch = self._loop_end()
+        token = object()
+        watch = self._loop_end(token)
         self._watch = watch  # the loop holds it weakly
+        self._watch_token = token
         with contextlib.suppress(StopIteration):
             watch.asend(None).send(None)  # to its first yield, now: the loop registers it
 
-    async def _loop_end(self) -> AsyncGenerator[None, None]:
+    async def _loop_end(self, token: object) -> AsyncGenerator[None, None]:
         loop = asyncio.get_running_loop()
         try:
             yield
         finally:
-            if self._loop is loop and not self._closing:
+            # only the latest watch speaks: one replaced (the handler bound again) is finalised
+            # by the garbage collector at any time, the loop still running
+            if self._watch_token is token and self._loop is loop and not self._closing:
                 await self._loop_ended()
 
     async def _loop_ended(self) -> None:

@@ -139,10 +139,27 @@ class MariaDB:
         self.start()
 
     def freeze(self) -> None:
-        """SIGSTOP: the server keeps its sockets but answers nothing."""
+        """SIGSTOP: the server keeps its sockets but answers nothing; returns once every thread stopped.
+
+        A signal is delivered asynchronously: right after kill() the server may still answer a
+        round trip or two (a ping passes, and the query after it then waits for ever).
+        """
         assert self.proc is not None
         self.proc.send_signal(signal.SIGSTOP)
         self.frozen = True
+        deadline = time.monotonic() + 10
+        while not self._all_threads_stopped():
+            if time.monotonic() > deadline:
+                raise RuntimeError("mariadbd did not stop within 10 s of SIGSTOP")
+            time.sleep(0.001)
+
+    def _all_threads_stopped(self) -> bool:
+        assert self.proc is not None
+        for stat in Path(f"/proc/{self.proc.pid}/task").glob("*/stat"):
+            with contextlib.suppress(OSError):  # a thread that just ended
+                if stat.read_text().rsplit(")", 1)[1].split()[0] not in ("T", "t"):
+                    return False
+        return True
 
     def thaw(self) -> None:
         assert self.proc is not None

@@ -1,4 +1,7 @@
-"""ASGI: real uvicorn on loopback, a real HTTP client, MariaDB and SQLite (issue: ASGI)."""
+"""ASGI: real uvicorn on loopback, a real HTTP client, MariaDB and SQLite.
+
+A scope per request; the lifespan opens and closes the handler.
+"""
 
 from __future__ import annotations
 

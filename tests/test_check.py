@@ -1,4 +1,4 @@
-"""``python -m aconn check`` run as a subprocess, and the once-per-alias WARNINGs (issue: check)."""
+"""``python -m aconn check`` run as a subprocess, and the once-per-alias WARNINGs: the rules behind both."""
 
 from __future__ import annotations
 

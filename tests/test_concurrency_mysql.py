@@ -1,4 +1,7 @@
-"""Capacity, fairness and task safety against the real MariaDB server (issue: capacity)."""
+"""Capacity, fairness and task safety against the real MariaDB server.
+
+The cap holds, waiters are served in order, tasks never share a connection.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Every failure of FAILURE_MODES.md, reproduced against the real server (issue: fault injection).
+"""Every known failure of the driver stack (the table in docs/reliability.md), reproduced against the real server.
 
 Where each row is tested (this module holds the rows not covered elsewhere):
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import random
 from collections.abc import AsyncIterator
@@ -441,3 +442,15 @@ async def test_aclose_waits_for_scopes_in_flight(fake: Any) -> None:
     assert await task == 3
     await closing
     assert connections.stats().open == 0 and FakeBackend.live() == []
+
+
+async def test_reopened_in_the_same_loop_stays_open(fake: Any) -> None:
+    """The loop-end watch of the handler's previous life, finalised meanwhile, must not close the new one."""
+    connections = fake()
+    await connections.open()
+    await connections.aclose()
+    await connections.open()
+    gc.collect()
+    await asyncio.sleep(0.1)  # time for a finalised watch to run, if one would
+    assert connections._opened and connections.stats().open == 1
+    assert await use(connections, 5) == 5

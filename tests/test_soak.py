@@ -1,4 +1,4 @@
-"""The soak run's short version: mixed load under random faults, then the invariants (issue: faults).
+"""The soak run's short version: mixed load under random faults, then the invariants.
 
 The long run is `nox -s soak` (`python tests/soak.py --seconds 300`).
 """

@@ -1,4 +1,6 @@
-"""Worker loops and housekeeping against the real server (issue: workers).
+"""Worker loops and housekeeping against the real server.
+
+Jobs in scopes of their own; idle connections retired while nobody asks.
 
 A worker idling past the server's wait_timeout between two ``@scoped`` jobs is
 ``test_core_mysql.test_server_wait_timeout_never_reaches_the_caller``.
