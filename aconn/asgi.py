@@ -17,11 +17,12 @@ __all__ = ("ConnectionsMiddleware",)
 
 logger = logging.getLogger("aconn")
 
-Scope = MutableMapping[str, Any]
+#: an ASGI connection scope (not to be confused with :class:`aconn.Scope`, a unit of work)
+ASGIScope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+ASGIApp = Callable[[ASGIScope, Receive, Send], Awaitable[None]]
 
 #: seconds a client is told to wait before retrying, when no connection was free (503)
 RETRY_AFTER = b"1"
@@ -53,7 +54,7 @@ class ConnectionsMiddleware:
         self.connections = connections
         self.shutdown_timeout = shutdown_timeout
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
             await self._http(scope, receive, send)
@@ -65,7 +66,7 @@ class ConnectionsMiddleware:
         else:
             await self.app(scope, receive, send)
 
-    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _http(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
         """One request in a scope; no connection to be had before the response started: 503."""
         started = False
 
@@ -105,7 +106,7 @@ class ConnectionsMiddleware:
             await send({"type": "lifespan.startup.failed", "message": message})
             raise
 
-    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _lifespan(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
         state = {"startup_seen": False, "closed": False, "startup_failed": False}
 
         async def wrapped_receive() -> Message:

@@ -16,11 +16,13 @@ from time import monotonic
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, overload
 
+from ._asyncio import run_shielded, task_of
 from .backends import load_backend
 from .errors import AconnError, ClosedError, ConfigError, ScopeError
+from .housekeeping import Housekeeper
 from .iteration import Jobs
 from .pool import Pool
-from .scope import Scope, run_shielded, task_of
+from .scope import Scope
 from .settings import Settings, parse_databases
 from .stats import PoolStats
 
@@ -134,9 +136,7 @@ class Connections:
             self._renew_pools()
             self._reset()
             raise
-        from .housekeeping import Housekeeper
-
-        self._housekeeper = Housekeeper(self)
+        self._housekeeper = Housekeeper(list(self._pools.values()))
         self._housekeeper.start()
         self._opened = True
 

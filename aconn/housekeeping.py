@@ -9,15 +9,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections.abc import Sequence
 from time import monotonic
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 
 from .pool import MAX_BACKOFF, Pool
-
-if TYPE_CHECKING:
-    from .handler import Connections
 
 __all__ = ("Housekeeper",)
 
@@ -36,8 +34,8 @@ MAX_REFILL_BACKOFF = 30.0
 class Housekeeper:
     """One loop per alias: sleep until the next idle deadline, sweep, top up MIN_CONNS."""
 
-    def __init__(self, handler: Connections) -> None:
-        self._handler = handler
+    def __init__(self, pools: Sequence[Pool]) -> None:
+        self._pools = pools
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -52,7 +50,7 @@ class Housekeeper:
 
     async def _run(self) -> None:
         async with anyio.create_task_group() as tg:
-            for pool in self._handler._pools.values():
+            for pool in self._pools:
                 tg.start_soon(self._tend, pool, name=f"aconn-housekeeper-{pool.alias}")
 
     async def _tend(self, pool: Pool) -> None:
@@ -62,7 +60,7 @@ class Housekeeper:
         while not pool.closed:
             pool.sweep()
             delay = idle_delay
-            if pool._size < pool.settings.min_conns and pool._waiting == 0:
+            if pool.size < pool.settings.min_conns and pool.waiting == 0:
                 try:
                     await pool.fill()
                 except Exception as exc:

@@ -9,6 +9,7 @@ The counters obey ``size == idle + in_use + opening + closing`` at every
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import math
 import random
@@ -24,7 +25,7 @@ from .rules import evaluate, idle_limit_from_server
 from .settings import Settings
 from .stats import PoolStats
 
-__all__ = ("Holder", "Pool")
+__all__ = ("CloseReason", "Holder", "HolderState", "Pool")
 
 logger = logging.getLogger("aconn")
 
@@ -35,7 +36,43 @@ CLEANUP_TIMEOUT: Final = 5.0
 #: ceiling of the backoff between retries of a refused connect
 MAX_BACKOFF: Final = 1.0
 
-_IDLE, _IN_USE, _CLOSING = "idle", "in use", "closing"
+
+class HolderState(enum.Enum):
+    """Where a pooled connection is in its life."""
+
+    IDLE = "idle"
+    IN_USE = "in use"
+    CLOSING = "closing"
+
+
+class CloseReason(enum.Enum):
+    """Why a connection was closed: the keys of ``PoolStats.closed_*`` and of the log lines."""
+
+    MAX_AGE = "max_age"
+    IDLE = "idle"
+    UNUSABLE = "unusable"
+    ERROR = "error"
+    SHUTDOWN = "shutdown"
+
+    @property
+    def message(self) -> str:
+        """What the INFO line says happened."""
+        return _REASON_MESSAGES[self]
+
+
+_REASON_MESSAGES: Final = {
+    CloseReason.MAX_AGE: "reached CONN_MAX_AGE",
+    CloseReason.IDLE: "idle past the idle limit",
+    CloseReason.UNUSABLE: "found dead by a check",
+    CloseReason.ERROR: "saw an error, a cancellation or a timeout",
+    CloseReason.SHUTDOWN: "shutdown",
+}
+
+# bound to module globals: the scope path reads them as fast as it read the strings before
+_IDLE, _IN_USE, _CLOSING = HolderState.IDLE, HolderState.IN_USE, HolderState.CLOSING
+_MAX_AGE, _IDLE_LIMIT, _UNUSABLE, _ERROR, _SHUTDOWN = (
+    CloseReason.MAX_AGE, CloseReason.IDLE, CloseReason.UNUSABLE, CloseReason.ERROR, CloseReason.SHUTDOWN
+)  # fmt: skip
 
 
 class _Slot:
@@ -89,6 +126,23 @@ class Holder:
 class Pool:
     """The connections of one alias in this process."""
 
+    def __repr__(self) -> str:
+        return (
+            f"<Pool {self.alias!r} {'closed' if self.closed else 'open'} size={self._size}/{self.settings.max_conns} "
+            f"idle={len(self._idle)} in_use={self._in_use} opening={self._opening} closing={self._closing} "
+            f"waiting={self._waiting}>"
+        )
+
+    @property
+    def size(self) -> int:
+        """Connections open or being opened or closed: what the cap counts."""
+        return self._size
+
+    @property
+    def waiting(self) -> int:
+        """Tasks waiting for a connection."""
+        return self._waiting
+
     def __init__(self, settings: Settings, backend: Backend) -> None:
         self.settings = settings
         self.alias = settings.alias
@@ -113,7 +167,7 @@ class Pool:
         self._refusing = False
         self._stops_failing = False
         self._c_opened = 0
-        self._c_closed: dict[str, int] = dict.fromkeys(("max_age", "idle", "unusable", "error", "shutdown"), 0)
+        self._c_closed: dict[CloseReason, int] = dict.fromkeys(CloseReason, 0)
         self._c_pings = 0
         self._c_pings_failed = 0
         self._c_rollbacks = 0
@@ -218,14 +272,14 @@ class Pool:
                 return holder
         return None
 
-    def _unusable_reason(self, holder: Holder, now: float) -> str | None:
+    def _unusable_reason(self, holder: Holder, now: float) -> CloseReason | None:
         """Why an idle connection must not be handed out (a close reason), or None: no round trip."""
         if now >= holder.close_at:
-            return "max_age"
+            return _MAX_AGE
         if now - holder.last_used >= holder.idle_limit:
-            return "idle"
+            return _IDLE_LIMIT
         if not holder.alive():
-            return "unusable"
+            return _UNUSABLE
         return None
 
     def _needs_ping(self, holder: Holder) -> bool:
@@ -251,7 +305,7 @@ class Pool:
                 await self.backend.ping(holder.conn)
         except BaseException as exc:
             self._c_pings_failed += 1
-            self._discard(holder, "unusable", keep_slot=True)
+            self._discard(holder, _UNUSABLE, keep_slot=True)
             if not isinstance(exc, Exception) or (isinstance(exc, TimeoutError) and bound == remaining):
                 self._in_use -= 1
                 self._release_slot()
@@ -457,7 +511,7 @@ class Pool:
         coroutine with the work that needs the network, to be awaited shielded.
         """
         if holder.state is not _IN_USE:
-            raise AconnError(f"aconn alias {self.alias!r}: internal error, released a {holder.state} connection")
+            raise AconnError(f"aconn alias {self.alias!r}: internal error, released a {holder.state.value} connection")
         holder.task = None
         if holder.leak_timer is not None:
             holder.leak_timer.cancel()
@@ -477,22 +531,22 @@ class Pool:
     async def _release_slow(self, holder: Holder, exc: BaseException | None) -> None:
         backend = self.backend
         conn = holder.conn
-        reason: str | None = None
+        reason: CloseReason | None = None
         if isinstance(exc, asyncio.CancelledError | TimeoutError):
             # cancelled or timed out, maybe mid-query: its byte stream may be out of step
             backend.interrupt(conn)
-            reason = "error"
+            reason = _ERROR
         elif not holder.alive():
-            reason = "unusable"
+            reason = _UNUSABLE
         elif exc is not None and backend.classify(exc) is ErrorKind.DISCONNECT:
             # lost, or out of step (e.g. two tasks on one connection): a ping could read stale bytes
-            reason = "error"
+            reason = _ERROR
         elif exc is not None:
             try:
                 async with asyncio.timeout(CLEANUP_TIMEOUT):
                     await backend.ping(conn)
             except Exception:
-                reason = "unusable"
+                reason = _UNUSABLE
         if reason is None and backend.in_transaction(conn):
             try:
                 async with asyncio.timeout(CLEANUP_TIMEOUT):
@@ -500,13 +554,13 @@ class Pool:
                 self._c_rollbacks += 1
             except Exception as rollback_exc:
                 logger.info("aconn alias %r: rollback at release failed: %r", self.alias, rollback_exc)
-                reason = "error"
+                reason = _ERROR
         now = monotonic()
         if reason is None:
             if self.closed:
-                reason = "shutdown"
+                reason = _SHUTDOWN
             elif now >= holder.close_at:
-                reason = "max_age"
+                reason = _MAX_AGE
         if reason is None:
             holder.last_used = now
             self._in_use -= 1
@@ -540,7 +594,7 @@ class Pool:
 
     # -- close ----------------------------------------------------------------------------
 
-    def _discard(self, holder: Holder, reason: str, *, keep_slot: bool = False) -> None:
+    def _discard(self, holder: Holder, reason: CloseReason, *, keep_slot: bool = False) -> None:
         """Close a connection that is not in use (idle, or just failed a check).
 
         Dead ones are closed at once, others in the background. With ``keep_slot``
@@ -563,7 +617,7 @@ class Pool:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _close_in_use(self, holder: Holder, reason: str) -> None:
+    async def _close_in_use(self, holder: Holder, reason: CloseReason) -> None:
         """Close a connection that was in use, now; bounded, then aborted."""
         self._in_use -= 1
         self._closing += 1
@@ -623,18 +677,18 @@ class Pool:
             self._closing -= 1
             self._release_slot()
 
-    def _count_closed(self, holder: Holder, reason: str) -> None:
+    def _count_closed(self, holder: Holder, reason: CloseReason) -> None:
         """Every close goes through here once: count it, log it, forget the holder."""
         self._holders.discard(holder)
         self._c_closed[reason] += 1
-        if reason != "shutdown":
+        if reason is not _SHUTDOWN:
             # CONN_MAX_AGE=0 closes at every scope exit by design: not worth an INFO line each
-            level = logging.DEBUG if reason == "max_age" and self.settings.conn_max_age == 0 else logging.INFO
+            level = logging.DEBUG if reason is _MAX_AGE and self.settings.conn_max_age == 0 else logging.INFO
             logger.log(
                 level,
                 "aconn alias %r: closed a connection (%s) after %.1fs",
                 self.alias,
-                _REASONS[reason],
+                reason.message,
                 monotonic() - holder.opened_at,
             )
 
@@ -670,7 +724,7 @@ class Pool:
         for holder in idle:
             self._closing += 1
             holder.state = _CLOSING
-            self._count_closed(holder, "shutdown")
+            self._count_closed(holder, _SHUTDOWN)
             closes.append(self._finish_close(holder))
         await asyncio.gather(*closes, *self._background, return_exceptions=True)
 
@@ -689,7 +743,7 @@ class Pool:
         idle, self._idle = self._idle, []
         for holder in idle:
             holder.state = _CLOSING
-            self._count_closed(holder, "shutdown")
+            self._count_closed(holder, _SHUTDOWN)
             self.backend.forget(holder.conn)
             self._size -= 1
         self.backend.forget_own()
@@ -731,11 +785,11 @@ class Pool:
             closing=self._closing,
             waiting=self._waiting,
             opened=self._c_opened,
-            closed_max_age=closed["max_age"],
-            closed_idle=closed["idle"],
-            closed_unusable=closed["unusable"],
-            closed_error=closed["error"],
-            closed_shutdown=closed["shutdown"],
+            closed_max_age=closed[_MAX_AGE],
+            closed_idle=closed[_IDLE_LIMIT],
+            closed_unusable=closed[_UNUSABLE],
+            closed_error=closed[_ERROR],
+            closed_shutdown=closed[_SHUTDOWN],
             health_checks=self._c_pings,
             health_checks_failed=self._c_pings_failed,
             rollbacks=self._c_rollbacks,
@@ -749,12 +803,3 @@ class Pool:
             server_cancels_failed=self._c_server_cancels_failed,
             overloaded=self._c_overloaded,
         )
-
-
-_REASONS = {
-    "max_age": "reached CONN_MAX_AGE",
-    "idle": "idle past the idle limit",
-    "unusable": "found dead by a check",
-    "error": "saw an error, a cancellation or a timeout",
-    "shutdown": "shutdown",
-}

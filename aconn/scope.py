@@ -8,28 +8,19 @@ connection is only handed to the owning task (see ``docs/concurrency.md``).
 from __future__ import annotations
 
 import asyncio
-import sys
 from asyncio import get_running_loop
-from collections.abc import Callable, Coroutine
 from time import monotonic
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from ._asyncio import run_shielded, task_of
 from .errors import ClosedError
 from .pool import Holder
 
 if TYPE_CHECKING:
     from .handler import Connections
 
-__all__ = ("Scope", "run_shielded", "task_of")
-
-#: ``task_of(loop)``: the task running on ``loop``, with no Python frame on the scope path
-#: (3.11's ``asyncio.current_task`` is Python code around the dict it reads)
-task_of: Callable[[asyncio.AbstractEventLoop], asyncio.Task[Any] | None]
-if sys.version_info >= (3, 12):
-    task_of = asyncio.current_task  # implemented in C
-else:
-    task_of = asyncio.tasks._current_tasks.get  # type: ignore[attr-defined]
+__all__ = ("Scope",)
 
 
 class Scope:
@@ -100,22 +91,3 @@ class Scope:
             handler._active_scopes -= 1
             if handler._drained is not None:
                 handler._drained.set()
-
-
-async def run_shielded(coro: Coroutine[Any, Any, None]) -> None:
-    """Run cleanup to its end even if the caller is cancelled meanwhile, then re-raise.
-
-    The cleanup bounds its own network steps in time, so this cannot hang.
-    """
-    task = asyncio.ensure_future(coro)
-    cancelled = False
-    while not task.done():
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            if task.done():
-                break
-            cancelled = True
-    if cancelled:
-        raise asyncio.CancelledError
-    task.result()

@@ -164,3 +164,32 @@ async def test_aclose_right_after_open_stops_the_housekeeper(sqlite_path: str) -
         await connections.aclose()
     assert connections._housekeeper is not None and connections._housekeeper._task is not None
     assert connections._housekeeper._task.done()
+
+
+async def test_liveness_reads_aiosqlite_internals(tmp_path: Path, make: Any) -> None:
+    """The SQLite backend reads aiosqlite's private ``_connection`` and ``_running``: pin what they mean."""
+    connections = make({"default": f"sqlite:///{tmp_path / 'pin.db'}?conn_max_age=60"})
+    async with connections.scope():
+        conn = await connections.connection()
+        assert isinstance(conn._connection, sqlite3.Connection) and conn._running is True
+    backend = connections._pools["default"].backend
+    assert backend.is_dead(conn) is False
+    await conn.close()
+    assert conn._connection is None and conn._running is False
+    assert backend.is_dead(conn) is True
+
+
+def test_every_public_module_exports_what_it_names() -> None:
+    """Each module's ``__all__`` names what it has (anyio's test_all_attributes, for aconn)."""
+    import importlib
+    import pkgutil
+
+    import aconn as package
+
+    modules = [m.name for m in pkgutil.walk_packages(package.__path__, "aconn.") if not m.name.endswith("__main__")]
+    for name in ["aconn", *modules]:
+        module = importlib.import_module(name)
+        exported = getattr(module, "__all__", None)
+        assert isinstance(exported, tuple), f"{name} has no tuple __all__"
+        for attribute in exported:
+            assert hasattr(module, attribute), f"{name}.__all__ names {attribute!r}, which it lacks"

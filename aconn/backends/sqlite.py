@@ -1,7 +1,7 @@
 """SQLite on aiosqlite: the embedded default.
 
 Reads aiosqlite's private ``_connection`` and ``_running`` for liveness;
-``tests/test_backend_sqlite.py`` fails if the driver changes them.
+``test_core_sqlite::test_liveness_reads_aiosqlite_internals`` fails if the driver changes them.
 """
 
 from __future__ import annotations
