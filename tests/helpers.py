@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import aconn
@@ -25,3 +27,15 @@ async def in_scope(connections: aconn.Connections, sql: str, alias: str = "defau
     """One scope, one statement, its first value."""
     async with connections.scope():
         return await scalar(await connections.connection(alias), sql)
+
+
+async def eventually(predicate: Callable[[], object], timeout: float = 10.0) -> None:
+    """Poll a condition that no event announces (a pool gauge, the server's processlist), within a bound."""
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.005)
+
+
+def age_idle(connections: aconn.Connections, seconds: float, alias: str = "default") -> None:
+    """Make the most recently used idle connection of ``alias`` look idle for ``seconds`` more (no sleep)."""
+    connections._pools[alias]._idle[-1].last_used -= seconds

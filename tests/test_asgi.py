@@ -21,6 +21,7 @@ import pytest
 import uvicorn
 import websockets
 from conftest import assert_balanced, assert_no_password
+from helpers import eventually
 from mariadb import APP_PASSWORD, MariaDB, free_port
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -105,9 +106,7 @@ async def test_websocket_holds_one_scope_for_its_life(tmp_path: Path) -> None:
                 await ws.send(word)
                 assert await ws.recv() == word
             assert connections.stats().in_use == 1 and connections.stats().opened == before.opened + 1
-        async with asyncio.timeout(5):
-            while connections.stats().open:
-                await asyncio.sleep(0.01)
+        await eventually(lambda: not connections.stats().open)
         stats = connections.stats()
         assert stats.closed_max_age == before.closed_max_age + 1 and stats.open == 0
 
@@ -267,9 +266,7 @@ async def test_no_connection_free_is_a_503_with_retry_after(tmp_path: Path) -> N
     )
     async with serve(app) as (url, _), httpx.AsyncClient(base_url=url, timeout=10) as client:
         first = asyncio.create_task(client.get("/slow"))
-        async with asyncio.timeout(5):
-            while connections.stats().in_use < 1:
-                await asyncio.sleep(0.01)
+        await eventually(lambda: connections.stats().in_use == 1)
         shed = await client.get("/slow")  # the one connection is taken and MAX_WAITING=0: shed at once
         gate.set()
         assert (await first).json() == 1

@@ -48,7 +48,7 @@ import pymysql
 import pytest
 from conftest import assert_balanced
 from faults import Proxy
-from helpers import fetch, in_scope, scalar
+from helpers import age_idle, fetch, in_scope, scalar
 from mariadb import MariaDB
 
 import aconn
@@ -176,7 +176,7 @@ async def test_frozen_peer_ping_is_bounded(db: MariaDB, make: Any) -> None:
         {"default": db.settings(CONN_MAX_AGE=60, CONN_HEALTH_CHECKS=True, CONNECT_TIMEOUT=0.5, ACQUIRE_TIMEOUT=2)}
     )
     assert await in_scope(connections, "SELECT 1") == 1
-    connections._pools["default"]._idle[-1].last_used -= 1  # past the ping bypass: it will be pinged
+    age_idle(connections, 1)  # past the ping bypass: it will be pinged
     started = time.monotonic()
     with db.frozen_for_a_while(), pytest.raises(aconn.AcquireTimeout):
         await in_scope(connections, "SELECT 1")
@@ -189,7 +189,7 @@ async def test_frozen_peer_ping_is_bounded(db: MariaDB, make: Any) -> None:
 async def test_blackholed_network_is_bounded(db: MariaDB, proxy: Proxy, make: Any) -> None:
     connections = make({"default": via(proxy, db, CONN_MAX_AGE=60, CONN_HEALTH_CHECKS=True, CONNECT_TIMEOUT=0.5)})
     assert await in_scope(connections, "SELECT 1") == 1
-    connections._pools["default"]._idle[-1].last_used -= 1
+    age_idle(connections, 1)
     proxy.blackhole = True
     started = time.monotonic()
     with pytest.raises(aconn.AcquireTimeout):
@@ -252,7 +252,7 @@ async def test_health_check_never_reconnects(db: MariaDB, make: Any) -> None:
         conn = await connections.connection()
         thread = conn.thread_id()
         await fetch(conn, "SET @mine = 1")
-    connections._pools["default"]._idle[-1].last_used -= 1
+    age_idle(connections, 1)
     async with connections.scope():
         again = await connections.connection()
         assert again.thread_id() == thread and await scalar(again, "SELECT @mine") == 1

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from conftest import assert_balanced
 from fakebackend import FakeBackend, FakeConn
+from helpers import age_idle, eventually
 
 import aconn
 
@@ -49,12 +50,6 @@ def check(connections: aconn.Connections) -> aconn.PoolStats:
     assert_balanced(stats)
     assert len(FakeBackend.live()) == stats.open - stats.opening, (stats, FakeBackend.live())
     return stats
-
-
-async def eventually(predicate: Any, timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.001)
 
 
 @contextlib.asynccontextmanager
@@ -207,7 +202,7 @@ async def test_cancel_at_each_await_point(fake: Any, point: str) -> None:
 
     if point in ("ping", "rollback", "close"):
         await use(connections, 0)  # an idle connection to ping / roll back / close
-        connections._pools["default"]._idle[-1].last_used -= 1  # past the ping bypass window
+        age_idle(connections, 1)  # past the ping bypass window
     if point == "close":
         connections._pools["default"]._idle[-1].close_at = 0  # expired: closed at the next acquire
     if point == "wait":
@@ -405,9 +400,7 @@ async def test_max_waiting_refuses_at_once(fake: Any) -> None:
 
     holder = asyncio.create_task(hold())
     waiter = asyncio.create_task(use(connections, 7))
-    async with asyncio.timeout(5):
-        while connections.stats().waiting < 1:
-            await asyncio.sleep(0.01)
+    await eventually(lambda: connections.stats().waiting == 1)
     with pytest.raises(aconn.PoolOverloaded, match="MAX_WAITING=1") as info:
         await use(connections, 8)
     assert isinstance(info.value, aconn.AcquireTimeout)

@@ -30,7 +30,7 @@ import pymysql
 import pytest
 from conftest import assert_balanced, assert_no_password
 from faults import FakeMySQLServer, Proxy, make_certificates
-from helpers import fetch, in_scope, scalar
+from helpers import eventually, fetch, in_scope, scalar
 from mariadb import APP_PASSWORD, APP_USER, MariaDB, SessionSampler
 
 import aconn
@@ -41,13 +41,6 @@ from aconn.rules import evaluate
 from aconn.settings import parse_settings
 
 pytestmark = pytest.mark.mysql
-
-
-async def wait_until(predicate: Any, timeout: float = 10.0) -> None:
-    """Poll a condition of the pool that no event announces, within a bound."""
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.01)
 
 
 # -- 1. cancelled statements stopped at the server ---------------------------------------
@@ -139,7 +132,7 @@ async def test_idle_connection_sends_the_kill(db: MariaDB, make: Any) -> None:
             await blocker.wait()
 
     holder = asyncio.create_task(other_scope())
-    await wait_until(lambda: connections.stats().in_use == 1)
+    await eventually(lambda: connections.stats().in_use == 1)
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(0.2), connections.scope():
             await fetch(await connections.connection(), "SELECT SLEEP(3)")
@@ -164,7 +157,7 @@ async def test_statement_of_a_lost_connection_is_stopped(db: MariaDB, make: Any)
                 await fetch(conn, "SELECT SLEEP(5)")
 
         task = asyncio.create_task(job())
-        await wait_until(
+        await eventually(
             lambda: (
                 bool(threads)
                 and bool(
@@ -269,9 +262,9 @@ async def test_max_user_connections_is_retried_within_the_deadline(db: MariaDB, 
             await gate.wait()
 
     holders = [asyncio.create_task(hold()) for _ in range(2)]
-    await wait_until(lambda: other_process.stats().in_use == 2)
+    await eventually(lambda: other_process.stats().in_use == 2)
     waiter = asyncio.create_task(in_scope(ours, "SELECT 42"))
-    await wait_until(lambda: ours.stats().connect_errors >= 1)  # refused with 1226, and retrying
+    await eventually(lambda: ours.stats().connect_errors >= 1)  # refused with 1226, and retrying
     assert not waiter.done()
     gate.set()
     await asyncio.gather(*holders)
@@ -300,7 +293,7 @@ async def test_hand_off_of_a_killed_session(db: MariaDB, make: Any, health_check
     task_a = asyncio.create_task(holder())
     await held.wait()
     task_b = asyncio.create_task(in_scope(connections, "SELECT CONNECTION_ID()"))
-    await wait_until(lambda: connections.stats().waiting == 1)
+    await eventually(lambda: connections.stats().waiting == 1)
     db.kill_sessions(first[0])  # killed while A holds it and B waits
     release.set()
     await task_a
@@ -325,7 +318,7 @@ async def test_hand_offs_under_load_after_every_session_is_killed(db: MariaDB, m
             errors.append(exc)
 
     tasks = [asyncio.create_task(unit()) for _ in range(50)]
-    await wait_until(lambda: connections.stats().in_use == 10 and connections.stats().waiting == 40)
+    await eventually(lambda: connections.stats().in_use == 10 and connections.stats().waiting == 40)
     killed = db.kill_app_sessions()
     gate.set()
     await asyncio.gather(*tasks)
@@ -354,7 +347,7 @@ async def test_cancelled_exit_releases_every_alias(db: MariaDB, make: Any, monke
                 proxy.blackhole = True  # ...which hangs until its bound
 
         task = asyncio.create_task(job())
-        await wait_until(lambda: proxy.held >= 1)  # the rollback is stuck on the wire
+        await eventually(lambda: proxy.held >= 1)  # the rollback is stuck on the wire
         task.cancel()  # cancelled during the exit work of the first alias
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -429,7 +422,7 @@ async def test_acquire_timeout_bounds_health_check_pings(db: MariaDB, make: Any)
             await gate.wait()
 
     tasks = [asyncio.create_task(hold()) for _ in range(10)]
-    await wait_until(lambda: connections.stats().in_use == 10)
+    await eventually(lambda: connections.stats().in_use == 10)
     gate.set()
     await asyncio.gather(*tasks)
     assert connections.stats().idle == 10
