@@ -200,31 +200,41 @@ class Pool:
             holder = self._pop_idle()
             if holder is None:
                 break
-            if self._needs_ping(holder) and not await self._health_check(holder, deadline):
-                self._in_use -= 1
-                self._release_slot()  # closed; try the next idle one
-                continue
+            if self._needs_ping(holder):
+                checked = await self._health_check(holder, deadline)
+                if checked is not True:
+                    if checked is False:  # closed, its slot kept for us: free it
+                        self._in_use -= 1
+                        self._release_slot()
+                    continue  # try the next idle one
             return self._taken(holder, task)
         # nothing idle (or tasks already waiting): open in a free slot, else queue
         if self._waiting == 0 and self._size < self.settings.max_conns:
             self._size += 1
             self._opening += 1
             return self._taken(await self._open(deadline), task)
-        granted = await self._wait(loop, deadline)
-        if granted is SLOT:
-            return self._taken(await self._open(deadline), task)
-        assert isinstance(granted, Holder)
-        # A hand-off from a release passes the same checks as any other hand-out, here in
-        # the waiter's task: the session may have died while its last user held it.
-        now = granted.taken_at = monotonic()
-        reason = self._unusable_reason(granted, now)
-        if reason is not None:
-            self._in_use -= 1
-            self._discard(granted, reason, keep_slot=True)
-        elif self._needs_ping(granted) and not await self._health_check(granted, deadline):
-            self._in_use -= 1
-        else:
-            return self._taken(granted, task)
+        while True:
+            granted = await self._wait(loop, deadline)
+            if granted is SLOT:
+                return self._taken(await self._open(deadline), task)
+            assert isinstance(granted, Holder)
+            # A hand-off from a release passes the same checks as any other hand-out, here in
+            # the waiter's task: the session may have died while its last user held it.
+            now = granted.taken_at = monotonic()
+            reason = self._unusable_reason(granted, now)
+            if reason is not None:
+                self._in_use -= 1
+                self._discard(granted, reason, keep_slot=True)
+                break
+            if not self._needs_ping(granted):
+                return self._taken(granted, task)
+            checked = await self._health_check(granted, deadline)
+            if checked is True:
+                return self._taken(granted, task)
+            if checked is False:
+                self._in_use -= 1
+                break
+            # None: its slot waits for the server to drop the session; queue again
         self._opening += 1  # the slot of the connection just closed is this waiter's: open in it
         return self._taken(await self._open(deadline), task)
 
@@ -286,12 +296,13 @@ class Pool:
         """With health checks on, a connection not used successfully within ``PING_BYPASS`` is pinged."""
         return self._health_checks and holder.taken_at - holder.last_used > PING_BYPASS
 
-    async def _health_check(self, holder: Holder, deadline: float) -> bool:
+    async def _health_check(self, holder: Holder, deadline: float) -> bool | None:
         """Ping a connection about to be handed out, within the acquire ``deadline``.
 
-        On failure the connection is aborted and counted closed; its slot stays
-        counted in ``size`` and ``in_use`` for the caller to pass on or reuse,
-        and False is returned.
+        True if it answered. On failure the connection is aborted and counted closed, and
+        either its slot stays counted in ``size`` and ``in_use`` for the caller to pass on
+        or reuse (False), or, when its session may live on at the server (a ping that timed
+        out on a frozen server), the slot waits until the server has dropped it (None).
 
         :raises AcquireTimeout: when the deadline runs out during the ping (slot freed).
         """
@@ -305,15 +316,28 @@ class Pool:
                 await self.backend.ping(holder.conn)
         except BaseException as exc:
             self._c_pings_failed += 1
-            self._discard(holder, _UNUSABLE, keep_slot=True)
+            kept = self._ping_failed(holder)
             if not isinstance(exc, Exception) or (isinstance(exc, TimeoutError) and bound == remaining):
-                self._in_use -= 1
-                self._release_slot()
+                if kept:
+                    self._in_use -= 1
+                    self._release_slot()
                 if isinstance(exc, Exception):
                     self._c_timeouts += 1
                     raise AcquireTimeout(self._timeout_message()) from None
-                raise  # cancelled while pinging: the connection is closed, the slot freed
+                raise  # cancelled while pinging: the connection is closed, its slot freed or stopping
+            return False if kept else None
+        return True
+
+    def _ping_failed(self, holder: Holder) -> bool:
+        """Close a connection whose ping failed; True if its slot is kept for the caller.
+
+        A ping cut short (timed out, cancelled) may leave the session alive at the server:
+        then, as for a cancelled statement, the slot waits until the server has dropped it.
+        """
+        if self.settings.cancel_on_server and self.backend.left_running(holder.conn):
+            self._stop_in_background(holder, _UNUSABLE)
             return False
+        self._discard(holder, _UNUSABLE, keep_slot=True)
         return True
 
     async def _wait(self, loop: asyncio.AbstractEventLoop, deadline: float) -> Holder | _Slot:
@@ -619,19 +643,28 @@ class Pool:
 
     async def _close_in_use(self, holder: Holder, reason: CloseReason) -> None:
         """Close a connection that was in use, now; bounded, then aborted."""
-        self._in_use -= 1
-        self._closing += 1
-        holder.state = _CLOSING
-        self._count_closed(holder, reason)
         if self.settings.cancel_on_server and self.backend.left_running(holder.conn):
             # A statement still runs on the server for a connection dropped mid-command (its
             # caller cancelled, or the network lost): stop it there before the slot is reused,
             # so that the server never holds more than MAX_CONNS sessions of this alias. In the
             # background: the cancelled caller goes on at once.
-            self.backend.abort(holder.conn)
-            self._in_background(self._stop_on_server(holder))
+            self._stop_in_background(holder, reason)
             return
+        self._in_use -= 1
+        self._closing += 1
+        holder.state = _CLOSING
+        self._count_closed(holder, reason)
         await self._finish_close(holder)
+
+    def _stop_in_background(self, holder: Holder, reason: CloseReason) -> None:
+        """An in-use connection whose session may live on: abort it, stop the session at the
+        server in the background, and free the slot only then."""
+        self._in_use -= 1
+        self._closing += 1
+        holder.state = _CLOSING
+        self._count_closed(holder, reason)
+        self.backend.abort(holder.conn)
+        self._in_background(self._stop_on_server(holder))
 
     async def _stop_on_server(self, holder: Holder) -> None:
         """Stop a statement left running by a cancelled caller; then free the slot (bounded)."""

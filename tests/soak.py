@@ -41,10 +41,10 @@ EXPLAINED_CODES = frozenset({1053, 1927, 2003, 2006, 2013})
 EXPLAIN_WINDOW = 15.0
 #: the soak's cap; the server may also see the one side session that sends KILLs
 MAX_CONNS = 6
-#: the most sessions the server may hold for the soak's alias: the cap, the side session, and
-#: one session whose health-check ping timed out on a frozen server: aconn aborts it and opens
-#: another in its slot, and the server reaps the aborted one only once it runs again
-MAX_SESSIONS = MAX_CONNS + 2
+#: the most sessions the server may hold for the soak's alias: the cap and the side session
+#: (a session cut mid-command, a statement or a health-check ping, keeps its slot until the
+#: server has dropped it)
+MAX_SESSIONS = MAX_CONNS + 1
 CANCELLED = "cancelled by the load (expected)"
 
 
