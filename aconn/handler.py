@@ -41,7 +41,7 @@ SWEEP_INTERVAL = 1.0
 _HANDLERS: weakref.WeakSet[Connections] = weakref.WeakSet()
 #: the parent's pools as a forked child inherited them: kept referenced, never closed, so that
 #: no garbage collection in the child ever touches a socket of the parent's sessions
-_INHERITED: list[Any] = []
+_INHERITED: list[dict[str, Pool]] = []
 
 
 def _after_fork_in_child() -> None:
@@ -122,8 +122,7 @@ class Connections:
         if self._closing and not self._closed:
             raise ClosedError("this aconn handler is being closed; open it again once aclose() has returned")
         if self._closed:
-            self._renew_pools()
-            self._reset()
+            self._new_life()
         if self._opened:
             self._bind_loop()  # open in another loop than its own: the clear error
             return
@@ -133,8 +132,7 @@ class Connections:
                 await pool.warm()
         except BaseException:
             await run_shielded(self._close_pools())
-            self._renew_pools()
-            self._reset()
+            self._new_life()
             raise
         self._housekeeper = Housekeeper(list(self._pools.values()))
         self._housekeeper.start()
@@ -148,19 +146,21 @@ class Connections:
         """
         if not self._closed or self._closed_in is asyncio.get_running_loop():
             return False
-        self._renew_pools()
-        self._reset()
+        self._new_life()
         return True
 
-    def _renew_pools(self) -> None:
-        """Closed pools serve again: the same ones (their counters go on) when nothing of their
-        last life is left, else new ones (a scope that outlived aclose() still holds a connection).
+    def _new_life(self) -> None:
+        """After a close (or a failed open): a handler never opened, whose closed pools serve again.
+
+        The same pools (their counters go on) when nothing of their last life is left, else
+        new ones (a scope that outlived aclose() still holds a connection of the old ones).
         """
-        if all(pool.quiet() and not pool.stats().open for pool in self._pools.values()):
+        if all(pool.quiet() and not pool.size for pool in self._pools.values()):
             for pool in self._pools.values():
                 pool.reopen()
         else:
             self._pools = self._new_pools()
+        self._reset()
 
     async def _close_pools(self) -> None:
         for pool in self._pools.values():
@@ -289,7 +289,7 @@ class Connections:
 
     async def _loop_ended(self) -> None:
         """The loop ends with the handler not closed: close what is open, politely, say so, unbind."""
-        still_open = sum(pool.stats().open for pool in self._pools.values())
+        still_open = sum(pool.size for pool in self._pools.values())
         if still_open:
             logger.warning(
                 "aconn: the event loop is ending with %d connection(s) of this handler open: closing "
@@ -300,8 +300,7 @@ class Connections:
         if self._housekeeper is not None:
             await self._housekeeper.stop()
         await self._close_pools()
-        self._renew_pools()
-        self._reset()  # usable again, in another loop
+        self._new_life()  # usable again, in another loop
 
     # -- scopes ---------------------------------------------------------------------------
 

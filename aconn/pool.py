@@ -120,28 +120,11 @@ class Holder:
         self.leak_timer: asyncio.TimerHandle | None = None
 
     def __repr__(self) -> str:
-        return f"<Holder {self.state} conn={type(self.conn).__name__}@{id(self.conn):#x}>"
+        return f"<Holder {self.state.value} conn={type(self.conn).__name__}@{id(self.conn):#x}>"
 
 
 class Pool:
     """The connections of one alias in this process."""
-
-    def __repr__(self) -> str:
-        return (
-            f"<Pool {self.alias!r} {'closed' if self.closed else 'open'} size={self._size}/{self.settings.max_conns} "
-            f"idle={len(self._idle)} in_use={self._in_use} opening={self._opening} closing={self._closing} "
-            f"waiting={self._waiting}>"
-        )
-
-    @property
-    def size(self) -> int:
-        """Connections open or being opened or closed: what the cap counts."""
-        return self._size
-
-    @property
-    def waiting(self) -> int:
-        """Tasks waiting for a connection."""
-        return self._waiting
 
     def __init__(self, settings: Settings, backend: Backend) -> None:
         self.settings = settings
@@ -180,6 +163,23 @@ class Pool:
         self._c_server_cancels = 0
         self._c_server_cancels_failed = 0
         self._c_overloaded = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"<Pool {self.alias!r} {'closed' if self.closed else 'open'} size={self._size}/{self.settings.max_conns} "
+            f"idle={len(self._idle)} in_use={self._in_use} opening={self._opening} closing={self._closing} "
+            f"waiting={self._waiting}>"
+        )
+
+    @property
+    def size(self) -> int:
+        """Connections open or being opened or closed: what the cap counts."""
+        return self._size
+
+    @property
+    def waiting(self) -> int:
+        """Tasks waiting for a connection."""
+        return self._waiting
 
     # -- acquire --------------------------------------------------------------------------
 
@@ -650,24 +650,26 @@ class Pool:
             # background: the cancelled caller goes on at once.
             self._stop_in_background(holder, reason)
             return
+        self._start_closing(holder, reason)
+        await self._finish_close(holder)
+
+    def _start_closing(self, holder: Holder, reason: CloseReason) -> None:
+        """An in-use connection's slot moves from in use to closing; the close is counted."""
         self._in_use -= 1
         self._closing += 1
         holder.state = _CLOSING
         self._count_closed(holder, reason)
-        await self._finish_close(holder)
 
     def _stop_in_background(self, holder: Holder, reason: CloseReason) -> None:
         """An in-use connection whose session may live on: abort it, stop the session at the
         server in the background, and free the slot only then."""
-        self._in_use -= 1
-        self._closing += 1
-        holder.state = _CLOSING
-        self._count_closed(holder, reason)
+        self._start_closing(holder, reason)
         self.backend.abort(holder.conn)
         self._in_background(self._stop_on_server(holder))
 
     async def _stop_on_server(self, holder: Holder) -> None:
-        """Stop a statement left running by a cancelled caller; then free the slot (bounded)."""
+        """Stop at the server the session of a connection dropped mid-command (a cancelled
+        statement, a lost network path, a ping cut short); then free its slot. Bounded."""
         # an idle connection of the pool sends the KILL if there is one (no extra session on
         # the server); else the backend opens its side session, outside the cap
         via = self._pop_idle() if not self._waiting and not self.closed else None

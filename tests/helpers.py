@@ -37,5 +37,6 @@ async def eventually(predicate: Callable[[], object], timeout: float = 10.0) -> 
 
 
 def age_idle(connections: aconn.Connections, seconds: float, alias: str = "default") -> None:
-    """Make the most recently used idle connection of ``alias`` look idle for ``seconds`` more (no sleep)."""
-    connections._pools[alias]._idle[-1].last_used -= seconds
+    """Make every idle connection of ``alias`` look idle for ``seconds`` more (no sleep)."""
+    for holder in connections._pools[alias]._idle:
+        holder.last_used -= seconds

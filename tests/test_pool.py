@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import random
 from collections.abc import AsyncIterator
@@ -441,9 +440,10 @@ async def test_reopened_in_the_same_loop_stays_open(fake: Any) -> None:
     """The loop-end watch of the handler's previous life, finalised meanwhile, must not close the new one."""
     connections = fake()
     await connections.open()
+    old_watch = connections._watch
+    assert old_watch is not None
     await connections.aclose()
     await connections.open()
-    gc.collect()
-    await asyncio.sleep(0.1)  # time for a finalised watch to run, if one would
+    await old_watch.aclose()  # finalised now, as the garbage collector would at any time
     assert connections._opened and connections.stats().open == 1
     assert await use(connections, 5) == 5

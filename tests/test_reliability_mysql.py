@@ -30,7 +30,7 @@ import pymysql
 import pytest
 from conftest import assert_balanced, assert_no_password
 from faults import FakeMySQLServer, Proxy, make_certificates
-from helpers import eventually, fetch, in_scope, scalar
+from helpers import age_idle, eventually, fetch, in_scope, scalar
 from mariadb import APP_PASSWORD, APP_USER, MariaDB, SessionSampler
 
 import aconn
@@ -426,7 +426,7 @@ async def test_acquire_timeout_bounds_health_check_pings(db: MariaDB, make: Any)
     gate.set()
     await asyncio.gather(*tasks)
     assert connections.stats().idle == 10
-    await asyncio.sleep(0.6)  # idle past the ping bypass window: the condition under test
+    age_idle(connections, 1)  # idle past the ping bypass window: each will be pinged
     loop = asyncio.get_running_loop()
     with db.frozen_for_a_while():
         started = loop.time()

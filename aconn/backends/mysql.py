@@ -430,7 +430,7 @@ class MySQLBackend(Backend):
                     except Exception as exc:
                         self._side = None
                         if side is not None:
-                            side.close()
+                            self.abort(side)
                         # lost with the rest (a network reset) or refused (a restart): try again
                         if self.classify(exc, connecting=True) is ErrorKind.OTHER:
                             raise
@@ -445,7 +445,7 @@ class MySQLBackend(Backend):
     async def aclose(self) -> None:
         if self._side is not None:
             side, self._side = self._side, None
-            side.close()
+            self.abort(side)
 
     def classify(self, exc: BaseException, *, connecting: bool = False) -> ErrorKind:
         if isinstance(exc, pymysql.err.MySQLError) and exc.args and isinstance(exc.args[0], int):
