@@ -7,7 +7,7 @@ scoped by a context variable instead of a thread.
 
 from __future__ import annotations
 
-from .errors import AconnError, AcquireTimeout, ClosedError, ConfigError, PoolOverloaded, ScopeError
+from .errors import AconnError, AcquireTimeout, ClosedError, ConfigError, PoolOverloaded, ScopeError, TransactionError
 from .handler import Connections
 from .scope import Scope
 from .settings import Settings
@@ -24,6 +24,7 @@ __all__ = (
     "Scope",
     "ScopeError",
     "Settings",
+    "TransactionError",
 )
 
 __version__ = "0.1.0"

@@ -6,6 +6,7 @@ stops ContextVar changes from propagating, the thing aconn is made of.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -37,6 +38,12 @@ class ConnectionsMiddleware:
     (``Middleware(ConnectionsMiddleware, ...)``) so that the error reaches it
     before Starlette's own 500 page does.
 
+    With ``ATOMIC_REQUESTS: True`` on an alias, each HTTP request runs in
+    ``connections.atomic(alias)``: committed when the app returns, rolled back
+    when it raises. The last message of the response body is held back until
+    the commit has succeeded, so a client never receives a complete response
+    for a transaction that did not commit. WebSocket calls are not wrapped.
+
     Lifespan startup opens the handler before the wrapped app's own startup
     runs (so it may use the database). If the database is unreachable it
     reports ``lifespan.startup.failed`` with the reason and raises the error,
@@ -53,6 +60,8 @@ class ConnectionsMiddleware:
         self.app = app
         self.connections = connections
         self.shutdown_timeout = shutdown_timeout
+        #: the aliases whose HTTP requests each run in a transaction
+        self.atomic_aliases = tuple(a for a in connections.aliases if connections.settings(a).atomic_requests)
 
     async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -78,7 +87,10 @@ class ConnectionsMiddleware:
 
         try:
             async with self.connections.scope():
-                await self.app(scope, receive, tracking_send)
+                if self.atomic_aliases:
+                    await self._in_transactions(scope, receive, tracking_send)
+                else:
+                    await self.app(scope, receive, tracking_send)
         except AcquireTimeout as exc:
             if started:
                 raise
@@ -91,6 +103,23 @@ class ConnectionsMiddleware:
                 }
             )
             await send({"type": "http.response.body", "body": b"Service Unavailable: no database connection free\n"})
+
+    async def _in_transactions(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
+        """ATOMIC_REQUESTS: the app in one atomic() block per alias; its final body message sent after COMMIT."""
+        held: list[Message] = []
+
+        async def holding_send(message: Message) -> None:
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                held.append(message)  # the response completes once the transaction has committed
+                return
+            await send(message)
+
+        async with contextlib.AsyncExitStack() as blocks:
+            for alias in self.atomic_aliases:
+                await blocks.enter_async_context(self.connections.atomic(alias))
+            await self.app(scope, receive, holding_send)
+        for message in held:
+            await send(message)
 
     async def _open(self, send: Send) -> None:
         """Open the handler; on failure report ``lifespan.startup.failed`` with the reason, then raise.

@@ -6,7 +6,15 @@ wrapped: they reach the caller unchanged, because users already catch them.
 
 from __future__ import annotations
 
-__all__ = ("AconnError", "AcquireTimeout", "ClosedError", "ConfigError", "PoolOverloaded", "ScopeError")
+__all__ = (
+    "AconnError",
+    "AcquireTimeout",
+    "ClosedError",
+    "ConfigError",
+    "PoolOverloaded",
+    "ScopeError",
+    "TransactionError",
+)
 
 
 class AconnError(Exception):
@@ -37,3 +45,9 @@ class PoolOverloaded(AcquireTimeout):
 
 class ClosedError(AconnError, RuntimeError):
     """The handler (or one of its aliases) is closed."""
+
+
+class TransactionError(AconnError, RuntimeError):
+    """An ``atomic()`` block was misused (ended by hand, left in another task, exited out of order),
+    or a test's transaction was lost before its rollback.
+    """

@@ -25,6 +25,7 @@ from .pool import Pool
 from .scope import Scope
 from .settings import Settings, parse_databases
 from .stats import PoolStats
+from .transactions import Atomic, PinnedConnection
 
 __all__ = ("Connections",)
 
@@ -62,7 +63,9 @@ class Connections:
     def __init__(self, databases: Mapping[str, Any]) -> None:
         self._settings: dict[str, Settings] = parse_databases(databases)
         self._pools: dict[str, Pool] = self._new_pools()
-        self._scope_var: ContextVar[Scope] = ContextVar(f"aconn.scope.{id(self):x}")
+        #: where connection() takes each alias's connection: its pool, or a test's pinned connection
+        self._sources: dict[str, Pool | PinnedConnection] = dict(self._pools)
+        self._scope_var: ContextVar[Scope | None] = ContextVar(f"aconn.scope.{id(self):x}")
         self._active_scopes = 0
         self._reset()
         _HANDLERS.add(self)
@@ -89,6 +92,7 @@ class Connections:
         """
         _INHERITED.append(self._pools)
         self._pools = self._new_pools()
+        self._sources = dict(self._pools)
         self._scope_var = ContextVar(f"aconn.scope.{id(self):x}")
         self._active_scopes = 0
         self._reset()
@@ -160,6 +164,7 @@ class Connections:
                 pool.reopen()
         else:
             self._pools = self._new_pools()
+        self._sources = dict(self._pools)
         self._reset()
 
     async def _close_pools(self) -> None:
@@ -314,6 +319,46 @@ class Connections:
         """
         return Scope(self)
 
+    def _enter_loop(self) -> asyncio.AbstractEventLoop:
+        """What entering a scope checks first (written out in ``Scope.__aenter__``, the scope path):
+        the handler not closed (or revived in a new loop), bound to the running loop.
+        """
+        if self._closing and not self._revive():
+            raise ClosedError(
+                "this aconn handler is closed: no new scope can start in this event loop "
+                "(open it again with `await connections.open()`)"
+            )
+        loop = get_running_loop()
+        if loop is not self._loop:
+            self._bind_loop()  # raises if the handler belongs to another loop
+        return loop
+
+    def _route(self, alias: str, source: PinnedConnection | None) -> None:
+        """Hand every scope ``source``'s connection for ``alias`` (a test's transaction); None: the pool again."""
+        self._sources[alias] = source if source is not None else self._pools[alias]
+
+    @overload
+    def atomic(self, alias: str = "default") -> Atomic: ...
+
+    @overload
+    def atomic(self, alias: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]: ...
+
+    def atomic(self, alias: str | Callable[P, Awaitable[R]] = "default") -> Atomic | Callable[P, Awaitable[R]]:
+        """A transaction, Django's ``atomic``: ``async with connections.atomic("default") as conn:``.
+
+        The outermost block begins a transaction and commits it at exit, or rolls it back
+        if the block raises; a nested block is a savepoint. It uses the task's current scope,
+        or a scope of its own when none is open. As a decorator, ``@connections.atomic`` or
+        ``@connections.atomic("alias")``, each call runs in a block.
+
+        :raises TransactionError: on misuse: the transaction ended by hand inside the block,
+            the block left in another task or out of order, a transaction begun by hand already open.
+        :raises ConfigError: for an unknown alias.
+        """
+        if callable(alias):
+            return Atomic(self, "default")(alias)
+        return Atomic(self, alias)
+
     def _sweep(self) -> None:
         """Close expired idle connections: run on scope entry, at most every ``SWEEP_INTERVAL``."""
         self._next_sweep = monotonic() + SWEEP_INTERVAL
@@ -361,8 +406,8 @@ class Connections:
         held = scope._held
         holder = held.get(alias)
         if holder is None:
-            pool = self._pools.get(alias) or self._pool(alias)
-            holder = pool.take_idle(task) or await pool.acquire(task)
+            source = self._sources.get(alias) or self._pool(alias)
+            holder = source.take_idle(task) or await source.acquire(task)
             held[alias] = holder
         if expected is not None and not isinstance(holder.conn, expected):
             raise TypeError(

@@ -42,6 +42,8 @@ class HolderState(enum.Enum):
 
     IDLE = "idle"
     IN_USE = "in use"
+    #: in use by every scope at once, until unpinned: a test's transaction (``aconn.testing``)
+    PINNED = "pinned"
     CLOSING = "closing"
 
 
@@ -69,7 +71,7 @@ _REASON_MESSAGES: Final = {
 }
 
 # bound to module globals: the scope path reads them as fast as it read the strings before
-_IDLE, _IN_USE, _CLOSING = HolderState.IDLE, HolderState.IN_USE, HolderState.CLOSING
+_IDLE, _IN_USE, _PINNED, _CLOSING = HolderState.IDLE, HolderState.IN_USE, HolderState.PINNED, HolderState.CLOSING
 _MAX_AGE, _IDLE_LIMIT, _UNUSABLE, _ERROR, _SHUTDOWN = (
     CloseReason.MAX_AGE, CloseReason.IDLE, CloseReason.UNUSABLE, CloseReason.ERROR, CloseReason.SHUTDOWN
 )  # fmt: skip
@@ -513,6 +515,24 @@ class Pool:
             holder.leak_timer = asyncio.get_running_loop().call_later(leak_timeout, self._leaked, holder)
         return holder
 
+    def pin(self, holder: Holder) -> None:
+        """Make a connection taken with :meth:`acquire` the one every scope shares (a test's
+        transaction): scopes exiting leave it in place, until :meth:`unpin`. It counts as in use.
+        """
+        if holder.state is not _IN_USE:
+            raise AconnError(f"aconn alias {self.alias!r}: internal error, pinned a {holder.state.value} connection")
+        if holder.leak_timer is not None:  # held for a whole test on purpose
+            holder.leak_timer.cancel()
+            holder.leak_timer = None
+        holder.task = None
+        holder.state = _PINNED
+
+    def unpin(self, holder: Holder) -> None:
+        """A pinned connection is in use again by one owner, to be given back with :meth:`release`."""
+        if holder.state is not _PINNED:
+            raise AconnError(f"aconn alias {self.alias!r}: internal error, unpinned a {holder.state.value} connection")
+        holder.state = _IN_USE
+
     def _leaked(self, holder: Holder) -> None:
         holder.leak_timer = None
         self._c_leaks += 1
@@ -535,6 +555,8 @@ class Pool:
         coroutine with the work that needs the network, to be awaited shielded.
         """
         if holder.state is not _IN_USE:
+            if holder.state is _PINNED:
+                return None  # shared by every scope until unpinned: nothing to give back
             raise AconnError(f"aconn alias {self.alias!r}: internal error, released a {holder.state.value} connection")
         holder.task = None
         if holder.leak_timer is not None:

@@ -26,7 +26,10 @@ __all__ = ("Scope",)
 class Scope:
     """One unit of work. Built by ``connections.scope()``; use it with ``async with``."""
 
-    __slots__ = ("_handler", "_held", "_task", "_token")
+    # "_atomic" is set only when an atomic() block opens in the scope: the scope path never pays for it
+    __slots__ = ("_atomic", "_handler", "_held", "_task", "_token")
+
+    _atomic: dict[str, list[Any]]
 
     def __init__(self, handler: Connections) -> None:
         self._handler = handler
@@ -38,6 +41,18 @@ class Scope:
     def task(self) -> asyncio.Task[Any] | None:
         """The task that owns this scope and its connections."""
         return self._task
+
+    def _holder(self, alias: str) -> Holder:
+        """The slot of the connection this scope holds for ``alias`` (taken by ``connection()``)."""
+        return self._held[alias]
+
+    def _blocks(self, alias: str) -> list[Any]:
+        """The ``atomic()`` blocks open in this scope on ``alias``, innermost last."""
+        try:
+            stacks = self._atomic
+        except AttributeError:
+            stacks = self._atomic = {}
+        return stacks.setdefault(alias, [])
 
     async def __aenter__(self) -> Scope:
         handler = self._handler
@@ -70,9 +85,12 @@ class Scope:
         if self._token is None:
             return  # a nested scope: the outer one gives the connections back
         handler = self._handler
-        handler._scope_var.reset(self._token)
         held = self._held
         try:
+            try:
+                handler._scope_var.reset(self._token)
+            except ValueError:  # exited in another context than it was entered in: release all the same
+                handler._scope_var.set(None)
             if held:
                 # every alias is given back, even if the task is cancelled (or a release
                 # fails) on the way: the first such exception is re-raised after the last

@@ -53,7 +53,7 @@ _TLS_PARAMETERS: Mapping[str, str] = {
 
 #: Django keys that aconn accepts so that settings can be pasted as-is, but
 #: that have no meaning here (transactions per request are the app's choice).
-_DJANGO_IGNORED = frozenset({"ATOMIC_REQUESTS", "TIME_ZONE", "TEST", "DISABLE_SERVER_SIDE_CURSORS"})
+_DJANGO_IGNORED = frozenset({"TIME_ZONE", "TEST", "DISABLE_SERVER_SIDE_CURSORS"})
 
 _KNOWN = frozenset(
     {
@@ -61,6 +61,7 @@ _KNOWN = frozenset(
         "CONN_MAX_AGE", "CONN_HEALTH_CHECKS", "AUTOCOMMIT",
         "MAX_CONNS", "MIN_CONNS", "ACQUIRE_TIMEOUT", "CONNECT_TIMEOUT",
         "IDLE_TIMEOUT", "LEAK_TIMEOUT", "STATEMENT_TIMEOUT", "CANCEL_ON_SERVER", "MAX_WAITING",
+        "ATOMIC_REQUESTS",
     }
 )  # fmt: skip
 
@@ -95,6 +96,8 @@ class Settings:
     cancel_on_server: bool = True
     #: tasks that may wait for a connection of the alias; beyond, PoolOverloaded at once (None: no limit)
     max_waiting: int | None = None
+    #: ConnectionsMiddleware runs each HTTP request in ``atomic()`` on the alias (Django's setting)
+    atomic_requests: bool = False
 
     def __repr__(self) -> str:
         shown = {k: ("***" if k in SECRET_OPTIONS else v) for k, v in self.options.items()}
@@ -107,7 +110,8 @@ class Settings:
             f"min_conns={self.min_conns!r}, acquire_timeout={self.acquire_timeout!r}, "
             f"connect_timeout={self.connect_timeout!r}, idle_timeout={self.idle_timeout!r}, "
             f"leak_timeout={self.leak_timeout!r}, statement_timeout={self.statement_timeout!r}, "
-            f"cancel_on_server={self.cancel_on_server!r}, max_waiting={self.max_waiting!r})"
+            f"cancel_on_server={self.cancel_on_server!r}, max_waiting={self.max_waiting!r}, "
+            f"atomic_requests={self.atomic_requests!r})"
         )
 
     __str__ = __repr__
@@ -149,13 +153,6 @@ def parse_settings(alias: str, entry: Any) -> Settings:
     if not isinstance(entry, Mapping):
         raise ConfigError(alias, None, f"expected a dict or a URL string, got {type(entry).__name__}")
 
-    if entry.get("ATOMIC_REQUESTS", False) is not False:
-        raise ConfigError(
-            alias,
-            "ATOMIC_REQUESTS",
-            "aconn does not run requests in transactions yet: set it False or remove it, and "
-            "open transactions in the request itself (BEGIN ... COMMIT; a scope exit rolls back an open one)",
-        )
     for key in entry:
         if not isinstance(key, str) or (key not in _KNOWN and key not in _DJANGO_IGNORED):
             hint = difflib.get_close_matches(str(key), sorted(_KNOWN), n=1)
@@ -175,6 +172,10 @@ def parse_settings(alias: str, entry: Any) -> Settings:
         options = {}
     if not isinstance(options, Mapping) or not all(isinstance(k, str) for k in options):
         raise ConfigError(alias, "OPTIONS", "must be a dict with string keys")
+    if _bool(alias, entry, "ATOMIC_REQUESTS", False) and not _bool(alias, entry, "AUTOCOMMIT", True):
+        raise ConfigError(
+            alias, "ATOMIC_REQUESTS", "needs AUTOCOMMIT True: a request's transaction is begun by atomic()"
+        )
 
     return Settings(
         alias=alias,
@@ -196,6 +197,7 @@ def parse_settings(alias: str, entry: Any) -> Settings:
         leak_timeout=_seconds(alias, entry, "LEAK_TIMEOUT", None, allow_none=True),
         statement_timeout=_seconds(alias, entry, "STATEMENT_TIMEOUT", None, allow_none=True),
         cancel_on_server=_bool(alias, entry, "CANCEL_ON_SERVER", True),
+        atomic_requests=_bool(alias, entry, "ATOMIC_REQUESTS", False),
         max_waiting=None if entry.get("MAX_WAITING") is None else _int(alias, entry, "MAX_WAITING", 0, minimum=0),
     )
 
@@ -305,9 +307,10 @@ _QUERY_KEYS: Mapping[str, str] = {
     "statement_timeout": "STATEMENT_TIMEOUT",
     "cancel_on_server": "CANCEL_ON_SERVER",
     "max_waiting": "MAX_WAITING",
+    "atomic_requests": "ATOMIC_REQUESTS",
 }
 _INT_KEYS = frozenset({"MAX_CONNS", "MIN_CONNS", "MAX_WAITING"})
-_BOOL_KEYS = frozenset({"CONN_HEALTH_CHECKS", "AUTOCOMMIT", "CANCEL_ON_SERVER"})
+_BOOL_KEYS = frozenset({"CONN_HEALTH_CHECKS", "AUTOCOMMIT", "CANCEL_ON_SERVER", "ATOMIC_REQUESTS"})
 
 
 def _url_to_dict(alias: str, url: str) -> dict[str, Any]:

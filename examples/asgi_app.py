@@ -1,10 +1,12 @@
 """A Starlette app on aconn: `uvicorn examples.asgi_app:app`.
 
 SQLite by default (a file in the temp directory); MySQL/MariaDB with
-`DATABASE_URL=mysql://user:pw@host:3306/db?conn_max_age=60`. Endpoints:
+`DATABASE_URL=mysql://user:pw@host:3306/db?conn_max_age=60`. Its tests, with
+aconn's pytest plugin: `examples/test_asgi_app.py`. Endpoints:
 
 - `GET /items`            read: every item
-- `POST /items?name=x`    write: insert an item and bump a counter, in one transaction
+- `POST /items?name=x`    write: insert an item and bump a counter, in one `atomic()` block
+                          (`name=boom` fails inside it: nothing is kept)
 - `GET /stats`            `connections.stats()` as JSON, with the pid of the worker process that answered
 - `WS /ws`                a WebSocket session holding one scope for its life
 """
@@ -51,13 +53,12 @@ def create_app(database_url: str) -> Starlette:
 
     async def add_item(request: Request) -> JSONResponse:
         name = request.query_params.get("name", "unnamed")
-        await run("BEGIN")
-        await run("INSERT INTO items (name) VALUES (%s)", (name,))
-        await run("UPDATE counters SET n = n + 1 WHERE name = 'items'")
-        if name == "boom":
-            raise RuntimeError("failing mid-transaction: aconn rolls it back at scope exit")
-        count = (await run("SELECT n FROM counters WHERE name = 'items'"))[0][0]  # our own update: row locked
-        await run("COMMIT")
+        async with connections.atomic():  # committed at exit; rolled back if the block raises
+            await run("INSERT INTO items (name) VALUES (%s)", (name,))
+            await run("UPDATE counters SET n = n + 1 WHERE name = 'items'")
+            if name == "boom":
+                raise RuntimeError("failing mid-transaction: the atomic() block rolls it back")
+            count = (await run("SELECT n FROM counters WHERE name = 'items'"))[0][0]  # our own update: row locked
         return JSONResponse({"added": name, "count": count}, status_code=201)
 
     async def stats(request: Request) -> JSONResponse:
@@ -70,15 +71,17 @@ def create_app(database_url: str) -> Starlette:
             rows = await run("SELECT %s", (text,))
             await websocket.send_text(str(rows[0][0]))
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        # runs after ConnectionsMiddleware opened the handler: set the schema up in a scope
+    async def create_schema() -> None:
         async with connections.scope():
             key = "INTEGER PRIMARY KEY AUTOINCREMENT" if sqlite else "INT AUTO_INCREMENT PRIMARY KEY"
             await run(f"CREATE TABLE IF NOT EXISTS items (id {key}, name VARCHAR(100))")
             await run("CREATE TABLE IF NOT EXISTS counters (name VARCHAR(20) PRIMARY KEY, n INT)")
             if not await run("SELECT n FROM counters WHERE name = 'items'"):
                 await run("INSERT INTO counters VALUES ('items', 0)")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await create_schema()  # runs after ConnectionsMiddleware opened the handler
         yield
 
     app = Starlette(
@@ -92,6 +95,7 @@ def create_app(database_url: str) -> Starlette:
         lifespan=lifespan,
     )
     app.state.connections = connections
+    app.state.create_schema = create_schema  # for tests, which run without the lifespan
     return app
 
 

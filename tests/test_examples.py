@@ -34,3 +34,18 @@ def test_readme_quickstart_runs_in_an_empty_folder(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "(1,)"
     assert (tmp_path / "app.db").exists()
+
+
+def test_asgi_example_tests_pass_with_the_plugin() -> None:
+    """examples/test_asgi_app.py: the plugin's rollback makes every test start from an empty table."""
+    for order in ("test_added_items_are_seen", "test_a_failed_add_keeps_nothing"), (
+        "test_a_failed_add_keeps_nothing",
+        "test_added_items_are_seen",
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",
+             *[f"examples/test_asgi_app.py::{name}" for name in order], "examples/test_asgi_app.py"],
+            capture_output=True, text=True, timeout=120, cwd=ROOT,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "3 passed" in result.stdout, result.stdout

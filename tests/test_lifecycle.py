@@ -11,7 +11,7 @@ errors say where, settings mistakes are explained, the connection can be typed.
 | unsupported engines explained | test_unsupported_engines (here) |
 | driver options and +driver spellings in URLs | test_driver_options_in_urls (here) |
 | the quickstart runs anywhere; a SQLite file that cannot open names alias and path | test_examples::test_readme_quickstart_runs_in_an_empty_folder, test_unopenable_sqlite_file_says_where (here) |
-| ATOMIC_REQUESTS=True refused | test_atomic_requests_refused (here) |
+| ATOMIC_REQUESTS=True: served since, see test_transactions.py | test_atomic_requests_settings |
 | no false wait_timeout alarm | test_check::test_wait_timeout_5_warns_only_where_it_can_fail |
 | ScopeError for a scope entered by another task | test_scope_entered_by_another_task (here) |
 | a typed connection | test_typed_connection_for_mypy (here) |
@@ -155,13 +155,6 @@ async def test_unopenable_sqlite_file_says_where(make: Any, tmp_path: Path) -> N
     assert f"aconn alias 'cache': connecting to sqlite {tmp_path / 'missing-dir' / 'cache.db'}" in "\n".join(
         info.value.__notes__
     )
-
-
-def test_atomic_requests_refused() -> None:
-    with pytest.raises(aconn.ConfigError) as info:
-        aconn.Connections({"default": {"ENGINE": "sqlite", "NAME": "x", "ATOMIC_REQUESTS": True}})
-    assert info.value.key == "ATOMIC_REQUESTS" and "does not run requests in transactions" in str(info.value)
-    aconn.Connections({"default": {"ENGINE": "sqlite", "NAME": "x", "ATOMIC_REQUESTS": False}})  # accepted
 
 
 async def test_scope_entered_by_another_task(make: Any, tmp_path: Path) -> None:

@@ -126,6 +126,10 @@ class Backend:
         """Roll back any open transaction."""
         raise NotImplementedError
 
+    async def execute(self, conn: Any, sql: str) -> None:
+        """Run one statement that returns no rows: transaction control (``BEGIN``, ``SAVEPOINT``...)."""
+        raise NotImplementedError
+
     def classify(self, exc: BaseException, *, connecting: bool = False) -> ErrorKind:
         """Tell what an exception means; ``connecting`` is True for errors from :meth:`connect`."""
         raise NotImplementedError

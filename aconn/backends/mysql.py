@@ -391,6 +391,10 @@ class MySQLBackend(Backend):
         if self.settings.autocommit and not conn.server_status & _AUTOCOMMIT:
             await conn.autocommit(True)  # the scope switched it off: restore the session
 
+    async def execute(self, conn: Any, sql: str) -> None:
+        async with conn.cursor() as cur:
+            await cur.execute(sql)
+
     def left_running(self, conn: Any) -> bool:
         # aiomysql closes the socket itself when a read is cancelled or fails mid-command; the
         # server goes on with the statement (it notices a closed client only when it writes)

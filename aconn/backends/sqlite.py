@@ -79,11 +79,17 @@ class SQLiteBackend(Backend):
         return conn, ServerLimits(version=sqlite3.sqlite_version)
 
     async def close(self, conn: Any) -> None:
+        if not conn._running:  # aborted: its thread closes it and ends; a second stop would never be served
+            stopped = getattr(conn, "aconn_stopped", None)
+            if stopped is not None:
+                await asyncio.wait([stopped], timeout=CLOSE_WAIT)
+            return
         await conn.close()
 
     def abort(self, conn: Any) -> None:
         self.interrupt(conn)
-        conn.stop()  # closes in the worker thread once the running call returns
+        if conn._running:
+            conn.aconn_stopped = conn.stop()  # closes in the worker thread once the running call returns
 
     def is_dead(self, conn: Any, *, peek: bool = True) -> bool:
         return conn._connection is None or not conn._running
@@ -96,6 +102,10 @@ class SQLiteBackend(Backend):
 
     async def rollback(self, conn: Any) -> None:
         await conn.rollback()
+
+    async def execute(self, conn: Any, sql: str) -> None:
+        cursor = await conn.execute(sql)
+        await cursor.close()
 
     def interrupt(self, conn: Any) -> None:
         raw = conn._connection

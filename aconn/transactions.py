@@ -1,0 +1,347 @@
+"""Transactions: ``connections.atomic()`` (Django's ``atomic``), and the shared transaction,
+rolled back at its end, that :mod:`aconn.testing` runs each test in.
+
+The blocks of one scope and alias form a stack kept on the scope: the
+outermost block is a transaction (``BEGIN`` ... ``COMMIT``), each nested one a
+savepoint. Inside a test's transaction the connection is pinned (shared by
+every scope), and even an outermost block is a savepoint, so that the app's
+blocks keep their meaning and the test's rollback still undoes everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+import logging
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+
+from ._asyncio import run_shielded, task_of
+from .errors import TransactionError
+from .pool import CLEANUP_TIMEOUT, Holder, HolderState, Pool
+from .scope import Scope
+
+if TYPE_CHECKING:
+    from .handler import Connections
+
+__all__ = ("Atomic", "PinnedConnection", "TestTransaction")
+
+logger = logging.getLogger("aconn")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: savepoint names, unique in the process: blocks of several scopes may share a test's connection
+_SAVEPOINTS = itertools.count(1)
+#: the savepoint a test's transaction starts with: if it is gone at the end, the transaction was lost
+TEST_SAVEPOINT = "aconn_test"
+
+_HAND_ENDED = (
+    "was committed or rolled back inside the block (a COMMIT or ROLLBACK sent by hand, or on "
+    "MySQL/MariaDB a statement that commits implicitly: CREATE/ALTER/DROP TABLE, LOCK TABLES, BEGIN...)"
+)
+
+
+class _Block:
+    """One entered ``atomic()`` block."""
+
+    __slots__ = ("holder", "owns_scope", "savepoint", "scope", "task")
+
+    def __init__(
+        self, scope: Scope, owns_scope: bool, holder: Holder, savepoint: str | None, task: asyncio.Task[Any] | None
+    ) -> None:
+        self.scope = scope
+        self.owns_scope = owns_scope  # entered a scope itself (none was open in the task): exits it too
+        self.holder = holder
+        self.savepoint = savepoint  # None: the outermost block, a transaction of its own
+        self.task = task
+
+
+def _task_name(task: asyncio.Task[Any] | None) -> str:
+    return task.get_name() if task is not None else "?"
+
+
+class Atomic:
+    """``async with connections.atomic(alias) as conn:``: Django's ``transaction.atomic``.
+
+    The outermost block begins a transaction, commits it when the block
+    exits normally and rolls it back when it raises; a nested block is a
+    savepoint, released or rolled back to, the outer block going on. The block
+    uses the current scope of the task, or enters one of its own when none is
+    open. Also a decorator: each call of the function runs in a block.
+    """
+
+    def __init__(self, handler: Connections, alias: str) -> None:
+        self._handler = handler
+        self._alias = alias
+        self._blocks: list[_Block] = []  # one object entered again while in use (recursion)
+
+    def __call__(self, func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+        handler, alias = self._handler, self._alias
+
+        @functools.wraps(func)
+        async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            async with Atomic(handler, alias):
+                return await func(*args, **kwargs)
+
+        return wrapper
+
+    async def __aenter__(self) -> Any:
+        handler, alias = self._handler, self._alias
+        if not handler.settings(alias).autocommit:  # ConfigError for an unknown alias
+            raise TransactionError(
+                f"aconn alias {alias!r}: atomic() needs AUTOCOMMIT True (the default); with it off, "
+                "each scope is one transaction already, ended by COMMIT by hand or rolled back at exit"
+            )
+        scope = Scope(handler)
+        current = await scope.__aenter__()
+        try:
+            conn = await handler.connection(alias)
+            holder = current._holder(alias)
+            stack = current._blocks(alias)
+            backend = holder.pool.backend
+            if stack or holder.state is HolderState.PINNED:
+                savepoint: str | None = f"aconn_sp_{next(_SAVEPOINTS)}"
+                await backend.execute(conn, f"SAVEPOINT {savepoint}")
+            else:
+                if backend.in_transaction(conn):
+                    raise TransactionError(
+                        f"aconn alias {alias!r}: atomic() found a transaction already open on this scope's "
+                        "connection, begun by hand (BEGIN, START TRANSACTION): end it before the block, or "
+                        "open it with atomic() instead (on MySQL/MariaDB a BEGIN would commit it silently)"
+                    )
+                savepoint = None
+                await backend.execute(conn, "BEGIN")
+        except BaseException as exc:
+            if current is scope:
+                await scope.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        block = _Block(current, current is scope, holder, savepoint, task_of(asyncio.get_running_loop()))
+        stack.append(block)
+        self._blocks.append(block)
+        return conn
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        block = self._blocks.pop()
+        try:
+            await self._end(block, exc)
+        except BaseException as end_exc:
+            if block.owns_scope:
+                await block.scope.__aexit__(type(end_exc), end_exc, end_exc.__traceback__)
+            raise
+        if block.owns_scope:
+            await block.scope.__aexit__(exc_type, exc, tb)
+
+    async def _end(self, block: _Block, exc: BaseException | None) -> None:
+        """Commit or release the block when it succeeded, else roll it back; refuse misuse, rolling back."""
+        alias = self._alias
+        stack = block.scope._blocks(alias)
+        if not stack or stack[-1] is not block:
+            if block in stack:
+                stack.remove(block)
+            await _undo(block, exc)
+            raise TransactionError(
+                f"aconn alias {alias!r}: an atomic() block was exited while a block entered after it was "
+                "still open: its work was rolled back. Nest blocks with `async with`, so that they end in "
+                "the reverse order they began"
+            )
+        stack.pop()
+        task = task_of(asyncio.get_running_loop())
+        if task is not block.task:
+            await _undo(block, exc)
+            raise TransactionError(
+                f"aconn alias {alias!r}: an atomic() block entered by task {_task_name(block.task)!r} was "
+                f"exited by task {_task_name(task)!r}: its work was rolled back. A block begins and ends in "
+                "one task (a pytest fixture's setup and teardown run in different tasks: for a transaction "
+                "around a test, use the aconn_db fixture of aconn.testing)"
+            )
+        holder = block.holder
+        backend = holder.pool.backend
+        conn = holder.conn
+        if exc is not None:
+            await _undo(block, exc)
+            return
+        if not backend.in_transaction(conn):
+            raise TransactionError(
+                f"aconn alias {alias!r}: the transaction of an atomic() block {_HAND_ENDED}: what the "
+                "block wrote after that point was not in its transaction. Use nested atomic() blocks, not "
+                "transaction statements, inside a block"
+            )
+        try:
+            if block.savepoint is not None:
+                await backend.execute(conn, f"RELEASE SAVEPOINT {block.savepoint}")
+            else:
+                await backend.execute(conn, "COMMIT")
+        except BaseException as end_exc:
+            await _undo(block, end_exc)
+            raise
+
+
+async def _undo(block: _Block, exc: BaseException | None) -> None:
+    """Roll a block back, shielded and bounded. A connection that cannot be rolled back is aborted,
+    so that the scope's release discards it: it never goes back to the pool in a transaction.
+    """
+    holder = block.holder
+    backend = holder.pool.backend
+    conn = holder.conn
+    if backend.is_dead(conn):
+        return  # the session's end rolls it back on the server; the scope's release discards it
+    if not backend.in_transaction(conn):
+        if exc is not None and block.savepoint is None:
+            exc.add_note(
+                f"aconn: the atomic() block's transaction {_HAND_ENDED} before this error: nothing rolled back"
+            )
+        return
+    if isinstance(exc, asyncio.CancelledError | TimeoutError):
+        backend.interrupt(conn)  # a statement the cancelled caller left running stops first (SQLite)
+
+    async def rollback() -> None:
+        async with asyncio.timeout(CLEANUP_TIMEOUT):
+            if block.savepoint is None:
+                await backend.rollback(conn)
+            else:
+                await backend.execute(conn, f"ROLLBACK TO SAVEPOINT {block.savepoint}")
+                await backend.execute(conn, f"RELEASE SAVEPOINT {block.savepoint}")
+
+    try:
+        await run_shielded(rollback())
+    except Exception as rollback_exc:
+        logger.info("aconn alias %r: rollback of an atomic() block failed: %r", holder.pool.alias, rollback_exc)
+        backend.abort(conn)
+
+
+class PinnedConnection:
+    """Stands in for a :class:`~aconn.pool.Pool` in a test's transaction: every scope gets the one
+    connection the transaction runs on.
+    """
+
+    def __init__(self, holder: Holder) -> None:
+        self.holder = holder
+        #: why the test's transaction did not last the whole test, if it did not
+        self.lost: str | None = None
+
+    def take_idle(self, task: asyncio.Task[Any] | None) -> Holder | None:
+        holder = self.holder
+        return holder if holder.pool.backend.in_transaction(holder.conn) else None
+
+    async def acquire(self, task: asyncio.Task[Any] | None) -> Holder:
+        """The test's transaction was ended (by hand, or implicitly): say so at the end, and begin
+        another so that what follows is still rolled back.
+        """
+        holder = self.holder
+        if self.lost is None:
+            self.lost = f"aconn alias {holder.pool.alias!r}: the test's transaction {_HAND_ENDED}"
+        await _begin_test(holder)
+        return holder
+
+
+async def _begin_test(holder: Holder) -> None:
+    backend = holder.pool.backend
+    await backend.execute(holder.conn, "BEGIN")
+    await backend.execute(holder.conn, f"SAVEPOINT {TEST_SAVEPOINT}")
+
+
+class TestTransaction:
+    """``async with TestTransaction(connections):`` every alias runs on one connection, in a
+    transaction rolled back at the end: what the scopes inside wrote, in any task, is undone.
+
+    Every scope (requests served in the same event loop included) shares the one connection of
+    each alias, so they see each other's writes; the app's own ``atomic()`` blocks are savepoints.
+    Enter and exit may happen in different tasks (a pytest fixture's setup and teardown).
+
+    :raises TransactionError: at exit, when the transaction of an alias was lost during the test
+        (committed by hand or implicitly, or its connection broke): what was written before that
+        point was not rolled back.
+    """
+
+    __test__ = False  # not a test class, for pytest
+
+    def __init__(self, connections: Connections) -> None:
+        self._handler = connections
+        self._pinned: dict[str, PinnedConnection] = {}
+
+    async def __aenter__(self) -> Connections:
+        handler = self._handler
+        loop = handler._enter_loop()
+        try:
+            for alias in handler.aliases:
+                pool = handler._pool(alias)
+                holder = await pool.acquire(task_of(loop))
+                try:
+                    await _begin_test(holder)
+                except BaseException as exc:
+                    slow = pool.release(holder, exc)
+                    if slow is not None:
+                        await run_shielded(slow)
+                    raise
+                pool.pin(holder)
+                pinned = self._pinned[alias] = PinnedConnection(holder)
+                handler._route(alias, pinned)
+        except BaseException:
+            await self._end()
+            raise
+        return handler
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        problems = await self._end()
+        if problems:
+            raise TransactionError(
+                "the test's writes were not all rolled back:\n- "
+                + "\n- ".join(problems)
+                + "\nRows written before that point may be left in the database, for later tests to see. "
+                "Keep statements that commit (DDL on MySQL/MariaDB, COMMIT by hand) out of tests that use "
+                "the transaction, and create the schema before the tests"
+            )
+
+    async def _end(self) -> list[str]:
+        """Roll every alias back and give its connection back; what went wrong, per alias."""
+        handler = self._handler
+        problems: list[str] = []
+        pinned, self._pinned = self._pinned, {}
+        for alias, source in pinned.items():
+            handler._route(alias, None)
+            holder = source.holder
+            pool: Pool = holder.pool
+            pool.unpin(holder)
+            failure: BaseException | None = None
+            try:
+                problem = await _roll_back_test(holder)
+            except BaseException as exc:
+                failure = exc
+                problem = f"aconn alias {alias!r}: the test's transaction could not be rolled back: {exc!r}"
+            problem = source.lost or problem
+            if problem is not None:
+                problems.append(problem)
+            slow = pool.release(holder, failure)
+            if slow is not None:
+                await run_shielded(slow)
+        return problems
+
+
+async def _roll_back_test(holder: Holder) -> str | None:
+    """Roll a test's transaction back; what went wrong, if its savepoint was gone or its connection broke."""
+    backend = holder.pool.backend
+    conn = holder.conn
+    alias = holder.pool.alias
+    if backend.is_dead(conn):
+        return f"aconn alias {alias!r}: the connection of the test's transaction broke during the test"
+    problem = None
+    async with asyncio.timeout(CLEANUP_TIMEOUT):
+        try:
+            await backend.execute(conn, f"ROLLBACK TO SAVEPOINT {TEST_SAVEPOINT}")
+        except Exception:  # no such savepoint: the transaction it was in has ended
+            problem = f"aconn alias {alias!r}: the test's transaction {_HAND_ENDED}"
+        await backend.rollback(conn)
+    return problem
