@@ -112,6 +112,7 @@ def count(settings_json: str, part: str, n: int) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-n", type=int, default=3000, help="iterations per part")
+    parser.add_argument("--parts", nargs="+", choices=list(PARTS), help="measure only these parts")
     parser.add_argument("--child", nargs=3, metavar=("PART", "N", "SETTINGS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -133,6 +134,8 @@ def main() -> int:
         settings = json.dumps(server.settings())
         print("| part | instructions per iteration |\n| --- | ---: |")
         for part, label in PARTS.items():
+            if args.parts and part not in args.parts:
+                continue
             n = ITERATIONS.get(part, args.n)
             per = (count(settings, part, n) - count(settings, part, 0)) / n
             print(f"| {label} | {per:,.0f} |", flush=True)

@@ -34,7 +34,7 @@ from helpers import age_idle, eventually, fetch, in_scope, scalar
 from mariadb import APP_PASSWORD, APP_USER, MariaDB, SessionSampler
 
 import aconn
-import aconn.pool
+import aconn.pool.pool
 from aconn.backends.base import ErrorKind, ServerLimits
 from aconn.backends.mysql import MySQLBackend
 from aconn.rules import evaluate
@@ -332,7 +332,7 @@ async def test_hand_offs_under_load_after_every_session_is_killed(db: MariaDB, m
 
 
 async def test_cancelled_exit_releases_every_alias(db: MariaDB, make: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(aconn.pool, "CLEANUP_TIMEOUT", 1.0)
+    monkeypatch.setattr(aconn.pool.pool, "CLEANUP_TIMEOUT", 1.0)
     proxy = Proxy(db.port).start()
     try:
         connections = make(

@@ -1,31 +1,35 @@
-"""One alias' connections: the idle set, the cap, the waiters and the holders.
+"""One alias' connections: the idle stack and the decide steps of acquire and release.
 
 Every state change is a plain synchronous step (decide), and the network is
 awaited after it (do I/O), so no lock exists and nothing is held across I/O.
-The counters obey ``size == idle + in_use + opening + closing`` at every
-``await`` point, which the tests check after cancelling at each of them.
+The gauges obey ``size == idle + in_use + opening + closing`` at every
+``await`` point; the transitions of :class:`~aconn.pool.holder.Holder` move
+them. The waiting tasks live in :mod:`.waiters`, connecting with backoff in
+:mod:`.connect`, the totals in :mod:`.counters`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import math
 import random
 import traceback
-from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from time import monotonic
 from typing import Any, Final
 
-from .backends.base import Backend, ErrorKind, ServerLimits
-from .errors import AconnError, AcquireTimeout, ClosedError, PoolOverloaded
-from .rules import evaluate, idle_limit_from_server
-from .settings import Settings
-from .stats import PoolStats
+from ..backends.base import Backend, ErrorKind, ServerLimits
+from ..errors import AconnError, AcquireTimeout, ClosedError, PoolOverloaded
+from ..rules import evaluate, idle_limit_from_server
+from ..settings import Settings
+from ..stats import PoolStats
+from .connect import Connector
+from .counters import Counters
+from .holder import SLOT, CloseReason, Holder, HolderState, _Slot
+from .waiters import Waiters
 
-__all__ = ("CloseReason", "Holder", "HolderState", "Pool")
+__all__ = ("CLEANUP_TIMEOUT", "PING_BYPASS", "Pool")
 
 logger = logging.getLogger("aconn")
 
@@ -33,96 +37,12 @@ logger = logging.getLogger("aconn")
 PING_BYPASS: Final = 0.5
 #: bound on each network step the pool takes itself at release (ping, rollback, close)
 CLEANUP_TIMEOUT: Final = 5.0
-#: ceiling of the backoff between retries of a refused connect
-MAX_BACKOFF: Final = 1.0
 
-
-class HolderState(enum.Enum):
-    """Where a pooled connection is in its life."""
-
-    IDLE = "idle"
-    IN_USE = "in use"
-    #: in use by every scope at once, until unpinned: a test's transaction (``aconn.testing``)
-    PINNED = "pinned"
-    CLOSING = "closing"
-
-
-class CloseReason(enum.Enum):
-    """Why a connection was closed: the keys of ``PoolStats.closed_*`` and of the log lines."""
-
-    MAX_AGE = "max_age"
-    IDLE = "idle"
-    UNUSABLE = "unusable"
-    ERROR = "error"
-    SHUTDOWN = "shutdown"
-
-    @property
-    def message(self) -> str:
-        """What the INFO line says happened."""
-        return _REASON_MESSAGES[self]
-
-
-_REASON_MESSAGES: Final = {
-    CloseReason.MAX_AGE: "reached CONN_MAX_AGE",
-    CloseReason.IDLE: "idle past the idle limit",
-    CloseReason.UNUSABLE: "found dead by a check",
-    CloseReason.ERROR: "saw an error, a cancellation or a timeout",
-    CloseReason.SHUTDOWN: "shutdown",
-}
-
-# bound to module globals: the scope path reads them as fast as it read the strings before
-_IDLE, _IN_USE, _PINNED, _CLOSING = HolderState.IDLE, HolderState.IN_USE, HolderState.PINNED, HolderState.CLOSING
+# bound to module globals: the scope path reads them as fast as it read strings
+_IDLE, _IN_USE, _PINNED = HolderState.IDLE, HolderState.IN_USE, HolderState.PINNED
 _MAX_AGE, _IDLE_LIMIT, _UNUSABLE, _ERROR, _SHUTDOWN = (
     CloseReason.MAX_AGE, CloseReason.IDLE, CloseReason.UNUSABLE, CloseReason.ERROR, CloseReason.SHUTDOWN
 )  # fmt: skip
-
-
-class _Slot:
-    """Granted to a waiter: the right to open a new connection in a slot freed for it."""
-
-    def __repr__(self) -> str:
-        return "SLOT"
-
-
-SLOT: Final = _Slot()
-
-
-class Holder:
-    """One pooled connection, its state and its timestamps."""
-
-    __slots__ = (
-        "alive",
-        "close_at",
-        "conn",
-        "idle_limit",
-        "last_used",
-        "leak_timer",
-        "opened_at",
-        "pool",
-        "state",
-        "taken_at",
-        "taken_stack",
-        "task",
-    )  # fmt: skip
-
-    def __init__(
-        self, pool: Pool, conn: Any, alive: Callable[[], bool], now: float, close_at: float, idle_limit: float
-    ) -> None:
-        self.pool = pool
-        self.conn = conn
-        self.alive = alive  # the backend's liveness check of this connection, built once
-        self.opened_at = now
-        self.close_at = close_at
-        self.idle_limit = idle_limit
-        self.last_used = now
-        self.state = _IN_USE
-        self.task: asyncio.Task[Any] | None = None
-        self.taken_at = now
-        self.taken_stack: list[str] | None = None
-        self.leak_timer: asyncio.TimerHandle | None = None
-
-    def __repr__(self) -> str:
-        return f"<Holder {self.state.value} conn={type(self.conn).__name__}@{id(self.conn):#x}>"
 
 
 class Pool:
@@ -132,45 +52,28 @@ class Pool:
         self.settings = settings
         self.alias = settings.alias
         self.backend = backend
-        self.limits: ServerLimits | None = None
         self.closed = False
+        self.counters = Counters()
+        self._connector = Connector(settings, backend, self.counters)
         self._idle: list[Holder] = []  # a stack: the most recently used on top
         self._holders: set[Holder] = set()  # every open connection, for error messages
-        # first in, first out; (deadline, future): deadlines rise along the queue, so one timer,
-        # armed for the oldest waiter, times them all out (no timer per waiter to cancel)
-        self._waiters: deque[tuple[float, asyncio.Future[Holder | _Slot]]] = deque()
-        self._expiry: asyncio.TimerHandle | None = None
+        self._waiters = Waiters(self._timed_out, self._regrant, self.counters)
         self._background: set[asyncio.Task[None]] = set()
+        # the gauges; the transitions of Holder move them
         self._size = 0
         self._in_use = 0
         self._opening = 0
         self._closing = 0
-        self._waiting = 0
         self._health_checks = settings.health_checks
         self._leak_timeout = settings.leak_timeout
-        self._warned = False
-        self._refusing = False
+        self._rules_checked = False
         self._stops_failing = False
-        self._c_opened = 0
-        self._c_closed: dict[CloseReason, int] = dict.fromkeys(CloseReason, 0)
-        self._c_pings = 0
-        self._c_pings_failed = 0
-        self._c_rollbacks = 0
-        self._c_waits = 0
-        self._c_wait_total = 0.0
-        self._c_wait_max = 0.0
-        self._c_timeouts = 0
-        self._c_connect_errors = 0
-        self._c_leaks = 0
-        self._c_server_cancels = 0
-        self._c_server_cancels_failed = 0
-        self._c_overloaded = 0
 
     def __repr__(self) -> str:
         return (
             f"<Pool {self.alias!r} {'closed' if self.closed else 'open'} size={self._size}/{self.settings.max_conns} "
             f"idle={len(self._idle)} in_use={self._in_use} opening={self._opening} closing={self._closing} "
-            f"waiting={self._waiting}>"
+            f"waiting={self._waiters.live}>"
         )
 
     @property
@@ -181,7 +84,12 @@ class Pool:
     @property
     def waiting(self) -> int:
         """Tasks waiting for a connection."""
-        return self._waiting
+        return self._waiters.live
+
+    @property
+    def limits(self) -> ServerLimits | None:
+        """What the last connect learned of the server (None before the first)."""
+        return self._connector.limits
 
     # -- acquire --------------------------------------------------------------------------
 
@@ -191,6 +99,7 @@ class Pool:
         Waiters come first: while any task waits, a newcomer queues behind it.
 
         :raises AcquireTimeout: when none could be had within ``ACQUIRE_TIMEOUT``.
+        :raises PoolOverloaded: at once, when ``MAX_WAITING`` tasks already wait.
         :raises ClosedError: when the pool is closed.
         """
         if self.closed:
@@ -198,20 +107,20 @@ class Pool:
         # one deadline for every step from here: pings, connects and the wait
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.acquire_timeout
-        while self._waiting == 0 and self._idle:
+        waiters = self._waiters
+        while not waiters and self._idle:
             holder = self._pop_idle()
             if holder is None:
                 break
             if self._needs_ping(holder):
                 checked = await self._health_check(holder, deadline)
                 if checked is not True:
-                    if checked is False:  # closed, its slot kept for us: free it
-                        self._in_use -= 1
+                    if checked is False:  # dropped, its slot left to us: free it
                         self._release_slot()
                     continue  # try the next idle one
             return self._taken(holder, task)
         # nothing idle (or tasks already waiting): open in a free slot, else queue
-        if self._waiting == 0 and self._size < self.settings.max_conns:
+        if not waiters and self._size < self.settings.max_conns:
             self._size += 1
             self._opening += 1
             return self._taken(await self._open(deadline), task)
@@ -225,8 +134,8 @@ class Pool:
             now = granted.taken_at = monotonic()
             reason = self._unusable_reason(granted, now)
             if reason is not None:
-                self._in_use -= 1
-                self._discard(granted, reason, keep_slot=True)
+                granted.dropped(reason)
+                self.backend.abort(granted.conn)
                 break
             if not self._needs_ping(granted):
                 return self._taken(granted, task)
@@ -234,10 +143,9 @@ class Pool:
             if checked is True:
                 return self._taken(granted, task)
             if checked is False:
-                self._in_use -= 1
                 break
             # None: its slot waits for the server to drop the session; queue again
-        self._opening += 1  # the slot of the connection just closed is this waiter's: open in it
+        self._opening += 1  # the slot of the connection just dropped is this waiter's: open in it
         return self._taken(await self._open(deadline), task)
 
     def take_idle(self, task: asyncio.Task[Any] | None) -> Holder | None:
@@ -245,11 +153,11 @@ class Pool:
 
         None when the caller must go through :meth:`acquire`, which sorts out the rest
         (nothing idle, tasks waiting, the top one expired or dead, a ping or a leak timer due,
-        the pool closed). The checks are those of :meth:`_unusable_reason`, written out:
-        this is the scope path.
+        the pool closed). This is the scope path: it writes out :meth:`_unusable_reason`,
+        :meth:`_needs_ping` and :meth:`Holder.taken`; ``tests/test_pool.py`` checks they agree.
         """
         idle = self._idle
-        if not idle or self._waiting or self.closed or self._leak_timeout is not None:
+        if not idle or self._waiters or self.closed or self._leak_timeout is not None:
             return None
         holder = idle[-1]
         now = monotonic()
@@ -262,10 +170,10 @@ class Pool:
         ):
             return None
         idle.pop()
-        holder.state = _IN_USE
+        holder.state = _IN_USE  # Holder.taken(), inlined
+        self._in_use += 1
         holder.taken_at = now
         holder.task = task
-        self._in_use += 1
         return holder
 
     def _pop_idle(self) -> Holder | None:
@@ -278,9 +186,8 @@ class Pool:
             if reason is not None:
                 self._discard(holder, reason)
             else:
-                holder.state = _IN_USE
+                holder.taken()
                 holder.taken_at = now
-                self._in_use += 1
                 return holder
         return None
 
@@ -301,14 +208,14 @@ class Pool:
     async def _health_check(self, holder: Holder, deadline: float) -> bool | None:
         """Ping a connection about to be handed out, within the acquire ``deadline``.
 
-        True if it answered. On failure the connection is aborted and counted closed, and
-        either its slot stays counted in ``size`` and ``in_use`` for the caller to pass on
-        or reuse (False), or, when its session may live on at the server (a ping that timed
-        out on a frozen server), the slot waits until the server has dropped it (None).
+        True if it answered. On failure the connection is closed, and either it was
+        dropped with its slot left to the caller to open in or free (False), or, when its
+        session may live on at the server (a ping that timed out on a frozen server), its
+        slot waits until the server has dropped it (None).
 
         :raises AcquireTimeout: when the deadline runs out during the ping (slot freed).
         """
-        self._c_pings += 1
+        self.counters.health_checks += 1
         remaining = deadline - asyncio.get_running_loop().time()
         bound = min(remaining, self.settings.connect_timeout, CLEANUP_TIMEOUT)
         try:
@@ -317,21 +224,20 @@ class Pool:
             async with asyncio.timeout(bound):
                 await self.backend.ping(holder.conn)
         except BaseException as exc:
-            self._c_pings_failed += 1
-            kept = self._ping_failed(holder)
+            self.counters.health_checks_failed += 1
+            dropped = self._ping_failed(holder)
             if not isinstance(exc, Exception) or (isinstance(exc, TimeoutError) and bound == remaining):
-                if kept:
-                    self._in_use -= 1
+                if dropped:
                     self._release_slot()
                 if isinstance(exc, Exception):
-                    self._c_timeouts += 1
-                    raise AcquireTimeout(self._timeout_message()) from None
+                    self.counters.acquire_timeouts += 1
+                    raise self._timed_out() from None
                 raise  # cancelled while pinging: the connection is closed, its slot freed or stopping
-            return False if kept else None
+            return False if dropped else None
         return True
 
     def _ping_failed(self, holder: Holder) -> bool:
-        """Close a connection whose ping failed; True if its slot is kept for the caller.
+        """Close a connection whose ping failed; True if it was dropped, its slot left to the caller.
 
         A ping cut short (timed out, cancelled) may leave the session alive at the server:
         then, as for a cancelled statement, the slot waits until the server has dropped it.
@@ -339,144 +245,60 @@ class Pool:
         if self.settings.cancel_on_server and self.backend.left_running(holder.conn):
             self._stop_in_background(holder, _UNUSABLE)
             return False
-        self._discard(holder, _UNUSABLE, keep_slot=True)
+        holder.dropped(_UNUSABLE)
+        self.backend.abort(holder.conn)
         return True
 
     async def _wait(self, loop: asyncio.AbstractEventLoop, deadline: float) -> Holder | _Slot:
-        """Queue first-in first-out until a release hands over a connection or a slot, or the deadline.
-
-        :raises PoolOverloaded: at once, when ``MAX_WAITING`` tasks already wait.
-        """
+        """Queue behind the other waiters; refused at once beyond ``MAX_WAITING``."""
         max_waiting = self.settings.max_waiting
-        if max_waiting is not None and self._waiting >= max_waiting:
-            self._c_overloaded += 1
+        if max_waiting is not None and self._waiters.live >= max_waiting:
+            self.counters.overloaded += 1
             raise PoolOverloaded(
-                f"aconn alias {self.alias!r}: {self._waiting} task(s) already wait for a connection "
+                f"aconn alias {self.alias!r}: {self._waiters.live} task(s) already wait for a connection "
                 f"(MAX_WAITING={max_waiting}, MAX_CONNS={self.settings.max_conns}, {self._in_use} in use): "
                 "refused at once instead of waiting ACQUIRE_TIMEOUT; shed load or raise the limits"
             )
-        waiter: asyncio.Future[Holder | _Slot] = loop.create_future()
-        self._waiters.append((deadline, waiter))
-        self._waiting += 1
-        if self._expiry is None:
-            self._expiry = loop.call_at(deadline, self._expire)
-        started = loop.time()
-        try:
-            return await waiter
-        except AcquireTimeout:
-            self._c_timeouts += 1
-            raise
-        except BaseException:
-            # A grant that arrived as we were cancelled is passed on, never lost.
-            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-                self._return_grant(waiter.result())
-            else:
-                waiter.cancel()
-            raise
-        finally:
-            self._waiting -= 1
-            if self._waiting == 0:
-                self._waiters.clear()  # only dead futures can be left: drop them
-            waited = loop.time() - started
-            self._c_waits += 1
-            self._c_wait_total += waited
-            if waited > self._c_wait_max:
-                self._c_wait_max = waited
+        return await self._waiters.wait(loop, deadline)
 
-    def _expire(self) -> None:
-        """The timer of the oldest waiter: time out every waiter past its deadline, re-arm for the next."""
-        self._expiry = None
-        waiters = self._waiters
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        while waiters:
-            deadline, waiter = waiters[0]
-            if not waiter.done():
-                if deadline > now:
-                    self._expiry = loop.call_at(deadline, self._expire)
-                    return
-                waiter.set_exception(AcquireTimeout(self._timeout_message()))
-            waiters.popleft()
-
-    def _return_grant(self, granted: Holder | _Slot) -> None:
+    def _regrant(self, granted: Holder | _Slot) -> None:
+        """A grant reached a waiter as it was cancelled: pass it on."""
         if granted is SLOT:
             self._opening -= 1
             self._release_slot()
         else:
             assert isinstance(granted, Holder)
-            self._in_use -= 1
             self._put_back(granted)
 
-    def _timeout_message(self) -> str:
+    def _timed_out(self) -> AcquireTimeout:
         holders = sorted({h.task.get_name() if h.task else "?" for h in self._holders if h.state is _IN_USE})
         shown = ", ".join(holders[:10]) + (f" and {len(holders) - 10} more" if len(holders) > 10 else "")
-        return (
+        return AcquireTimeout(
             f"aconn alias {self.alias!r}: no connection within ACQUIRE_TIMEOUT="
             f"{self.settings.acquire_timeout:g}s (MAX_CONNS={self.settings.max_conns}, "
-            f"{self._in_use} in use, {self._opening} opening, {self._waiting} waiting; "
+            f"{self._in_use} in use, {self._opening} opening, {self._waiters.live} waiting; "
             f"held by tasks: {shown or 'none'})"
         )
 
     async def _open(self, deadline: float) -> Holder:
         """Open a connection in a slot already counted in ``size`` and ``opening``."""
-        loop = asyncio.get_running_loop()
-        settings = self.settings
-        backoff = 0.05
-        refused = 0
         try:
-            while True:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    self._c_timeouts += 1
-                    raise AcquireTimeout(self._timeout_message())
-                bound = min(remaining, settings.connect_timeout)
-                try:
-                    async with asyncio.timeout(bound):
-                        conn, limits = await self.backend.connect()
-                    break
-                except TimeoutError:
-                    self._c_connect_errors += 1
-                    self._c_timeouts += 1
-                    raise AcquireTimeout(
-                        f"aconn alias {self.alias!r}: connecting to {settings.target} took longer "
-                        f"than {bound:g}s (CONNECT_TIMEOUT={settings.connect_timeout:g}s, "
-                        f"ACQUIRE_TIMEOUT={settings.acquire_timeout:g}s)"
-                    ) from None
-                except Exception as exc:
-                    self._c_connect_errors += 1
-                    if self.backend.classify(exc, connecting=True) is not ErrorKind.RETRYABLE:
-                        # the driver's own error, still catchable as such, now saying where it happened
-                        exc.add_note(f"aconn alias {self.alias!r}: connecting to {settings.target}")
-                        raise
-                    refused += 1
-                    remaining = deadline - loop.time()
-                    if remaining <= backoff:
-                        raise AcquireTimeout(self._budget_message(exc, refused)) from exc
-                    if not self._refusing:  # once per outage, not once per waiter
-                        self._refusing = True
-                        logger.warning(
-                            "aconn alias %r: the server refused or dropped a new connection (%s); "
-                            "retrying with backoff within ACQUIRE_TIMEOUT",
-                            self.alias,
-                            exc,
-                        )
-                    await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
-                    backoff = min(backoff * 2, MAX_BACKOFF)
+            conn, limits = await self._connector.connect(deadline, self._timed_out)
         except BaseException:
             self._opening -= 1
             self._release_slot()
             raise
-        self._opening -= 1
-        self._refusing = False
         if self.closed:
+            self._opening -= 1
             self.backend.abort(conn)
             self._release_slot()
             raise ClosedError(f"aconn alias {self.alias!r} is closed")
-        self._c_opened += 1
-        self.limits = limits
+        self.counters.opened += 1
+        if not self._rules_checked:
+            self._warn_rules_once(limits)
         holder = Holder(self, conn, self.backend.liveness(conn), monotonic(), *self._deadlines(limits))
         self._holders.add(holder)
-        self._in_use += 1
+        holder.opened()
         return holder
 
     def _deadlines(self, limits: ServerLimits) -> tuple[float, float]:
@@ -490,22 +312,14 @@ class Pool:
             idle_limit = settings.idle_timeout
         else:
             idle_limit = idle_limit_from_server(limits.idle_timeout) or math.inf
-        if not self._warned:
-            self._warned = True  # once per alias, not per connection
-            for verdict in evaluate(settings, limits):
-                if not verdict.ok:
-                    logger.warning("aconn alias %r: %s; %s", self.alias, verdict.message, verdict.fix)
         return close_at, idle_limit
 
-    def _budget_message(self, exc: BaseException, attempts: int) -> str:
-        limit = self.limits.max_connections if self.limits else None
-        server = f"the server's max_connections={limit}" if limit else "the server's max_connections"
-        return (
-            f"aconn alias {self.alias!r}: the server refused {attempts} new connection(s) until "
-            f"ACQUIRE_TIMEOUT={self.settings.acquire_timeout:g}s ran out ({exc}). Every process "
-            f"may open MAX_CONNS={self.settings.max_conns}: processes x MAX_CONNS (plus other "
-            f"clients) must stay below {server}; lower MAX_CONNS or raise the server's limit"
-        )
+    def _warn_rules_once(self, limits: ServerLimits) -> None:
+        """The settings checked against the server once per alias (not per connection): a WARNING per rule failed."""
+        self._rules_checked = True
+        for verdict in evaluate(self.settings, limits):
+            if not verdict.ok:
+                logger.warning("aconn alias %r: %s; %s", self.alias, verdict.message, verdict.fix)
 
     def _taken(self, holder: Holder, task: asyncio.Task[Any] | None) -> Holder:
         holder.task = task
@@ -519,23 +333,15 @@ class Pool:
         """Make a connection taken with :meth:`acquire` the one every scope shares (a test's
         transaction): scopes exiting leave it in place, until :meth:`unpin`. It counts as in use.
         """
-        if holder.state is not _IN_USE:
-            raise AconnError(f"aconn alias {self.alias!r}: internal error, pinned a {holder.state.value} connection")
-        if holder.leak_timer is not None:  # held for a whole test on purpose
-            holder.leak_timer.cancel()
-            holder.leak_timer = None
-        holder.task = None
-        holder.state = _PINNED
+        holder.pinned()
 
     def unpin(self, holder: Holder) -> None:
         """A pinned connection is in use again by one owner, to be given back with :meth:`release`."""
-        if holder.state is not _PINNED:
-            raise AconnError(f"aconn alias {self.alias!r}: internal error, unpinned a {holder.state.value} connection")
-        holder.state = _IN_USE
+        holder.unpinned()
 
     def _leaked(self, holder: Holder) -> None:
         holder.leak_timer = None
-        self._c_leaks += 1
+        self.counters.leaks_detected += 1
         task = holder.task.get_name() if holder.task is not None else "?"
         logger.warning(
             "aconn alias %r: a connection has been held by task %r for more than "
@@ -548,7 +354,7 @@ class Pool:
 
     # -- release --------------------------------------------------------------------------
 
-    def release(self, holder: Holder, exc: BaseException | None) -> Any:
+    def release(self, holder: Holder, exc: BaseException | None) -> Coroutine[Any, Any, None] | None:
         """Give a connection back at scope exit.
 
         Returns None when done (the common case: no I/O at all), else a
@@ -565,11 +371,11 @@ class Pool:
         now = monotonic()
         if exc is None and now < holder.close_at and not self.closed and self.backend.reusable(holder.conn):
             holder.last_used = now
-            self._in_use -= 1
             if self._waiters:
                 self._put_back(holder)
-            else:  # _put_back's last two lines: the call costs ~3% of a scope
+            else:  # Holder.idled() and _put_back's last line, inlined: the calls cost ~3% of a scope
                 holder.state = _IDLE
+                self._in_use -= 1
                 self._idle.append(holder)
             return None
         return self._release_slow(holder, exc)
@@ -597,7 +403,7 @@ class Pool:
             try:
                 async with asyncio.timeout(CLEANUP_TIMEOUT):
                     await backend.rollback(conn)
-                self._c_rollbacks += 1
+                self.counters.rollbacks += 1
             except Exception as rollback_exc:
                 logger.info("aconn alias %r: rollback at release failed: %r", self.alias, rollback_exc)
                 reason = _ERROR
@@ -609,52 +415,33 @@ class Pool:
                 reason = _MAX_AGE
         if reason is None:
             holder.last_used = now
-            self._in_use -= 1
             self._put_back(holder)
         else:
             await self._close_in_use(holder, reason)
 
     def _put_back(self, holder: Holder) -> None:
-        """A reusable connection: to the oldest live waiter, else on top of the idle stack."""
-        waiters = self._waiters
-        while waiters:
-            _, waiter = waiters.popleft()
-            if not waiter.done():
-                holder.state = _IN_USE
-                self._in_use += 1
-                waiter.set_result(holder)
-                return
-        holder.state = _IDLE
-        self._idle.append(holder)
+        """A reusable connection in use: to the oldest live waiter (still in use), else on top of the idle stack."""
+        if not self._waiters.hand_over(holder):
+            holder.idled()
+            self._idle.append(holder)
 
     def _release_slot(self) -> None:
-        """A connection is gone: give its slot to the oldest live waiter, else free it."""
-        waiters = self._waiters
-        while waiters:
-            _, waiter = waiters.popleft()
-            if not waiter.done():
-                self._opening += 1
-                waiter.set_result(SLOT)
-                return
-        self._size -= 1
+        """A slot no connection holds any more: to the oldest live waiter (to open in), else freed."""
+        if self._waiters.hand_over(SLOT):
+            self._opening += 1
+        else:
+            self._size -= 1
 
     # -- close ----------------------------------------------------------------------------
 
-    def _discard(self, holder: Holder, reason: CloseReason, *, keep_slot: bool = False) -> None:
-        """Close a connection that is not in use (idle, or just failed a check).
-
-        Dead ones are closed at once, others in the background. With ``keep_slot``
-        the connection is aborted at once and its slot stays counted in ``size``
-        for the caller, who opens a new connection in it or releases it.
-        """
-        self._count_closed(holder, reason)
-        holder.state = _CLOSING
-        if keep_slot or self.backend.is_dead(holder.conn, peek=False):
+    def _discard(self, holder: Holder, reason: CloseReason) -> None:
+        """Close an idle connection (expired, or failed a check): a dead one at once, others in the background."""
+        if self.backend.is_dead(holder.conn, peek=False):
+            holder.dropped(reason)
             self.backend.abort(holder.conn)
-            if not keep_slot:
-                self._release_slot()
+            self._release_slot()
             return
-        self._closing += 1
+        holder.closing(reason)
         self._in_background(self._finish_close(holder))
 
     def _in_background(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -672,20 +459,13 @@ class Pool:
             # background: the cancelled caller goes on at once.
             self._stop_in_background(holder, reason)
             return
-        self._start_closing(holder, reason)
+        holder.closing(reason)
         await self._finish_close(holder)
-
-    def _start_closing(self, holder: Holder, reason: CloseReason) -> None:
-        """An in-use connection's slot moves from in use to closing; the close is counted."""
-        self._in_use -= 1
-        self._closing += 1
-        holder.state = _CLOSING
-        self._count_closed(holder, reason)
 
     def _stop_in_background(self, holder: Holder, reason: CloseReason) -> None:
         """An in-use connection whose session may live on: abort it, stop the session at the
         server in the background, and free the slot only then."""
-        self._start_closing(holder, reason)
+        holder.closing(reason)
         self.backend.abort(holder.conn)
         self._in_background(self._stop_on_server(holder))
 
@@ -694,16 +474,16 @@ class Pool:
         statement, a lost network path, a ping cut short); then free its slot. Bounded."""
         # an idle connection of the pool sends the KILL if there is one (no extra session on
         # the server); else the backend opens its side session, outside the cap
-        via = self._pop_idle() if not self._waiting and not self.closed else None
+        via = self._pop_idle() if not self._waiters and not self.closed else None
         via_exc: BaseException | None = None
         try:
             async with asyncio.timeout(CLEANUP_TIMEOUT):
                 await self.backend.cancel_on_server(holder.conn, via.conn if via else None)
-            self._c_server_cancels += 1
+            self.counters.server_cancels += 1
             self._stops_failing = False
         except Exception as exc:
             via_exc = exc
-            self._c_server_cancels_failed += 1
+            self.counters.server_cancels_failed += 1
             # WARNING once until a stop succeeds again (a server restarting fails them all)
             logger.log(
                 logging.INFO if self._stops_failing else logging.WARNING,
@@ -715,8 +495,7 @@ class Pool:
             )
             self._stops_failing = True
         finally:
-            self._closing -= 1
-            self._release_slot()
+            holder.closed()
             if via is not None:
                 slow = self.release(via, via_exc)
                 if slow is not None:
@@ -731,13 +510,12 @@ class Pool:
             self.backend.abort(holder.conn)
             raise
         finally:
-            self._closing -= 1
-            self._release_slot()
+            holder.closed()
 
     def _count_closed(self, holder: Holder, reason: CloseReason) -> None:
-        """Every close goes through here once: count it, log it, forget the holder."""
+        """Every close is counted here once (by the holder's transition): count, log, forget the holder."""
         self._holders.discard(holder)
-        self._c_closed[reason] += 1
+        self.counters.closed[reason] += 1
         if reason is not _SHUTDOWN:
             # CONN_MAX_AGE=0 closes at every scope exit by design: not worth an INFO line each
             level = logging.DEBUG if reason is _MAX_AGE and self.settings.conn_max_age == 0 else logging.INFO
@@ -770,18 +548,11 @@ class Pool:
     async def close(self) -> None:
         """Close the idle connections and refuse new acquires; busy ones close at release."""
         self.closed = True
-        if self._expiry is not None:
-            self._expiry.cancel()
-            self._expiry = None
-        for _, waiter in self._waiters:
-            if not waiter.done():
-                waiter.set_exception(ClosedError(f"aconn alias {self.alias!r} is closed"))
+        self._waiters.fail_all(ClosedError(f"aconn alias {self.alias!r} is closed"))
         idle, self._idle = self._idle, []
         closes = []
         for holder in idle:
-            self._closing += 1
-            holder.state = _CLOSING
-            self._count_closed(holder, _SHUTDOWN)
+            holder.closing(_SHUTDOWN)
             closes.append(self._finish_close(holder))
         await asyncio.gather(*closes, *self._background, return_exceptions=True)
 
@@ -793,16 +564,15 @@ class Pool:
 
     def quiet(self) -> bool:
         """Nothing in use, being opened or closed, no waiter, no background work."""
-        return not (self._in_use or self._opening or self._closing or self._waiting or self._background)
+        return not (self._in_use or self._opening or self._closing or self._waiters.live or self._background)
 
     def forget_idle(self) -> None:
         """Drop the idle connections of an event loop this pool leaves: sockets closed, no I/O."""
         idle, self._idle = self._idle, []
         for holder in idle:
-            holder.state = _CLOSING
-            self._count_closed(holder, _SHUTDOWN)
+            holder.dropped(_SHUTDOWN)
             self.backend.forget(holder.conn)
-            self._size -= 1
+            self._size -= 1  # no waiter can be left in a loop that has ended
         self.backend.forget_own()
 
     async def fill(self) -> None:
@@ -812,9 +582,7 @@ class Pool:
         self._size += 1
         self._opening += 1
         loop = asyncio.get_running_loop()
-        holder = await self._open(loop.time() + self.settings.connect_timeout)
-        self._in_use -= 1
-        self._put_back(holder)
+        self._put_back(await self._open(loop.time() + self.settings.connect_timeout))
 
     async def close_old(self) -> None:
         """Sweep the idle set now and wait for the closes it started."""
@@ -831,32 +599,7 @@ class Pool:
     # -- observability --------------------------------------------------------------------
 
     def stats(self) -> PoolStats:
-        closed = self._c_closed
-        return PoolStats(
-            alias=self.alias,
-            max_conns=self.settings.max_conns,
-            open=self._size,
-            idle=len(self._idle),
-            in_use=self._in_use,
-            opening=self._opening,
-            closing=self._closing,
-            waiting=self._waiting,
-            opened=self._c_opened,
-            closed_max_age=closed[_MAX_AGE],
-            closed_idle=closed[_IDLE_LIMIT],
-            closed_unusable=closed[_UNUSABLE],
-            closed_error=closed[_ERROR],
-            closed_shutdown=closed[_SHUTDOWN],
-            health_checks=self._c_pings,
-            health_checks_failed=self._c_pings_failed,
-            rollbacks=self._c_rollbacks,
-            acquire_waits=self._c_waits,
-            acquire_wait_total_s=self._c_wait_total,
-            acquire_wait_max_s=self._c_wait_max,
-            acquire_timeouts=self._c_timeouts,
-            connect_errors=self._c_connect_errors,
-            leaks_detected=self._c_leaks,
-            server_cancels=self._c_server_cancels,
-            server_cancels_failed=self._c_server_cancels_failed,
-            overloaded=self._c_overloaded,
-        )
+        return self.counters.snapshot(
+            alias=self.alias, max_conns=self.settings.max_conns, open=self._size, idle=len(self._idle),
+            in_use=self._in_use, opening=self._opening, closing=self._closing, waiting=self._waiters.live,
+        )  # fmt: skip

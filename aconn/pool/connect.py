@@ -1,0 +1,106 @@
+"""Opening connections for one alias: bounded in time, a refusal retried with backoff."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from typing import Any, Final
+
+from ..backends.base import Backend, ErrorKind, ServerLimits
+from ..errors import AcquireTimeout
+from ..settings import Settings
+from .counters import Counters
+
+__all__ = ("MAX_BACKOFF", "Connector")
+
+logger = logging.getLogger("aconn")
+
+#: ceiling of the backoff between retries of a refused connect
+MAX_BACKOFF: Final = 1.0
+#: the first backoff; doubled at each refusal, jittered down by up to half
+FIRST_BACKOFF: Final = 0.05
+
+
+class Connector:
+    """Connects for one alias within a deadline.
+
+    Each attempt is bounded by ``CONNECT_TIMEOUT`` and what is left of the
+    caller's deadline. A refusal the server may lift (too many connections, a
+    server restarting) is retried with jittered exponential backoff until the
+    deadline, with one WARNING per outage; any other error is the driver's own,
+    with a note naming the alias and ``host:port``.
+    """
+
+    def __init__(self, settings: Settings, backend: Backend, counters: Counters) -> None:
+        self.settings = settings
+        self.alias = settings.alias
+        self.backend = backend
+        self.counters = counters
+        #: what the last successful connect learned of the server
+        self.limits: ServerLimits | None = None
+        self._refusing = False
+
+    async def connect(self, deadline: float, timed_out: Callable[[], AcquireTimeout]) -> tuple[Any, ServerLimits]:
+        """A new driver connection and the server's limits.
+
+        :raises AcquireTimeout: at the deadline, or when one attempt outlives ``CONNECT_TIMEOUT``.
+        :raises Exception: the driver's error, for a refusal that retrying will not lift.
+        """
+        loop = asyncio.get_running_loop()
+        settings = self.settings
+        counters = self.counters
+        backoff = FIRST_BACKOFF
+        refused = 0
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                counters.acquire_timeouts += 1
+                raise timed_out()
+            bound = min(remaining, settings.connect_timeout)
+            try:
+                async with asyncio.timeout(bound):
+                    conn, limits = await self.backend.connect()
+            except TimeoutError:
+                counters.connect_errors += 1
+                counters.acquire_timeouts += 1
+                raise AcquireTimeout(
+                    f"aconn alias {self.alias!r}: connecting to {settings.target} took longer "
+                    f"than {bound:g}s (CONNECT_TIMEOUT={settings.connect_timeout:g}s, "
+                    f"ACQUIRE_TIMEOUT={settings.acquire_timeout:g}s)"
+                ) from None
+            except Exception as exc:
+                counters.connect_errors += 1
+                if self.backend.classify(exc, connecting=True) is not ErrorKind.RETRYABLE:
+                    # the driver's own error, still catchable as such, now saying where it happened
+                    exc.add_note(f"aconn alias {self.alias!r}: connecting to {settings.target}")
+                    raise
+                refused += 1
+                remaining = deadline - loop.time()
+                if remaining <= backoff:
+                    raise AcquireTimeout(self._budget_message(exc, refused)) from exc
+                if not self._refusing:  # once per outage, not once per waiter
+                    self._refusing = True
+                    logger.warning(
+                        "aconn alias %r: the server refused or dropped a new connection (%s); "
+                        "retrying with backoff within ACQUIRE_TIMEOUT",
+                        self.alias,
+                        exc,
+                    )
+                await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
+                backoff = min(backoff * 2, MAX_BACKOFF)
+            else:
+                self._refusing = False
+                self.limits = limits
+                return conn, limits
+
+    def _budget_message(self, exc: BaseException, attempts: int) -> str:
+        limit = self.limits.max_connections if self.limits else None
+        server = f"the server's max_connections={limit}" if limit else "the server's max_connections"
+        return (
+            f"aconn alias {self.alias!r}: the server refused {attempts} new connection(s) until "
+            f"ACQUIRE_TIMEOUT={self.settings.acquire_timeout:g}s ran out ({exc}). Every process "
+            f"may open MAX_CONNS={self.settings.max_conns}: processes x MAX_CONNS (plus other "
+            f"clients) must stay below {server}; lower MAX_CONNS or raise the server's limit"
+        )

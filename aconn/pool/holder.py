@@ -1,0 +1,194 @@
+"""One pooled connection (:class:`Holder`) and the transitions of its slot.
+
+Each transition checks the state it leaves, moves the pool's gauges with it,
+and rejects an illegal move with an internal error naming both states: the
+invariant ``size == idle + in_use + opening + closing`` is kept here, not by
+hand-paired mutations spread over the pool. Two transitions are written out
+on the scope path (``Pool.take_idle`` inlines :meth:`Holder.taken`,
+``Pool.release`` inlines :meth:`Holder.idled`); ``tests/test_pool.py`` checks
+that the copies agree with these.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
+
+from ..errors import AconnError
+
+if TYPE_CHECKING:
+    from .pool import Pool
+
+__all__ = ("SLOT", "CloseReason", "Holder", "HolderState")
+
+
+class HolderState(enum.Enum):
+    """Where a pooled connection is in its life."""
+
+    OPENING = "opening"
+    IDLE = "idle"
+    IN_USE = "in use"
+    #: in use by every scope at once, until unpinned: a test's transaction (``aconn.testing``)
+    PINNED = "pinned"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+class CloseReason(enum.Enum):
+    """Why a connection was closed: the keys of ``PoolStats.closed_*`` and of the log lines."""
+
+    MAX_AGE = "max_age"
+    IDLE = "idle"
+    UNUSABLE = "unusable"
+    ERROR = "error"
+    SHUTDOWN = "shutdown"
+
+    @property
+    def message(self) -> str:
+        """What the INFO line says happened."""
+        return _REASON_MESSAGES[self]
+
+
+_REASON_MESSAGES: Final = {
+    CloseReason.MAX_AGE: "reached CONN_MAX_AGE",
+    CloseReason.IDLE: "idle past the idle limit",
+    CloseReason.UNUSABLE: "found dead by a check",
+    CloseReason.ERROR: "saw an error, a cancellation or a timeout",
+    CloseReason.SHUTDOWN: "shutdown",
+}
+
+_OPENING, _IDLE, _IN_USE, _PINNED, _CLOSING, _CLOSED = (
+    HolderState.OPENING, HolderState.IDLE, HolderState.IN_USE, HolderState.PINNED, HolderState.CLOSING,
+    HolderState.CLOSED,
+)  # fmt: skip
+
+
+class _Slot:
+    """Granted to a waiter: the right to open a new connection in a slot freed for it."""
+
+    def __repr__(self) -> str:
+        return "SLOT"
+
+
+SLOT: Final = _Slot()
+
+
+class Holder:
+    """One pooled connection, its state and its timestamps."""
+
+    __slots__ = (
+        "alive",
+        "close_at",
+        "conn",
+        "idle_limit",
+        "last_used",
+        "leak_timer",
+        "opened_at",
+        "pool",
+        "state",
+        "taken_at",
+        "taken_stack",
+        "task",
+    )  # fmt: skip
+
+    def __init__(
+        self, pool: Pool, conn: Any, alive: Callable[[], bool], now: float, close_at: float, idle_limit: float
+    ) -> None:
+        self.pool = pool
+        self.conn = conn
+        self.alive = alive  # the backend's liveness check of this connection, built once
+        self.opened_at = now
+        self.close_at = close_at
+        self.idle_limit = idle_limit
+        self.last_used = now
+        self.state = _OPENING
+        self.task: asyncio.Task[Any] | None = None
+        self.taken_at = now
+        self.taken_stack: list[str] | None = None
+        self.leak_timer: asyncio.TimerHandle | None = None
+
+    def __repr__(self) -> str:
+        return f"<Holder {self.state.value} conn={type(self.conn).__name__}@{id(self.conn):#x}>"
+
+    def _illegal(self, to: HolderState) -> AconnError:
+        return AconnError(
+            f"aconn alias {self.pool.alias!r}: internal error, a connection moved from "
+            f"{self.state.value!r} to {to.value!r}"
+        )
+
+    # -- transitions: each moves the pool's gauges with the state -------------------------
+
+    def opened(self) -> None:
+        """OPENING -> IN_USE: the slot counted as opening is now in use."""
+        if self.state is not _OPENING:
+            raise self._illegal(_IN_USE)
+        pool = self.pool
+        pool._opening -= 1
+        pool._in_use += 1
+        self.state = _IN_USE
+
+    def taken(self) -> None:
+        """IDLE -> IN_USE, popped from the idle stack by the caller (inlined in ``Pool.take_idle``)."""
+        if self.state is not _IDLE:
+            raise self._illegal(_IN_USE)
+        self.pool._in_use += 1
+        self.state = _IN_USE
+
+    def idled(self) -> None:
+        """IN_USE -> IDLE, pushed on the idle stack by the caller (inlined in ``Pool.release``)."""
+        if self.state is not _IN_USE:
+            raise self._illegal(_IDLE)
+        self.pool._in_use -= 1
+        self.state = _IDLE
+
+    def pinned(self) -> None:
+        """IN_USE -> PINNED: shared by every scope (a test's transaction); still counted in use."""
+        if self.state is not _IN_USE:
+            raise self._illegal(_PINNED)
+        if self.leak_timer is not None:  # held for a whole test on purpose
+            self.leak_timer.cancel()
+            self.leak_timer = None
+        self.task = None
+        self.state = _PINNED
+
+    def unpinned(self) -> None:
+        """PINNED -> IN_USE: one owner again, who gives it back with ``Pool.release``."""
+        if self.state is not _PINNED:
+            raise self._illegal(_IN_USE)
+        self.state = _IN_USE
+
+    def closing(self, reason: CloseReason) -> None:
+        """IDLE or IN_USE -> CLOSING: the slot counts as closing until :meth:`closed`. Counts the close."""
+        pool = self.pool
+        if self.state is _IN_USE:
+            pool._in_use -= 1
+        elif self.state is not _IDLE:
+            raise self._illegal(_CLOSING)
+        pool._closing += 1
+        self.state = _CLOSING
+        pool._count_closed(self, reason)
+
+    def closed(self) -> None:
+        """CLOSING -> CLOSED: its slot goes to the oldest waiter, or is freed."""
+        if self.state is not _CLOSING:
+            raise self._illegal(_CLOSED)
+        self.state = _CLOSED
+        pool = self.pool
+        pool._closing -= 1
+        pool._release_slot()
+
+    def dropped(self, reason: CloseReason) -> None:
+        """IDLE or IN_USE -> CLOSED at once, with no I/O. Counts the close.
+
+        Its slot stays counted in ``size`` only: before the next ``await`` the caller opens
+        in it (``opening += 1``) or frees it (``Pool._release_slot``), and aborts or forgets
+        the driver's connection.
+        """
+        if self.state is _IN_USE:
+            self.pool._in_use -= 1
+        elif self.state is not _IDLE:
+            raise self._illegal(_CLOSED)
+        self.state = _CLOSED
+        self.pool._count_closed(self, reason)
