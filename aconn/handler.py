@@ -11,7 +11,6 @@ import warnings
 import weakref
 from asyncio import get_running_loop
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from contextvars import ContextVar
 from time import monotonic
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, overload
@@ -22,7 +21,7 @@ from .errors import AconnError, ClosedError, ConfigError, ScopeError
 from .housekeeping import Housekeeper
 from .iteration import Jobs
 from .pool import Pool
-from .scope import Scope
+from .scope import Scope, ScopeState
 from .settings import Settings, parse_databases
 from .stats import PoolStats
 from .transactions import Atomic, PinnedConnection
@@ -65,8 +64,7 @@ class Connections:
         self._pools: dict[str, Pool] = self._new_pools()
         #: where connection() takes each alias's connection: its pool, or a test's pinned connection
         self._sources: dict[str, Pool | PinnedConnection] = dict(self._pools)
-        self._scope_var: ContextVar[Scope | None] = ContextVar(f"aconn.scope.{id(self):x}")
-        self._active_scopes = 0
+        self._scopes = ScopeState(f"aconn.scope.{id(self):x}", self._enter_loop, self._sweep)
         self._reset()
         _HANDLERS.add(self)
 
@@ -75,12 +73,9 @@ class Connections:
 
     def _reset(self) -> None:
         """The lifecycle state of a handler never opened, bound to no event loop."""
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._scopes.reset()
         self._opened = False
-        self._closing = False
         self._closed = False
-        self._drained: asyncio.Event | None = None
-        self._next_sweep = 0.0
         self._housekeeper: Any = None
         self._watch: AsyncGenerator[None, None] | None = None
         self._watch_token: object = None
@@ -93,8 +88,7 @@ class Connections:
         _INHERITED.append(self._pools)
         self._pools = self._new_pools()
         self._sources = dict(self._pools)
-        self._scope_var = ContextVar(f"aconn.scope.{id(self):x}")
-        self._active_scopes = 0
+        self._scopes = ScopeState(f"aconn.scope.{id(self):x}", self._enter_loop, self._sweep)
         self._reset()
 
     def __repr__(self) -> str:
@@ -123,7 +117,7 @@ class Connections:
         :raises AconnError: while the handler is open in another event loop.
         :raises Exception: the driver's error if an alias cannot connect.
         """
-        if self._closing and not self._closed:
+        if self._scopes.closing and not self._closed:
             raise ClosedError("this aconn handler is being closed; open it again once aclose() has returned")
         if self._closed:
             self._new_life()
@@ -178,30 +172,30 @@ class Connections:
 
         Idempotent. Scopes still running after the wait close their connections when they exit.
         """
-        if self._closing:
+        if self._scopes.closing:
             return
         loop = asyncio.get_running_loop()
-        if self._loop is not None and self._loop is not loop:
+        if self._scopes.loop is not None and self._scopes.loop is not loop:
             raise AconnError(
                 "aclose() was called in another event loop than the one this aconn handler was "
                 "opened in (a different asyncio.run() or thread): its connections belong to that "
                 "loop. Close the handler inside that loop, before it ends (`async with connections:` "
                 "or the lifespan does)"
             )
-        self._closing = True
+        self._scopes.closing = True
         try:
-            own = 1 if self._scope_var.get(None) is not None else 0
-            if self._active_scopes > own:
-                self._drained = asyncio.Event()
+            own = 1 if self._scopes.var.get(None) is not None else 0
+            if self._scopes.active > own:
+                self._scopes.drained = asyncio.Event()
                 try:
                     async with asyncio.timeout(timeout):
-                        while self._active_scopes > own:
-                            await self._drained.wait()
-                            self._drained.clear()
+                        while self._scopes.active > own:
+                            await self._scopes.drained.wait()
+                            self._scopes.drained.clear()
                 except TimeoutError:
                     logger.warning(
                         "aconn: %d scope(s) still running after %gs; their connections close when they exit",
-                        self._active_scopes - own,
+                        self._scopes.active - own,
                         timeout,
                     )
             if self._housekeeper is not None:
@@ -234,12 +228,12 @@ class Connections:
 
     def _bind_loop(self) -> asyncio.AbstractEventLoop:
         loop = asyncio.get_running_loop()
-        if self._loop is None:
-            self._loop = loop
+        if self._scopes.loop is None:
+            self._scopes.loop = loop
             self._watch_loop_end()
-        elif self._loop is not loop:
-            old = self._loop
-            if old.is_running() or (self._opened and not old.is_closed()) or self._active_scopes:
+        elif self._scopes.loop is not loop:
+            old = self._scopes.loop
+            if old.is_running() or (self._opened and not old.is_closed()) or self._scopes.active:
                 raise AconnError(
                     "this aconn handler is in use in another event loop (a different asyncio.run() "
                     "or thread); connections cannot cross event loops. Close it in that loop "
@@ -264,7 +258,7 @@ class Connections:
             # the old loop; their sockets are closed with no I/O.
             for pool in self._pools.values():
                 pool.forget_idle()
-            self._loop = loop
+            self._scopes.loop = loop
             self._watch_loop_end()
         return loop
 
@@ -289,7 +283,7 @@ class Connections:
         finally:
             # only the latest watch speaks: one replaced (the handler bound again) is finalised
             # by the garbage collector at any time, the loop still running
-            if self._watch_token is token and self._loop is loop and not self._closing:
+            if self._watch_token is token and self._scopes.loop is loop and not self._scopes.closing:
                 await self._loop_ended()
 
     async def _loop_ended(self) -> None:
@@ -317,19 +311,19 @@ class Connections:
 
         :raises ClosedError: on entry, if the handler is closed.
         """
-        return Scope(self)
+        return Scope(self._scopes)
 
     def _enter_loop(self) -> asyncio.AbstractEventLoop:
         """What entering a scope checks first (written out in ``Scope.__aenter__``, the scope path):
         the handler not closed (or revived in a new loop), bound to the running loop.
         """
-        if self._closing and not self._revive():
+        if self._scopes.closing and not self._revive():
             raise ClosedError(
                 "this aconn handler is closed: no new scope can start in this event loop "
                 "(open it again with `await connections.open()`)"
             )
         loop = get_running_loop()
-        if loop is not self._loop:
+        if loop is not self._scopes.loop:
             self._bind_loop()  # raises if the handler belongs to another loop
         return loop
 
@@ -361,7 +355,7 @@ class Connections:
 
     def _sweep(self) -> None:
         """Close expired idle connections: run on scope entry, at most every ``SWEEP_INTERVAL``."""
-        self._next_sweep = monotonic() + SWEEP_INTERVAL
+        self._scopes.next_sweep = monotonic() + SWEEP_INTERVAL
         for pool in self._pools.values():
             pool.sweep()
 
@@ -384,7 +378,7 @@ class Connections:
         :raises AcquireTimeout: when no connection can be had within ``ACQUIRE_TIMEOUT``.
         :raises ClosedError: when the handler is closed.
         """
-        scope = self._scope_var.get(None)
+        scope = self._scopes.var.get(None)
         if scope is None:
             raise ScopeError(
                 f"connections.connection({alias!r}) was called outside a scope: wrap the unit "
@@ -392,8 +386,8 @@ class Connections:
                 "@connections.scoped, or add aconn.asgi.ConnectionsMiddleware to the app)"
             )
         task = task_of(get_running_loop())
-        if scope._task is not task:
-            owner = scope._task.get_name() if scope._task is not None else "?"
+        if scope.task is not task:
+            owner = scope.task.get_name() if scope.task is not None else "?"
             name = task.get_name() if task is not None else "?"
             raise ScopeError(
                 f"task {name!r} asked for a connection ({alias!r}) in a scope entered by task "
@@ -403,7 +397,7 @@ class Connections:
                 "parent (a pytest fixture, a startup hook), enter the scope in the task that uses "
                 "the connection instead"
             )
-        held = scope._held
+        held = scope.held
         holder = held.get(alias)
         if holder is None:
             source = self._sources.get(alias) or self._pool(alias)
@@ -424,7 +418,7 @@ class Connections:
 
         @functools.wraps(func)
         async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-            async with Scope(self):
+            async with Scope(self._scopes):
                 return await func(*args, **kwargs)
 
         return wrapper
@@ -436,14 +430,14 @@ class Connections:
         see :class:`aconn.iteration.Jobs`. Use it outside any scope: inside one
         (in the same task) every job would join that scope.
         """
-        return Jobs(self, source)
+        return Jobs(self.scope, source)
 
     async def close_old(self) -> None:
         """Django's ``close_old_connections()``: apply the boundary checks to idle connections now.
 
         For code that cannot use scopes; with scopes it is never needed.
         """
-        if self._loop is None:
+        if self._scopes.loop is None:
             return
         self._bind_loop()
         for pool in self._pools.values():

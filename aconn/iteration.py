@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from types import TracebackType
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from .scope import Scope
-
-if TYPE_CHECKING:
-    from .handler import Connections
 
 __all__ = ("Jobs",)
 
@@ -37,8 +34,8 @@ class Jobs(Generic[T]):
     an open transaction rolled back, a connection cut mid-query closed.
     """
 
-    def __init__(self, connections: Connections, source: AsyncIterable[T] | Iterable[T]) -> None:
-        self._connections = connections
+    def __init__(self, new_scope: Callable[[], Scope], source: AsyncIterable[T] | Iterable[T]) -> None:
+        self._new_scope = new_scope
         self._source = source
         self._iterator: AsyncIterator[T] | None = None
         self._scope: Scope | None = None
@@ -77,7 +74,7 @@ class Jobs(Generic[T]):
         except StopAsyncIteration:
             self._done = True
             raise
-        scope = self._connections.scope()
+        scope = self._new_scope()
         await scope.__aenter__()
         self._scope = scope
         return item

@@ -1,50 +1,86 @@
 """Scopes: one unit of work (a request, a job) and the connections it took.
 
-A ``ContextVar`` of the handler holds the current :class:`Scope`. A scope
-belongs to the task that entered it: child tasks inherit the variable, but a
-connection is only handed to the owning task (see ``docs/concurrency.md``).
+A :class:`ScopeState`, owned by the handler and shared by every scope it
+builds, holds what scopes need of the handler (the context variable, the
+count of active scopes, the drain event, the sweep gate, the loop binding):
+a scope reads and writes that object, never the handler. The handler drives
+the scope the other way: ``connection()`` reads ``scope.task`` and
+``scope.held``.
+
+A scope belongs to the task that entered it: child tasks inherit the
+variable, but a connection is only handed to the owning task (see
+``docs/concurrency.md``).
 """
 
 from __future__ import annotations
 
 import asyncio
 from asyncio import get_running_loop
+from collections.abc import Callable
+from contextvars import ContextVar, Token
 from time import monotonic
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ._asyncio import run_shielded, task_of
-from .errors import ClosedError
 from .pool import Holder
 
-if TYPE_CHECKING:
-    from .handler import Connections
+__all__ = ("Scope", "ScopeState")
 
-__all__ = ("Scope",)
+
+class ScopeState:
+    """What the scopes of one handler share with it.
+
+    :param name: of the context variable.
+    :param prepare: the handler's check when a scope enters while it is closing or bound to
+        another loop: raises ``ClosedError``, or revives it in a new loop, or binds it to this one.
+    :param sweep: closes expired idle connections and sets :attr:`next_sweep`.
+    """
+
+    __slots__ = ("active", "closing", "drained", "loop", "next_sweep", "prepare", "sweep", "var")
+
+    def __init__(self, name: str, prepare: Callable[[], asyncio.AbstractEventLoop], sweep: Callable[[], None]) -> None:
+        #: the current scope of the running context
+        self.var: ContextVar[Scope | None] = ContextVar(name)
+        #: scopes entered and not yet exited (nested ones joining another are not counted)
+        self.active = 0
+        self.prepare = prepare
+        self.sweep = sweep
+        self.reset()
+
+    def reset(self) -> None:
+        """As for a handler never opened: bound to no loop, not closing."""
+        #: the event loop the handler is bound to
+        self.loop: asyncio.AbstractEventLoop | None = None
+        #: the handler is closing or closed: entering a scope goes through :attr:`prepare`
+        self.closing = False
+        #: set by each exiting scope while ``aclose()`` waits for them
+        self.drained: asyncio.Event | None = None
+        #: monotonic time of the next sweep of idle connections at scope entry
+        self.next_sweep = 0.0
 
 
 class Scope:
-    """One unit of work. Built by ``connections.scope()``; use it with ``async with``."""
+    """One unit of work. Built by ``connections.scope()``; use it with ``async with``.
+
+    ``task`` is the task that owns it and its connections (None until entered);
+    ``held`` maps each alias it took a connection of to its pool slot.
+    """
 
     # "_atomic" is set only when an atomic() block opens in the scope: the scope path never pays for it
-    __slots__ = ("_atomic", "_handler", "_held", "_task", "_token")
+    __slots__ = ("_atomic", "_state", "_token", "held", "task")
 
     _atomic: dict[str, list[Any]]
 
-    def __init__(self, handler: Connections) -> None:
-        self._handler = handler
-        self._held: dict[str, Holder] = {}
-        self._task: asyncio.Task[Any] | None = None
-        self._token: Any = None
-
-    @property
-    def task(self) -> asyncio.Task[Any] | None:
-        """The task that owns this scope and its connections."""
-        return self._task
+    def __init__(self, state: ScopeState) -> None:
+        self._state = state
+        self.held: dict[str, Holder] = {}
+        self.task: asyncio.Task[Any] | None = None
+        self._token: Token[Scope | None] | None = None
 
     def _holder(self, alias: str) -> Holder:
         """The slot of the connection this scope holds for ``alias`` (taken by ``connection()``)."""
-        return self._held[alias]
+        return self.held[alias]
 
     def _blocks(self, alias: str) -> list[Any]:
         """The ``atomic()`` blocks open in this scope on ``alias``, innermost last."""
@@ -55,25 +91,20 @@ class Scope:
         return stacks.setdefault(alias, [])
 
     async def __aenter__(self) -> Scope:
-        handler = self._handler
-        if handler._closing and not handler._revive():
-            raise ClosedError(
-                "this aconn handler is closed: no new scope can start in this event loop "
-                "(open it again with `await connections.open()`)"
-            )
+        state = self._state
         loop = get_running_loop()
-        if loop is not handler._loop:
-            handler._bind_loop()  # raises if the handler belongs to another loop
-        var = handler._scope_var
+        if state.closing or loop is not state.loop:
+            state.prepare()  # ClosedError; or revived, or bound to this loop (raises if in use in another)
+        var = state.var
         current = var.get(None)
         task = task_of(loop)
-        if current is not None and current._task is task:
+        if current is not None and current.task is task:
             return current  # nested in the same task: the outer scope does the work (no token set)
-        self._task = task
+        self.task = task
         self._token = var.set(self)
-        handler._active_scopes += 1
-        if monotonic() >= handler._next_sweep:
-            handler._sweep()
+        state.active += 1
+        if monotonic() >= state.next_sweep:
+            state.sweep()
         return self
 
     async def __aexit__(
@@ -82,15 +113,16 @@ class Scope:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._token is None:
+        token = self._token
+        if token is None:
             return  # a nested scope: the outer one gives the connections back
-        handler = self._handler
-        held = self._held
+        state = self._state
+        held = self.held
         try:
             try:
-                handler._scope_var.reset(self._token)
+                state.var.reset(token)
             except ValueError:  # exited in another context than it was entered in: release all the same
-                handler._scope_var.set(None)
+                state.var.set(None)
             if held:
                 # every alias is given back, even if the task is cancelled (or a release
                 # fails) on the way: the first such exception is re-raised after the last
@@ -106,6 +138,6 @@ class Scope:
                 if failure is not None:
                     raise failure
         finally:
-            handler._active_scopes -= 1
-            if handler._drained is not None:
-                handler._drained.set()
+            state.active -= 1
+            if state.drained is not None:
+                state.drained.set()

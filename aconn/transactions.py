@@ -16,15 +16,13 @@ import itertools
 import logging
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import Any, Generic, ParamSpec, Protocol, TypeVar
 
 from ._asyncio import run_shielded, task_of
 from .errors import TransactionError
 from .pool import CLEANUP_TIMEOUT, Holder, HolderState, Pool
 from .scope import Scope
-
-if TYPE_CHECKING:
-    from .handler import Connections
+from .settings import Settings
 
 __all__ = ("Atomic", "PinnedConnection", "TestTransaction")
 
@@ -42,6 +40,28 @@ _HAND_ENDED = (
     "was committed or rolled back inside the block (a COMMIT or ROLLBACK sent by hand, or on "
     "MySQL/MariaDB a statement that commits implicitly: CREATE/ALTER/DROP TABLE, LOCK TABLES, BEGIN...)"
 )
+
+
+class Handler(Protocol):
+    """What this module uses of :class:`aconn.Connections` (which imports this module)."""
+
+    @property
+    def aliases(self) -> tuple[str, ...]: ...
+
+    def settings(self, alias: str = "default") -> Settings: ...
+
+    def scope(self) -> Scope: ...
+
+    async def connection(self, alias: str = "default") -> Any: ...
+
+    def _enter_loop(self) -> asyncio.AbstractEventLoop: ...
+
+    def _pool(self, alias: str) -> Pool: ...
+
+    def _route(self, alias: str, source: PinnedConnection | None) -> None: ...
+
+
+H = TypeVar("H", bound=Handler)
 
 
 class _Block:
@@ -73,7 +93,7 @@ class Atomic:
     open. Also a decorator: each call of the function runs in a block.
     """
 
-    def __init__(self, handler: Connections, alias: str) -> None:
+    def __init__(self, handler: Handler, alias: str) -> None:
         self._handler = handler
         self._alias = alias
         self._blocks: list[_Block] = []  # one object entered again while in use (recursion)
@@ -95,7 +115,7 @@ class Atomic:
                 f"aconn alias {alias!r}: atomic() needs AUTOCOMMIT True (the default); with it off, "
                 "each scope is one transaction already, ended by COMMIT by hand or rolled back at exit"
             )
-        scope = Scope(handler)
+        scope = handler.scope()
         current = await scope.__aenter__()
         try:
             conn = await handler.connection(alias)
@@ -248,7 +268,7 @@ async def _begin_test(holder: Holder) -> None:
     await backend.execute(holder.conn, f"SAVEPOINT {TEST_SAVEPOINT}")
 
 
-class TestTransaction:
+class TestTransaction(Generic[H]):
     """``async with TestTransaction(connections):`` every alias runs on one connection, in a
     transaction rolled back at the end: what the scopes inside wrote, in any task, is undone.
 
@@ -263,11 +283,11 @@ class TestTransaction:
 
     __test__ = False  # not a test class, for pytest
 
-    def __init__(self, connections: Connections) -> None:
+    def __init__(self, connections: H) -> None:
         self._handler = connections
         self._pinned: dict[str, PinnedConnection] = {}
 
-    async def __aenter__(self) -> Connections:
+    async def __aenter__(self) -> H:
         handler = self._handler
         loop = handler._enter_loop()
         try:

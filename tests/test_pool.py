@@ -425,7 +425,7 @@ async def test_aclose_waits_for_scopes_in_flight(fake: Any) -> None:
     task = asyncio.create_task(request())
     await eventually(lambda: connections.stats().in_use == 1)
     closing = asyncio.create_task(connections.aclose())
-    await eventually(lambda: connections._closing)
+    await eventually(lambda: connections._scopes.closing)
     with pytest.raises(aconn.ClosedError):
         async with connections.scope():
             pass

@@ -34,7 +34,7 @@ async def test_each_job_runs_in_its_own_scope(sqlite_path: str, make: Any) -> No
     async with connections.each(source()) as jobs:
         async for n in jobs:
             conn = await connections.connection()
-            scopes.append(connections._scope_var.get())
+            scopes.append(connections._scopes.var.get())
             seen.append((await fetch(conn, "SELECT ?", (n,)))[0][0])
             assert connections.stats().in_use == 1
     assert seen == [0, 1, 2, 3, 4]
