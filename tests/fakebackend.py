@@ -46,57 +46,62 @@ class FakeConn:
             self.busy = False
 
 
+class FakeServer:
+    """The state a test controls, shared by the fake backends of its handler(s): pass it in the alias'
+    ``OPTIONS`` as ``{"server": FakeServer()}``. One per test: nothing is configured on the class.
+    """
+
+    def __init__(self) -> None:
+        #: op -> an Event the op waits on before completing (the test sets it)
+        self.gates: dict[str, asyncio.Event] = {}
+        #: op -> an exception the op raises
+        self.failures: dict[str, BaseException] = {}
+        #: op -> an Event set when an op starts (so the test knows it is blocked there)
+        self.entered: dict[str, asyncio.Event] = {}
+        #: every connection opened, closed or not
+        self.opened: list[FakeConn] = []
+        #: what the "server" reports as its idle limit
+        self.idle_timeout: float | None = None
+        #: NAMEs whose connects fail with an error that is not retried (a wrong password, say)
+        self.denied: set[str] = set()
+
+    def live(self) -> list[FakeConn]:
+        return [c for c in self.opened if not c.closed]
+
+
 class FakeBackend(Backend):
     vendor: ClassVar[str] = "fake"
-    #: op -> an Event the op waits on before completing (the test sets it)
-    gates: ClassVar[dict[str, asyncio.Event]] = {}
-    #: op -> an exception the op raises
-    failures: ClassVar[dict[str, BaseException]] = {}
-    #: op -> an Event set when an op starts (so the test knows it is blocked there)
-    entered: ClassVar[dict[str, asyncio.Event]] = {}
-    opened: ClassVar[list[FakeConn]] = []
-    idle_timeout: ClassVar[float | None] = None
-    #: NAMEs whose connects fail with an error that is not retried (a wrong password, say)
-    denied: ClassVar[set[str]] = set()
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
-
-    @classmethod
-    def reset(cls) -> None:
-        cls.gates = {}
-        cls.failures = {}
-        cls.entered = {}
-        cls.opened = []
-        cls.idle_timeout = None
-        cls.denied = set()
-
-    @classmethod
-    def live(cls) -> list[FakeConn]:
-        return [c for c in cls.opened if not c.closed]
+        server = settings.options.get("server")
+        if not isinstance(server, FakeServer):
+            raise TypeError("the fake backend needs OPTIONS={'server': FakeServer()}")
+        self.server = server
 
     async def _step(self, op: str) -> None:
-        event = self.entered.get(op)
+        server = self.server
+        event = server.entered.get(op)
         if event is not None:
             event.set()
-        gate = self.gates.get(op)
+        gate = server.gates.get(op)
         if gate is not None:
             await gate.wait()
-        failure = self.failures.get(op)
+        failure = server.failures.get(op)
         if failure is not None:
             raise failure
 
     async def connect(self) -> tuple[Any, ServerLimits]:
         conn = FakeConn()
-        self.opened.append(conn)
+        self.server.opened.append(conn)
         try:
             await self._step("connect")
-            if self.settings.name in self.denied:
+            if self.settings.name in self.server.denied:
                 raise PermissionError(f"access denied to {self.settings.name} (fake)")
         except BaseException:
             conn.closed = True
             raise
-        return conn, ServerLimits(idle_timeout=self.idle_timeout)
+        return conn, ServerLimits(idle_timeout=self.server.idle_timeout)
 
     async def close(self, conn: FakeConn) -> None:
         try:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from conftest import assert_balanced
-from fakebackend import FakeBackend, FakeConn
+from fakebackend import FakeConn, FakeServer
 from helpers import age_idle, eventually
 
 import aconn
@@ -24,16 +24,20 @@ import aconn
 ENGINE = "fakebackend.FakeBackend"
 
 
-@pytest.fixture(autouse=True)
-def _reset_fake() -> None:
-    FakeBackend.reset()
+@pytest.fixture
+def server() -> FakeServer:
+    """This test's fake server: gates, failures, the connections opened."""
+    return FakeServer()
+
+
+def entry(server: FakeServer, **settings: Any) -> dict[str, Any]:
+    return {"ENGINE": ENGINE, "NAME": "fake", "CONN_MAX_AGE": 60, "OPTIONS": {"server": server}, **settings}
 
 
 @pytest.fixture
-async def fake(make: Any) -> AsyncIterator[Any]:
+async def fake(make: Any, server: FakeServer) -> AsyncIterator[Any]:
     def build(**settings: Any) -> aconn.Connections:
-        entry = {"ENGINE": ENGINE, "NAME": "fake", "CONN_MAX_AGE": 60, **settings}
-        return make({"default": entry})
+        return make({"default": entry(server, **settings)})
 
     yield build
 
@@ -47,7 +51,8 @@ async def use(connections: aconn.Connections, n: int, *, delay: float = 0) -> in
 def check(connections: aconn.Connections) -> aconn.PoolStats:
     stats = connections.stats()
     assert_balanced(stats)
-    assert len(FakeBackend.live()) == stats.open - stats.opening, (stats, FakeBackend.live())
+    live = connections._pools["default"].backend.server.live()  # type: ignore[attr-defined]
+    assert len(live) == stats.open - stats.opening, (stats, live)
     return stats
 
 
@@ -169,12 +174,12 @@ async def test_each_waiter_times_out_at_its_own_deadline(fake: Any) -> None:
     assert outcomes[9][0] == "served"
 
 
-async def test_slow_connect_does_not_block_a_free_connection(fake: Any) -> None:
+async def test_slow_connect_does_not_block_a_free_connection(server: FakeServer, fake: Any) -> None:
     """Failure 15: no decision lock held across I/O."""
     connections = fake(MAX_CONNS=3)
     assert await use(connections, 0) == 0  # one idle connection
-    gate = FakeBackend.gates["connect"] = asyncio.Event()
-    entered = FakeBackend.entered["connect"] = asyncio.Event()
+    gate = server.gates["connect"] = asyncio.Event()
+    entered = server.entered["connect"] = asyncio.Event()
     async with holding(connections):  # the idle one is busy: the next acquire must connect
         stuck = asyncio.create_task(use(connections, 1))
         await entered.wait()
@@ -187,7 +192,7 @@ async def test_slow_connect_does_not_block_a_free_connection(fake: Any) -> None:
 
 
 @pytest.mark.parametrize("point", ["connect", "ping", "rollback", "close", "wait"])
-async def test_cancel_at_each_await_point(fake: Any, point: str) -> None:
+async def test_cancel_at_each_await_point(server: FakeServer, fake: Any, point: str) -> None:
     connections = fake(MAX_CONNS=2, CONN_HEALTH_CHECKS=True)
     gate = asyncio.Event()
     entered = asyncio.Event()
@@ -210,8 +215,8 @@ async def test_cancel_at_each_await_point(fake: Any, point: str) -> None:
             await eventually(lambda: connections.stats().waiting == 1)
             victim.cancel()
     else:
-        FakeBackend.gates[point] = gate
-        FakeBackend.entered[point] = entered
+        server.gates[point] = gate
+        server.entered[point] = entered
         victim = asyncio.create_task(scope_body())
         await entered.wait()
         victim.cancel()
@@ -222,13 +227,13 @@ async def test_cancel_at_each_await_point(fake: Any, point: str) -> None:
     await eventually(lambda: connections.stats().closing == 0)
     stats = check(connections)
     assert stats.in_use == 0 and stats.waiting == 0 and stats.open <= 2
-    assert all(not c.desynced for c in FakeBackend.live())
+    assert all(not c.desynced for c in server.live())
     for n in range(10):
         assert await use(connections, n) == n
     check(connections)
 
 
-async def test_random_cancellations_keep_the_pool_consistent(fake: Any) -> None:
+async def test_random_cancellations_keep_the_pool_consistent(server: FakeServer, fake: Any) -> None:
     connections = fake(MAX_CONNS=4, CONN_HEALTH_CHECKS=True)
     rng = random.Random(7)
 
@@ -245,28 +250,28 @@ async def test_random_cancellations_keep_the_pool_consistent(fake: Any) -> None:
     await eventually(lambda: connections.stats().closing == 0)
     stats = check(connections)
     assert stats.in_use == 0 and stats.waiting == 0
-    assert max(len(FakeBackend.live()), stats.open) <= 4
+    assert max(len(server.live()), stats.open) <= 4
     for n in range(100):
         assert await use(connections, n) == n
     check(connections)
 
 
-async def test_refused_connects_are_retried_within_the_deadline(fake: Any, aconn_logs: Any) -> None:
+async def test_refused_connects_are_retried_within_the_deadline(server: FakeServer, fake: Any, aconn_logs: Any) -> None:
     connections = fake(MAX_CONNS=2, ACQUIRE_TIMEOUT=5)
-    FakeBackend.failures["connect"] = OSError("refused: too many connections")
-    entered = FakeBackend.entered["connect"] = asyncio.Event()
+    server.failures["connect"] = OSError("refused: too many connections")
+    entered = server.entered["connect"] = asyncio.Event()
     task = asyncio.create_task(use(connections, 3))
     await entered.wait()
     await eventually(lambda: connections.stats().connect_errors >= 2)
-    del FakeBackend.failures["connect"]
+    del server.failures["connect"]
     assert await task == 3
     assert "retrying with backoff" in aconn_logs.text
     check(connections)
 
 
-async def test_refused_until_the_deadline_explains_the_budget(fake: Any) -> None:
+async def test_refused_until_the_deadline_explains_the_budget(server: FakeServer, fake: Any) -> None:
     connections = fake(MAX_CONNS=3, ACQUIRE_TIMEOUT=0.3)
-    FakeBackend.failures["connect"] = OSError("refused: too many connections")
+    server.failures["connect"] = OSError("refused: too many connections")
     with pytest.raises(aconn.AcquireTimeout, match=r"processes x MAX_CONNS") as info:
         await use(connections, 1)
     assert "MAX_CONNS=3" in str(info.value)
@@ -274,17 +279,17 @@ async def test_refused_until_the_deadline_explains_the_budget(fake: Any) -> None
     assert stats.open == 0 and stats.connect_errors >= 2
 
 
-async def test_failed_connect_passes_the_slot_on(fake: Any) -> None:
+async def test_failed_connect_passes_the_slot_on(server: FakeServer, fake: Any) -> None:
     connections = fake(MAX_CONNS=1)
-    FakeBackend.failures["connect"] = ConnectionError("server down")
+    server.failures["connect"] = ConnectionError("server down")
     with pytest.raises(ConnectionError):
         await use(connections, 1)
-    del FakeBackend.failures["connect"]
+    del server.failures["connect"]
     assert await use(connections, 2) == 2
     assert check(connections).connect_errors == 1
 
 
-async def test_child_tasks_never_share_the_scope_connection(fake: Any) -> None:
+async def test_child_tasks_never_share_the_scope_connection(server: FakeServer, fake: Any) -> None:
     connections = fake(MAX_CONNS=4)
 
     async def child_without_scope(n: int) -> int:
@@ -307,7 +312,7 @@ async def test_child_tasks_never_share_the_scope_connection(fake: Any) -> None:
             tasks = [tg.create_task(child_with_scope(n)) for n in range(3)]
         assert [t.result()[0] for t in tasks] == [0, 1, 2]
         assert await parent.query(42) == 42
-    assert not any(c.desynced for c in FakeBackend.opened)
+    assert not any(c.desynced for c in server.opened)
     check(connections)
 
 
@@ -325,8 +330,8 @@ async def test_leak_timeout_warns_with_task_and_stack(fake: Any, aconn_logs: Any
     assert "forgetful-job" in record.getMessage() and "forgetful_job" in record.getMessage()
 
 
-async def test_idle_limit_from_the_server(fake: Any) -> None:
-    FakeBackend.idle_timeout = 10.0
+async def test_idle_limit_from_the_server(server: FakeServer, fake: Any) -> None:
+    server.idle_timeout = 10.0
     connections = fake(CONN_MAX_AGE=None)
     await use(connections, 1)
     holder = connections._pools["default"]._idle[-1]
@@ -337,7 +342,7 @@ async def test_idle_limit_from_the_server(fake: Any) -> None:
 
 
 def test_open_handler_refuses_another_live_loop_then_reopens_there(aconn_logs: Any) -> None:
-    connections = aconn.Connections({"default": {"ENGINE": ENGINE, "NAME": "x", "CONN_MAX_AGE": 60}})
+    connections = aconn.Connections({"default": entry(FakeServer(), NAME="x")})
     first = asyncio.new_event_loop()
     try:
         first.run_until_complete(connections.open())
@@ -366,24 +371,24 @@ def test_open_handler_refuses_another_live_loop_then_reopens_there(aconn_logs: A
 
 def test_lazy_handler_moves_to_the_next_loop(aconn_logs: Any) -> None:
     """Used without open() in one asyncio.run(), then in the next: works, and the first loop's end says so."""
-    connections = aconn.Connections({"default": {"ENGINE": ENGINE, "NAME": "x", "CONN_MAX_AGE": 60}})
+    connections = aconn.Connections({"default": entry(FakeServer(), NAME="x")})
     assert asyncio.run(use(connections, 1)) == 1
     assert connections.stats().open == 0  # closed politely as the loop ended
     assert "the event loop is ending with 1 connection(s) of this handler open" in aconn_logs.text
     assert asyncio.run(use(connections, 2)) == 2
 
 
-async def test_open_failure_closes_what_it_opened(make: Any) -> None:
+async def test_open_failure_closes_what_it_opened(server: FakeServer, make: Any) -> None:
     connections = make(
-        {"default": {"ENGINE": ENGINE, "NAME": "x", "CONN_MAX_AGE": 60}, "other": {"ENGINE": ENGINE, "NAME": "y"}}
+        {"default": entry(server, NAME="x"), "other": entry(server, NAME="y", CONN_MAX_AGE=0)}
     )
-    FakeBackend.denied = {"y"}  # "default" connects, then "other" is refused
+    server.denied = {"y"}  # "default" connects, then "other" is refused
     with pytest.raises(PermissionError) as info:
         await connections.open()
-    assert len(FakeBackend.opened) == 2 and all(c.closed for c in FakeBackend.opened)  # default's too
+    assert len(server.opened) == 2 and all(c.closed for c in server.opened)  # default's too
     assert "aconn alias 'other': connecting to" in "\n".join(info.value.__notes__)
     assert not connections._opened and connections.stats("default").open == 0
-    FakeBackend.denied = set()
+    server.denied = set()
     await connections.open()  # and it can be tried again
     assert connections.stats("default").open == 1 and connections.stats("other").opened == 1
 
@@ -411,7 +416,7 @@ async def test_max_waiting_refuses_at_once(fake: Any) -> None:
     assert_balanced(stats)
 
 
-async def test_aclose_waits_for_scopes_in_flight(fake: Any) -> None:
+async def test_aclose_waits_for_scopes_in_flight(server: FakeServer, fake: Any) -> None:
     connections = fake()
     await connections.open()
     release = asyncio.Event()
@@ -433,7 +438,7 @@ async def test_aclose_waits_for_scopes_in_flight(fake: Any) -> None:
     release.set()
     assert await task == 3
     await closing
-    assert connections.stats().open == 0 and FakeBackend.live() == []
+    assert connections.stats().open == 0 and server.live() == []
 
 
 async def test_reopened_in_the_same_loop_stays_open(fake: Any) -> None:

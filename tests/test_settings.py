@@ -150,8 +150,13 @@ def test_unknown_alias() -> None:
 def test_backend_class_path() -> None:
     with pytest.raises(aconn.ConfigError, match="not an aconn Backend"):
         aconn.Connections({"default": {"ENGINE": "collections.OrderedDict", "NAME": "x"}})
-    handler = aconn.Connections({"default": {"ENGINE": "fakebackend.FakeBackend", "NAME": "x"}})
+    from fakebackend import FakeServer
+
+    server = FakeServer()
+    entry = {"ENGINE": "fakebackend.FakeBackend", "NAME": "x", "OPTIONS": {"server": server}}
+    handler = aconn.Connections({"default": entry})
     assert handler.settings().engine == "fakebackend.FakeBackend"
+    assert handler._pools["default"].backend.server is server  # type: ignore[attr-defined]
 
 
 def test_public_names_exported() -> None:
