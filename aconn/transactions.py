@@ -333,7 +333,7 @@ class TestTransaction(Generic[H]):
         for alias, source in pinned.items():
             handler._route(alias, None)
             holder = source.holder
-            pool: Pool = holder.pool
+            pool = holder.pool
             pool.unpin(holder)
             failure: BaseException | None = None
             try:

@@ -13,7 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from mariadb import APP_PASSWORD, MariaDB, find_binary
+from mariadb import MariaDB, find_binary
 
 import aconn
 
@@ -91,14 +91,3 @@ async def make(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
 def aconn_logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     caplog.set_level(logging.DEBUG, logger="aconn")
     return caplog
-
-
-def assert_no_password(*texts: Any) -> None:
-    for text in texts:
-        assert APP_PASSWORD not in str(text)
-
-
-def assert_balanced(stats: aconn.PoolStats) -> None:
-    assert stats.open == stats.idle + stats.in_use + stats.opening + stats.closing, stats
-    assert stats.open <= stats.max_conns, stats
-    assert stats.in_use >= 0 and stats.waiting >= 0 and stats.opening >= 0 and stats.closing >= 0, stats

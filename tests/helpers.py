@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+from mariadb import APP_PASSWORD
+
 import aconn
 
 
@@ -40,3 +42,16 @@ def age_idle(connections: aconn.Connections, seconds: float, alias: str = "defau
     """Make every idle connection of ``alias`` look idle for ``seconds`` more (no sleep)."""
     for holder in connections._pools[alias]._idle:
         holder.last_used -= seconds
+
+
+def assert_no_password(*texts: Any) -> None:
+    """No text shows the application user's password."""
+    for text in texts:
+        assert APP_PASSWORD not in str(text)
+
+
+def assert_balanced(stats: aconn.PoolStats) -> None:
+    """The pool's invariant: every open connection is idle, in use, opening or closing; the cap held."""
+    assert stats.open == stats.idle + stats.in_use + stats.opening + stats.closing, stats
+    assert stats.open <= stats.max_conns, stats
+    assert stats.in_use >= 0 and stats.waiting >= 0 and stats.opening >= 0 and stats.closing >= 0, stats

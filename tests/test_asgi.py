@@ -20,8 +20,7 @@ import pymysql
 import pytest
 import uvicorn
 import websockets
-from conftest import assert_balanced, assert_no_password
-from helpers import eventually
+from helpers import assert_balanced, assert_no_password, eventually
 from mariadb import APP_PASSWORD, MariaDB, free_port
 from starlette.applications import Starlette
 from starlette.middleware import Middleware

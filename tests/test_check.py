@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import assert_no_password
-from helpers import in_scope
+from helpers import age_idle, assert_no_password, in_scope
 from mariadb import APP_PASSWORD, MariaDB, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,7 +44,7 @@ async def test_wait_timeout_5_warns_only_where_it_can_fail(
     pool = connections._pools["default"]
     assert pool.limits is not None and pool.limits.idle_timeout == 5
     assert pool._idle[-1].idle_limit < 5
-    pool._idle[-1].last_used -= 6  # idle for 6 s (shifted, rather than slept)
+    age_idle(connections, 6)  # idle for 6 s (shifted, rather than slept)
     second = await in_scope(connections, "SELECT CONNECTION_ID()")
     assert second != first and connections.stats().closed_idle == 1
     # no age limit is fine: aconn retires idle connections before the server would drop them

@@ -12,8 +12,7 @@ from typing import Any
 
 import pymysql
 import pytest
-from conftest import assert_balanced
-from helpers import fetch, in_scope, scalar
+from helpers import assert_balanced, fetch, in_scope, scalar
 from mariadb import MariaDB
 
 import aconn

@@ -11,8 +11,7 @@ from typing import Any
 
 import pymysql
 import pytest
-from conftest import assert_balanced, assert_no_password
-from helpers import fetch, in_scope, scalar
+from helpers import assert_balanced, assert_no_password, fetch, in_scope, scalar
 from mariadb import APP_PASSWORD, MariaDB
 
 import aconn

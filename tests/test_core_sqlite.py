@@ -8,8 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import assert_balanced
-from helpers import fetch, in_scope
+from helpers import age_idle, assert_balanced, fetch, in_scope
 
 import aconn
 
@@ -70,8 +69,7 @@ async def test_health_check_runs_after_the_bypass_window(sqlite_path: str, make:
     await in_scope(connections, "SELECT 1")
     await in_scope(connections, "SELECT 1")
     assert connections.stats().health_checks == 0  # used within 0.5 s: no ping
-    pool = connections._pools["default"]
-    pool._idle[-1].last_used -= 1.0  # as if idle for a second
+    age_idle(connections, 1.0)  # as if idle for a second
     await in_scope(connections, "SELECT 1")
     assert connections.stats().health_checks == 1
 

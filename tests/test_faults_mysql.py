@@ -46,9 +46,8 @@ from typing import Any
 
 import pymysql
 import pytest
-from conftest import assert_balanced
 from faults import Proxy
-from helpers import age_idle, fetch, in_scope, scalar
+from helpers import age_idle, assert_balanced, fetch, in_scope, scalar
 from mariadb import MariaDB
 
 import aconn

@@ -31,8 +31,7 @@ from typing import Any
 import aiosqlite
 import pymysql
 import pytest
-from conftest import assert_no_password
-from helpers import in_scope
+from helpers import assert_no_password, in_scope
 from mariadb import APP_PASSWORD, MariaDB, free_port
 
 import aconn

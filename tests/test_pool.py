@@ -15,9 +15,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from conftest import assert_balanced
 from fakebackend import FakeConn, FakeServer
-from helpers import age_idle, eventually
+from helpers import age_idle, assert_balanced, eventually
 
 import aconn
 
@@ -336,7 +335,7 @@ async def test_idle_limit_from_the_server(server: FakeServer, fake: Any) -> None
     await use(connections, 1)
     holder = connections._pools["default"]._idle[-1]
     assert holder.idle_limit == 8.0
-    holder.last_used -= 9
+    age_idle(connections, 9)
     await use(connections, 2)
     assert connections.stats().closed_idle == 1
 

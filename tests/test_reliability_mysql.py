@@ -28,9 +28,8 @@ from typing import Any
 import aiomysql
 import pymysql
 import pytest
-from conftest import assert_balanced, assert_no_password
 from faults import FakeMySQLServer, Proxy, make_certificates
-from helpers import age_idle, eventually, fetch, in_scope, scalar
+from helpers import age_idle, assert_balanced, assert_no_password, eventually, fetch, in_scope, scalar
 from mariadb import APP_PASSWORD, APP_USER, MariaDB, SessionSampler
 
 import aconn

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 import pytest
-from conftest import assert_no_password
+from helpers import assert_no_password
 
 import aconn
 from aconn.settings import parse_settings

@@ -25,8 +25,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import assert_balanced
-from helpers import fetch
+from helpers import assert_balanced, fetch
 from mariadb import MariaDB
 from starlette.applications import Starlette
 from starlette.middleware import Middleware

@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import assert_balanced
-from helpers import fetch
+from helpers import assert_balanced, fetch
 from mariadb import MariaDB
 
 ROOT = Path(__file__).resolve().parent.parent

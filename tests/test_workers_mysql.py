@@ -13,8 +13,7 @@ import logging
 from typing import Any
 
 import pytest
-from conftest import assert_balanced
-from helpers import fetch, scalar
+from helpers import assert_balanced, fetch, scalar
 from mariadb import MariaDB
 
 pytestmark = pytest.mark.mysql

@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Callable, Coroutine
+from typing import Any, Final, Protocol
 
+from ..backends.base import Backend
 from ..errors import AconnError
 
-if TYPE_CHECKING:
-    from .pool import Pool
-
-__all__ = ("SLOT", "CloseReason", "Holder", "HolderState")
+__all__ = ("SLOT", "CloseReason", "Holder", "HolderState", "SlotOwner")
 
 
 class HolderState(enum.Enum):
@@ -65,6 +63,24 @@ _OPENING, _IDLE, _IN_USE, _PINNED, _CLOSING, _CLOSED = (
 )  # fmt: skip
 
 
+class SlotOwner(Protocol):
+    """What a holder knows of its pool (:class:`~aconn.pool.Pool`, which imports this module)."""
+
+    alias: str
+    backend: Backend
+    _in_use: int
+    _opening: int
+    _closing: int
+
+    def _release_slot(self) -> None: ...
+
+    def _count_closed(self, holder: Holder, reason: CloseReason) -> None: ...
+
+    def release(self, holder: Holder, exc: BaseException | None) -> Coroutine[Any, Any, None] | None: ...
+
+    def unpin(self, holder: Holder) -> None: ...
+
+
 class _Slot:
     """Granted to a waiter: the right to open a new connection in a slot freed for it."""
 
@@ -94,7 +110,7 @@ class Holder:
     )  # fmt: skip
 
     def __init__(
-        self, pool: Pool, conn: Any, alive: Callable[[], bool], now: float, close_at: float, idle_limit: float
+        self, pool: SlotOwner, conn: Any, alive: Callable[[], bool], now: float, close_at: float, idle_limit: float
     ) -> None:
         self.pool = pool
         self.conn = conn

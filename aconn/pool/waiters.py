@@ -5,18 +5,15 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from ..errors import AcquireTimeout
 from .counters import Counters
-
-if TYPE_CHECKING:
-    from .holder import Holder, _Slot
+from .holder import Holder, _Slot
 
 __all__ = ("Waiters",)
 
 
-class Waiters(deque[tuple[float, "asyncio.Future[Holder | _Slot]"]]):
+class Waiters(deque[tuple[float, asyncio.Future[Holder | _Slot]]]):
     """``(deadline, future)`` of each waiting task, oldest first.
 
     Deadlines rise along the queue (every waiter has the same ``ACQUIRE_TIMEOUT``),
