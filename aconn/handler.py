@@ -76,7 +76,7 @@ class Connections:
         self._scopes.reset()
         self._opened = False
         self._closed = False
-        self._housekeeper: Any = None
+        self._housekeeper: Housekeeper | None = None
         self._watch: AsyncGenerator[None, None] | None = None
         self._watch_token: object = None
         self._closed_in: asyncio.AbstractEventLoop | None = None
@@ -459,7 +459,7 @@ class Connections:
     # -- frameworks -----------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def lifespan(self, app: Any = None) -> AsyncIterator[None]:
+    async def lifespan(self, app: object = None) -> AsyncIterator[None]:
         """For a framework's ``lifespan=`` parameter: open at startup, close at shutdown."""
         async with self:
             yield

@@ -11,7 +11,6 @@ import logging
 import math
 from collections.abc import Sequence
 from time import monotonic
-from typing import Any
 
 import anyio
 
@@ -105,5 +104,5 @@ def _interval(pool: Pool) -> float:
     return min(interval, WARM_INTERVAL) if settings.min_conns else interval
 
 
-def _safe(exc: Any) -> str:
+def _safe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"

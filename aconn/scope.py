@@ -70,7 +70,7 @@ class Scope:
     # "_atomic" is set only when an atomic() block opens in the scope: the scope path never pays for it
     __slots__ = ("_atomic", "_state", "_token", "held", "task")
 
-    _atomic: dict[str, list[Any]]
+    _atomic: dict[str, list[object]]
 
     def __init__(self, state: ScopeState) -> None:
         self._state = state
@@ -82,7 +82,7 @@ class Scope:
         """The slot of the connection this scope holds for ``alias`` (taken by ``connection()``)."""
         return self.held[alias]
 
-    def _blocks(self, alias: str) -> list[Any]:
+    def _blocks(self, alias: str) -> list[object]:
         """The ``atomic()`` blocks open in this scope on ``alias``, innermost last."""
         try:
             stacks = self._atomic

@@ -26,7 +26,6 @@ See ``docs/testing.md`` for what cannot be rolled back.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 
@@ -75,6 +74,6 @@ if pytest_asyncio is not None:
 else:
 
     @pytest.fixture
-    def aconn_db(aconn_connections: Any) -> Any:
+    def aconn_db(aconn_connections: object) -> None:
         """Needs pytest-asyncio: the rollback runs in the test's event loop."""
         pytest.fail("the aconn_db fixture needs pytest-asyncio: pip install pytest-asyncio", pytrace=False)
