@@ -27,7 +27,14 @@ ENGINE_ALIASES: Mapping[str, str] = {
     "sqlite": "sqlite",
     "sqlite3": "sqlite",
     "django.db.backends.sqlite3": "sqlite",
+    "postgresql": "postgresql",
+    "postgres": "postgresql",
+    "django.db.backends.postgresql": "postgresql",
+    "asyncpg": "asyncpg",
 }
+
+#: the server's port when PORT is not set
+DEFAULT_PORTS: Mapping[str, int] = {"mysql": 3306, "postgresql": 5432, "asyncpg": 5432}
 
 _URL_SCHEMES: Mapping[str, str] = {
     "mysql": "mysql",
@@ -41,6 +48,11 @@ _URL_SCHEMES: Mapping[str, str] = {
     "sqlite3": "sqlite",
     "sqlite+aiosqlite": "sqlite",
     "sqlite+pysqlite": "sqlite",
+    "postgresql": "postgresql",
+    "postgres": "postgresql",
+    "postgresql+psycopg": "postgresql",
+    "postgresql+asyncpg": "asyncpg",
+    "postgres+asyncpg": "asyncpg",
 }
 
 #: URL parameters for the driver's TLS options, gathered into OPTIONS["ssl"] (Django's form)
@@ -61,7 +73,7 @@ _KNOWN = frozenset(
         "CONN_MAX_AGE", "CONN_HEALTH_CHECKS", "AUTOCOMMIT",
         "MAX_CONNS", "MIN_CONNS", "ACQUIRE_TIMEOUT", "CONNECT_TIMEOUT",
         "IDLE_TIMEOUT", "LEAK_TIMEOUT", "STATEMENT_TIMEOUT", "CANCEL_ON_SERVER", "MAX_WAITING",
-        "ATOMIC_REQUESTS",
+        "ATOMIC_REQUESTS", "RESET_ON_RELEASE",
     }
 )  # fmt: skip
 
@@ -98,6 +110,8 @@ class Settings:
     max_waiting: int | None = None
     #: ConnectionsMiddleware runs each HTTP request in ``atomic()`` on the alias (Django's setting)
     atomic_requests: bool = False
+    #: reset session state when a scope gives the connection back (PostgreSQL ``DISCARD ALL``)
+    reset_on_release: bool = False
 
     def __repr__(self) -> str:
         shown = {k: ("***" if k in SECRET_OPTIONS else v) for k, v in self.options.items()}
@@ -111,7 +125,7 @@ class Settings:
             f"connect_timeout={self.connect_timeout!r}, idle_timeout={self.idle_timeout!r}, "
             f"leak_timeout={self.leak_timeout!r}, statement_timeout={self.statement_timeout!r}, "
             f"cancel_on_server={self.cancel_on_server!r}, max_waiting={self.max_waiting!r}, "
-            f"atomic_requests={self.atomic_requests!r})"
+            f"atomic_requests={self.atomic_requests!r}, reset_on_release={self.reset_on_release!r})"
         )
 
     __str__ = __repr__
@@ -121,7 +135,8 @@ class Settings:
         """Where this alias connects, for messages: never includes the password."""
         if self.engine == "sqlite":
             return f"sqlite {self.name if self.name == ':memory:' else os.path.abspath(self.name)}"
-        return f"{self.engine} {self.user}@{self.host or 'localhost'}:{self.port or 3306}/{self.name}"
+        port = self.port or DEFAULT_PORTS.get(self.engine, 3306)
+        return f"{self.engine} {self.user}@{self.host or 'localhost'}:{port}/{self.name}"
 
 
 def parse_databases(databases: Mapping[str, Any]) -> dict[str, Settings]:
@@ -198,6 +213,7 @@ def parse_settings(alias: str, entry: Any) -> Settings:
         statement_timeout=_seconds(alias, entry, "STATEMENT_TIMEOUT", None, allow_none=True),
         cancel_on_server=_bool(alias, entry, "CANCEL_ON_SERVER", True),
         atomic_requests=_bool(alias, entry, "ATOMIC_REQUESTS", False),
+        reset_on_release=_bool(alias, entry, "RESET_ON_RELEASE", False),
         max_waiting=None if entry.get("MAX_WAITING") is None else _int(alias, entry, "MAX_WAITING", 0, minimum=0),
     )
 
@@ -308,9 +324,10 @@ _QUERY_KEYS: Mapping[str, str] = {
     "cancel_on_server": "CANCEL_ON_SERVER",
     "max_waiting": "MAX_WAITING",
     "atomic_requests": "ATOMIC_REQUESTS",
+    "reset_on_release": "RESET_ON_RELEASE",
 }
 _INT_KEYS = frozenset({"MAX_CONNS", "MIN_CONNS", "MAX_WAITING"})
-_BOOL_KEYS = frozenset({"CONN_HEALTH_CHECKS", "AUTOCOMMIT", "CANCEL_ON_SERVER", "ATOMIC_REQUESTS"})
+_BOOL_KEYS = frozenset({"CONN_HEALTH_CHECKS", "AUTOCOMMIT", "CANCEL_ON_SERVER", "ATOMIC_REQUESTS", "RESET_ON_RELEASE"})
 
 
 def _url_to_dict(alias: str, url: str) -> dict[str, Any]:

@@ -14,19 +14,25 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from mariadb import MariaDB, find_binary
+from postgres import PostgreSQL, find_postgres
 
 import aconn
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if find_binary("mariadbd", "mysqld"):
-        return
-    if os.environ.get("CI"):
-        raise pytest.UsageError("CI=true but MariaDB server binaries are missing: .ci/run installs them")
-    skip = pytest.mark.skip(reason="mariadbd not installed (apt-get install -y mariadb-server)")
-    for item in items:
-        if "mysql" in item.keywords:
-            item.add_marker(skip)
+    servers = (
+        ("mysql", find_binary("mariadbd", "mysqld"), "MariaDB", "mariadb-server"),
+        ("postgresql", find_postgres(), "PostgreSQL", "postgresql"),
+    )
+    for marker, found, name, package in servers:
+        if found:
+            continue
+        if os.environ.get("CI"):
+            raise pytest.UsageError(f"CI=true but {name} server binaries are missing: .ci/run installs them")
+        skip = pytest.mark.skip(reason=f"{name} server not installed (apt-get install -y {package})")
+        for item in items:
+            if marker in item.keywords:
+                item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
@@ -51,6 +57,30 @@ def db(mariadb: MariaDB) -> Iterator[MariaDB]:
         mariadb.thaw()
     if mariadb.proc is None:
         mariadb.start()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgreSQL]:
+    server = PostgreSQL().start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def pg(postgres: PostgreSQL) -> Iterator[PostgreSQL]:
+    """The session's PostgreSQL, with no application session left over from the previous test."""
+    if postgres.proc is None:
+        postgres.start()
+    if postgres.frozen:
+        postgres.thaw()
+    postgres.kill_app_sessions()
+    yield postgres
+    if postgres.frozen:
+        postgres.thaw()
+    if postgres.proc is None:
+        postgres.start()
 
 
 @pytest.fixture(scope="session")

@@ -11,8 +11,16 @@ from .base import Backend, ErrorKind, ServerLimits
 __all__ = ("Backend", "ErrorKind", "ServerLimits", "load_backend")
 
 
+def _missing_driver(settings: Settings, driver: str, extra: str, exc: ImportError) -> ConfigError:
+    return ConfigError(
+        settings.alias,
+        "ENGINE",
+        f"{settings.engine!r} needs the {driver} driver, which is not installed ({exc}): pip install 'aconn[{extra}]'",
+    )
+
+
 def load_backend(settings: Settings) -> Backend:
-    """Build the backend for one alias: ``mysql``, ``sqlite`` or a class path.
+    """Build the backend for one alias: ``mysql``, ``sqlite``, ``postgresql`` (psycopg), ``asyncpg``, or a class path.
 
     :raises ConfigError: if the engine cannot be loaded or rejects the options.
     """
@@ -26,6 +34,18 @@ def load_backend(settings: Settings) -> Backend:
         from .sqlite import SQLiteBackend
 
         cls = SQLiteBackend
+    elif engine == "postgresql":
+        try:
+            from .postgresql import PsycopgBackend
+        except ImportError as exc:
+            raise _missing_driver(settings, "psycopg", "postgresql", exc) from None
+        cls = PsycopgBackend
+    elif engine == "asyncpg":
+        try:
+            from .asyncpg import AsyncpgBackend
+        except ImportError as exc:
+            raise _missing_driver(settings, "asyncpg", "asyncpg", exc) from None
+        cls = AsyncpgBackend
     else:
         module_name, sep, attr = engine.replace(":", ".").rpartition(".")
         try:

@@ -49,6 +49,9 @@ class ServerLimits:
     #: the session id the server reports (``CONNECTION_ID()``) is the handshake's: a cancel
     #: request names this very session (False behind a proxy that maps sessions)
     session_id_verified: bool = True
+    #: PostgreSQL ``idle_in_transaction_session_timeout``: a scope idle inside a transaction this
+    #: long loses its session (None when off)
+    idle_in_transaction_timeout: float | None = None
 
 
 class Backend:
@@ -124,6 +127,13 @@ class Backend:
 
     async def rollback(self, conn: Any) -> None:
         """Roll back any open transaction."""
+        raise NotImplementedError
+
+    async def reset(self, conn: Any) -> None:
+        """Reset the session's state (``RESET_ON_RELEASE``), then set it up again as at connect.
+
+        :raises ConfigError: at construction, from backends that cannot (checked in ``__init__``).
+        """
         raise NotImplementedError
 
     async def execute(self, conn: Any, sql: str) -> None:

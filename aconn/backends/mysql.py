@@ -56,6 +56,8 @@ _TLS_KEYS = frozenset({"ca", "cert", "key", "check_hostname"})
 #: the server's answer to a KILL of a session that has already ended
 _UNKNOWN_THREAD = 1094
 _SESSION_ALIVE_SQL = "SELECT 1 FROM information_schema.PROCESSLIST WHERE ID = %s"
+#: the protocol command that resets a session in place (MySQL 5.7.3+, MariaDB 10.2.4+)
+_COM_RESET_CONNECTION = 0x1F
 
 
 class _Connection(aiomysql.Connection):  # type: ignore[misc]
@@ -258,20 +260,33 @@ class MySQLBackend(Backend):
             raise
         return conn
 
+    async def _set_up(self, cur: Any, mariadb: bool) -> None:
+        """The session's setup, at connect and again after a reset: isolation level, statement limit."""
+        if self._setup_sql:
+            await cur.execute(self._setup_sql)
+        timeout = self.settings.statement_timeout
+        if timeout is not None:
+            if mariadb:
+                await cur.execute("SET SESSION max_statement_time = %s", (timeout,))
+            else:  # MySQL: milliseconds, and for SELECT statements only
+                await cur.execute("SET SESSION max_execution_time = %s", (max(1, round(timeout * 1000)),))
+
+    async def reset(self, conn: Any) -> None:
+        """COM_RESET_CONNECTION: session variables, temporary tables, user locks, prepared statements
+        cleared without a reconnect; then the session set up again as at connect."""
+        await conn._execute_command(_COM_RESET_CONNECTION, "")
+        await conn._read_ok_packet()
+        await conn.autocommit(self.settings.autocommit)  # the reset restores the server's default
+        async with conn.cursor() as cur:
+            await self._set_up(cur, "mariadb" in conn.server_version.lower())
+
     async def connect(self) -> tuple[Any, ServerLimits]:
         conn = await self._open()
         try:
             mariadb = "mariadb" in conn.server_version.lower()
             statement_time = _MARIADB_STATEMENT_TIME if mariadb else _MYSQL_STATEMENT_TIME
             async with conn.cursor() as cur:
-                if self._setup_sql:
-                    await cur.execute(self._setup_sql)
-                timeout = self.settings.statement_timeout
-                if timeout is not None:
-                    if mariadb:
-                        await cur.execute("SET SESSION max_statement_time = %s", (timeout,))
-                    else:  # MySQL: milliseconds, and for SELECT statements only
-                        await cur.execute("SET SESSION max_execution_time = %s", (max(1, round(timeout * 1000)),))
+                await self._set_up(cur, mariadb)
                 await cur.execute(_LIMITS_SQL.format(statement_time=statement_time))
                 wait_timeout, max_conns, max_user, interactive, statement, session_id = await cur.fetchone()
         except BaseException:

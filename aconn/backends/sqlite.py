@@ -51,6 +51,13 @@ class SQLiteBackend(Backend):
                 "SQLite has no server-side statement limit; bound statements with asyncio.timeout() "
                 "(a cancelled statement is interrupted)",
             )
+        if settings.reset_on_release:
+            raise ConfigError(
+                settings.alias,
+                "RESET_ON_RELEASE",
+                "SQLite has no session state to reset between scopes (PRAGMAs are per connection: set them "
+                "in OPTIONS['init_command'])",
+            )
         self._init_command: str | None = options.pop("init_command", None)
         self._anchor: sqlite3.Connection | None = None
         if settings.name == ":memory:":

@@ -65,6 +65,7 @@ class Pool:
         self._opening = 0
         self._closing = 0
         self._health_checks = settings.health_checks
+        self._reset_on_release = settings.reset_on_release
         self._leak_timeout = settings.leak_timeout
         self._rules_checked = False
         self._stops_failing = False
@@ -369,7 +370,13 @@ class Pool:
             holder.leak_timer.cancel()
             holder.leak_timer = None
         now = monotonic()
-        if exc is None and now < holder.close_at and not self.closed and self.backend.reusable(holder.conn):
+        if (
+            exc is None
+            and now < holder.close_at
+            and not self.closed
+            and not self._reset_on_release
+            and self.backend.reusable(holder.conn)
+        ):
             holder.last_used = now
             if self._waiters:
                 self._put_back(holder)
@@ -406,6 +413,13 @@ class Pool:
                 self.counters.rollbacks += 1
             except Exception as rollback_exc:
                 logger.info("aconn alias %r: rollback at release failed: %r", self.alias, rollback_exc)
+                reason = _ERROR
+        if reason is None and self._reset_on_release:
+            try:
+                async with asyncio.timeout(CLEANUP_TIMEOUT):
+                    await backend.reset(conn)
+            except Exception as reset_exc:
+                logger.info("aconn alias %r: session reset at release failed: %r", self.alias, reset_exc)
                 reason = _ERROR
         now = monotonic()
         if reason is None:

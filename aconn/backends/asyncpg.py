@@ -1,0 +1,157 @@
+"""asyncpg: PostgreSQL through asyncpg's own protocol implementation.
+
+``OPTIONS`` are checked against ``asyncpg.connect()``'s parameters.
+
+Reads asyncpg's ``_protocol`` (``backend_pid``, ``backend_secret``),
+``_transport`` and ``_cancellations``; ``tests/test_postgresql.py::test_liveness_reads_driver_internals``
+fails if the driver changes them.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, ClassVar, Final
+
+import asyncpg
+
+from ..errors import ConfigError
+from ..settings import DEFAULT_PORTS, Settings
+from .base import ErrorKind, ServerLimits
+from .pgcommon import LIMITS_SQL, PostgresBackend, classify_sqlstate, limits_from_row, send_cancel_request
+
+__all__ = ("AsyncpgBackend",)
+
+_OWN_KEYS: Final = {
+    "host": "HOST", "port": "PORT", "user": "USER", "password": "PASSWORD", "database": "NAME",
+    "dsn": "the alias' own keys (or a URL)", "timeout": "CONNECT_TIMEOUT",
+}  # fmt: skip
+_DRIVER_KEYS: Final = frozenset(inspect.signature(asyncpg.connect).parameters) - {"loop", "connection_class"}
+
+
+class _Connection(asyncpg.connection.Connection):
+    """asyncpg's connection, with what aconn needs to cancel its statement once it is closed."""
+
+    __slots__ = ("aconn_pid", "aconn_secret")
+
+
+class AsyncpgBackend(PostgresBackend):
+    """asyncpg connections to PostgreSQL."""
+
+    vendor: ClassVar[str] = "postgresql"
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        alias = settings.alias
+        options = dict(settings.options)
+        for key in options:
+            if key in _OWN_KEYS:
+                raise ConfigError(alias, f"OPTIONS.{key}", f"set it with the top-level key {_OWN_KEYS[key]!r}")
+            if key not in _DRIVER_KEYS:
+                raise ConfigError(alias, f"OPTIONS.{key}", "not an asyncpg.connect() option")
+        if not settings.autocommit:
+            raise ConfigError(
+                alias,
+                "AUTOCOMMIT",
+                "asyncpg has no autocommit switch: it runs each statement on its own "
+                "unless a transaction is opened (connection.transaction()); leave AUTOCOMMIT True",
+            )
+        server_settings = dict(options.pop("server_settings", None) or {})
+        if settings.statement_timeout is not None:
+            server_settings["statement_timeout"] = str(max(1, round(settings.statement_timeout * 1000)))
+        self._host = settings.host or "localhost"
+        self._port = settings.port or DEFAULT_PORTS["asyncpg"]
+        self._kwargs: dict[str, Any] = {
+            "host": self._host,
+            "port": self._port,
+            "user": settings.user or None,
+            "password": settings.password or None,
+            "database": settings.name or None,
+            # None: the pool bounds the whole connect with one asyncio.timeout
+            "timeout": None,
+            "connection_class": _Connection,
+            **({"server_settings": server_settings} if server_settings else {}),
+            **options,
+        }
+
+    async def _open(self) -> Any:
+        return await asyncpg.connect(**self._kwargs)
+
+    async def connect(self) -> tuple[Any, ServerLimits]:
+        conn = await self._open()
+        try:
+            row = await conn.fetchrow(LIMITS_SQL)
+        except BaseException:
+            conn.terminate()
+            raise
+        pid, limits = limits_from_row(tuple(row))
+        conn.aconn_pid = pid
+        conn.aconn_secret = conn._protocol.backend_secret  # gone with the protocol once it is closed
+        return conn, limits
+
+    async def close(self, conn: Any) -> None:
+        await conn.close(timeout=5)
+
+    def abort(self, conn: Any) -> None:
+        conn.terminate()
+
+    def forget(self, conn: Any) -> None:
+        # terminate() would schedule its work on the connection's own loop: close the socket itself
+        transport = conn._transport
+        sock = getattr(transport, "_sock", None)
+        if sock is not None:
+            sock.close()
+            transport._sock = None
+        conn._aborted = True
+
+    def _flagged_dead(self, conn: Any) -> bool:
+        return bool(conn.is_closed())
+
+    def _socket(self, conn: Any) -> int | None:
+        transport = conn._transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        return sock.fileno() if sock is not None else None
+
+    def reusable(self, conn: Any) -> bool:
+        return not conn.is_in_transaction() and not conn._cancellations and not conn.is_closed()
+
+    async def ping(self, conn: Any) -> None:
+        await conn.execute("SELECT 1")
+
+    def in_transaction(self, conn: Any) -> bool:
+        return bool(conn.is_in_transaction())
+
+    async def rollback(self, conn: Any) -> None:
+        await conn.execute("ROLLBACK")
+
+    async def reset(self, conn: Any) -> None:
+        await conn.reset()  # asyncpg's reset query: locks, cursors, listeners, settings
+
+    async def execute(self, conn: Any, sql: str) -> None:
+        await conn.execute(sql)
+
+    async def _fetch_one(self, conn: Any, sql: str) -> Any:
+        return await conn.fetchrow(sql)
+
+    def left_running(self, conn: Any) -> bool:
+        # asyncpg sends its own cancel request in a task when a caller is cancelled, and returns
+        # at once; closing the connection would cancel that task: aconn sends it again, then waits
+        return bool(conn._cancellations)
+
+    def _pid(self, conn: Any) -> int:
+        return int(conn.aconn_pid)
+
+    async def _cancel(self, conn: Any) -> None:
+        await send_cancel_request(self._host, self._port, conn.aconn_pid, conn.aconn_secret)
+
+    def interrupt(self, conn: Any) -> None:
+        pass
+
+    def classify(self, exc: BaseException, *, connecting: bool = False) -> ErrorKind:
+        if isinstance(exc, asyncpg.PostgresError):
+            kind = classify_sqlstate(exc.sqlstate, str(exc), connecting=connecting)
+            return kind if kind is not None else ErrorKind.OTHER
+        if isinstance(exc, asyncpg.InterfaceError | asyncpg.exceptions.ConnectionDoesNotExistError):
+            return ErrorKind.DISCONNECT  # closed, or used by two tasks at once ("another operation")
+        if isinstance(exc, OSError | EOFError):
+            return ErrorKind.DISCONNECT
+        return ErrorKind.OTHER

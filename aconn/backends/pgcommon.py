@@ -1,0 +1,229 @@
+"""What the two PostgreSQL backends (psycopg, asyncpg) share.
+
+The limits read at connect, the SQLSTATEs that mean "retry" or "gone", the
+liveness poll, and the stop of a statement a cancelled caller left running:
+a cancel request, then a wait until the server has let go of the session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import select
+import struct
+from collections.abc import Callable
+from typing import Any, Final
+
+from .base import Backend, ErrorKind, ServerLimits
+
+__all__ = ("LIMITS_SQL", "PostgresBackend", "classify_sqlstate", "limits_from_row", "send_cancel_request")
+
+#: one round trip per new connection; durations come from pg_settings in milliseconds
+#: (NULL where the server is too old to have the setting)
+LIMITS_SQL: Final = (
+    "SELECT pg_backend_pid(), current_setting('server_version'), "
+    "(SELECT setting::bigint FROM pg_settings WHERE name = 'idle_session_timeout'), "
+    "(SELECT setting::bigint FROM pg_settings WHERE name = 'idle_in_transaction_session_timeout'), "
+    "(SELECT setting::bigint FROM pg_settings WHERE name = 'statement_timeout'), "
+    "current_setting('max_connections')::int, current_setting('superuser_reserved_connections')::int"
+)
+#: polled after a cancel request until the session has gone (the client side is closed already)
+SESSION_ALIVE_SQL: Final = "SELECT 1 FROM pg_stat_activity WHERE pid = {pid:d}"
+
+#: refused for now: too many clients; starting up; shutting down (a restart) -- retried at connect
+_RETRY_STATES: Final = frozenset({"53300", "57P03", "57P01"})
+#: the session is gone: admin or crash shutdown, terminated by an administrator, cannot connect now
+_GONE_STATES: Final = frozenset({"57P01", "57P02", "57P03"})
+#: what libpq says, with no SQLSTATE, when the server refuses a new session for now
+_RETRY_MESSAGES: Final = (
+    "too many clients",
+    "too many connections",
+    "starting up",
+    "shutting down",
+    "in recovery mode",
+    "not yet accepting",
+)
+#: the cancel request's code in the startup packet (protocol 3)
+_CANCEL_REQUEST_CODE: Final = 80877102
+
+
+def classify_sqlstate(state: str | None, message: str, *, connecting: bool) -> ErrorKind | None:
+    """What a SQLSTATE (or, at connect, libpq's message) means; None: up to the driver's classes."""
+    if connecting and (state in _RETRY_STATES or (state is None and any(m in message for m in _RETRY_MESSAGES))):
+        return ErrorKind.RETRYABLE
+    if state is not None and (state.startswith("08") or state in _GONE_STATES):
+        return ErrorKind.DISCONNECT
+    return None
+
+
+def limits_from_row(row: Any) -> tuple[int, ServerLimits]:
+    """The backend pid and :class:`ServerLimits` from a row of :data:`LIMITS_SQL`."""
+    pid, version, idle_session, idle_in_tx, statement, max_conns, reserved = row
+
+    def seconds(ms: Any) -> float | None:
+        return float(ms) / 1000 if ms else None
+
+    return int(pid), ServerLimits(
+        idle_timeout=seconds(idle_session),
+        max_connections=int(max_conns) - int(reserved),  # what non-superusers may open
+        version=f"PostgreSQL {version}",
+        max_statement_time=seconds(statement),
+        idle_in_transaction_timeout=seconds(idle_in_tx),
+    )
+
+
+async def send_cancel_request(host: str, port: int, pid: int, secret: int) -> None:
+    """PostgreSQL's cancel request for session ``pid``, on a connection of its own.
+
+    The server answers nothing and closes the connection once it has handled it.
+    """
+    if host.startswith("/"):
+        reader, writer = await asyncio.open_unix_connection(f"{host}/.s.PGSQL.{port}")
+    else:
+        reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(struct.pack("!iiii", 16, _CANCEL_REQUEST_CODE, pid, secret))
+        await writer.drain()
+        await reader.read()
+    finally:
+        writer.close()
+
+
+def pending_events(fd: int) -> Callable[[int], list[tuple[int, int]]]:
+    """``poll(timeout)`` of a poll object watching ``fd``: an idle session receives nothing, so
+    anything pending (an EOF, a reset, the server's "terminating connection" message) means it is gone.
+    """
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLPRI)
+    return poller.poll
+
+
+class PostgresBackend(Backend):
+    """The part of the two PostgreSQL backends that does not depend on the driver.
+
+    Subclasses provide :meth:`_open` (a connection with no setup), :meth:`_fetch_one`,
+    :meth:`_flagged_dead`, :meth:`_socket`, :meth:`_pid` and :meth:`_cancel`.
+    """
+
+    def __init__(self, settings: Any) -> None:
+        super().__init__(settings)
+        self._side: Any = None
+        self._side_lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
+        self._side_users = 0
+
+    # -- driver-specific ------------------------------------------------------------------
+
+    async def _open(self) -> Any:
+        raise NotImplementedError
+
+    async def _fetch_one(self, conn: Any, sql: str) -> Any:
+        """The first row of ``sql``, or None."""
+        raise NotImplementedError
+
+    def _flagged_dead(self, conn: Any) -> bool:
+        """The driver knows the connection is closed (no system call)."""
+        raise NotImplementedError
+
+    def _socket(self, conn: Any) -> int | None:
+        """The connection's file descriptor, if any."""
+        raise NotImplementedError
+
+    async def _cancel(self, conn: Any) -> None:
+        """Send the driver's cancel request for the statement ``conn`` was running."""
+        raise NotImplementedError
+
+    def _pid(self, conn: Any) -> int:
+        """The server's process id of the session (known after it is closed)."""
+        raise NotImplementedError
+
+    # -- shared ---------------------------------------------------------------------------
+
+    def is_dead(self, conn: Any, *, peek: bool = True) -> bool:
+        if self._flagged_dead(conn):
+            return True
+        if not peek:
+            return False
+        fd = self._socket(conn)
+        if fd is None:
+            return False
+        try:
+            return bool(pending_events(fd)(0))
+        except (OSError, ValueError):
+            return True
+
+    def liveness(self, conn: Any) -> Callable[[], bool]:
+        fd = self._socket(conn)
+        if fd is None:
+            return super().liveness(conn)
+        poll = pending_events(fd)  # registered once: each check is one poll(0) system call
+        flagged_dead = self._flagged_dead
+
+        def alive() -> bool:
+            if flagged_dead(conn):
+                return False
+            try:
+                return not poll(0)
+            except (OSError, ValueError):
+                return False
+
+        return alive
+
+    async def cancel_on_server(self, conn: Any, via: Any = None) -> None:
+        """The driver's cancel request, then a wait until the server has dropped the session.
+
+        The client side is closed already, so once the statement stops the server ends the
+        session; ``pg_stat_activity`` is read (over ``via``, an idle connection of the pool,
+        or a side session outside the cap) until it is gone.
+        """
+        await self._cancel(conn)
+        sql = SESSION_ALIVE_SQL.format(pid=self._pid(conn))
+        if via is not None:
+            try:
+                await self._wait_gone(via, sql)
+                return
+            except Exception as exc:
+                if self.classify(exc) is not ErrorKind.DISCONNECT:
+                    raise
+        loop = asyncio.get_running_loop()
+        if self._side_lock is None or self._side_lock[0] is not loop:
+            self._side_lock = (loop, asyncio.Lock())
+        self._side_users += 1
+        try:
+            async with self._side_lock[1]:
+                backoff = 0.01
+                while True:  # the caller's time bound ends the retries
+                    side = self._side
+                    try:
+                        if side is None or self._flagged_dead(side):
+                            side = None
+                            side = self._side = await self._open()
+                        await self._wait_gone(side, sql)
+                        return
+                    except Exception as exc:
+                        self._side = None
+                        if side is not None:
+                            self.abort(side)
+                        if self.classify(exc, connecting=True) is ErrorKind.OTHER:
+                            raise
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 0.05)
+        finally:
+            self._side_users -= 1
+            if self._side_users == 0 and self._side is not None:
+                side, self._side = self._side, None
+                await self.close(side)
+
+    async def _wait_gone(self, conn: Any, sql: str) -> None:
+        delay = 0.002
+        while await self._fetch_one(conn, sql) is not None:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    def forget_own(self) -> None:
+        if self._side is not None:
+            side, self._side = self._side, None
+            self.forget(side)
+
+    async def aclose(self) -> None:
+        if self._side is not None:
+            side, self._side = self._side, None
+            self.abort(side)

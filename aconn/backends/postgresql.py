@@ -1,0 +1,224 @@
+"""psycopg 3 (``psycopg.AsyncConnection``): PostgreSQL, Django's own driver.
+
+A Django ``DATABASES`` entry for PostgreSQL works as it is, ``OPTIONS``
+included: libpq's connection parameters (``sslmode``, ``options``...),
+psycopg's ``connect()`` arguments, and Django's ``isolation_level``,
+``server_side_binding`` and ``assume_role``. ``pool`` is refused: aconn is
+the pool.
+
+Reads psycopg's ``pgconn`` (``socket``, ``status``, ``transaction_status``,
+``get_cancel()``); ``tests/test_postgresql.py::test_liveness_reads_driver_internals``
+fails if the driver changes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from typing import Any, ClassVar, Final
+
+import psycopg
+from psycopg import pq
+
+from ..errors import ConfigError
+from ..settings import DEFAULT_PORTS, Settings
+from .base import ErrorKind, ServerLimits
+from .pgcommon import LIMITS_SQL, PostgresBackend, classify_sqlstate, limits_from_row
+
+__all__ = ("PsycopgBackend",)
+
+#: keys aconn sets from the top-level settings; OPTIONS may not override them
+_OWN_KEYS: Final = {
+    "host": "HOST", "hostaddr": "HOST", "port": "PORT", "user": "USER", "password": "PASSWORD",
+    "dbname": "NAME", "autocommit": "AUTOCOMMIT", "connect_timeout": "CONNECT_TIMEOUT",
+}  # fmt: skip
+#: libpq's connection parameters, and psycopg's own connect() arguments
+_LIBPQ_KEYS: Final = frozenset(o.keyword.decode() for o in pq.Conninfo.get_defaults())
+_PSYCOPG_KEYS: Final = frozenset(inspect.signature(psycopg.AsyncConnection.connect).parameters) - {"conninfo", "kwargs"}
+#: Django's OPTIONS that are not libpq's
+_DJANGO_KEYS: Final = frozenset({"isolation_level", "server_side_binding", "assume_role"})
+_ISOLATION: Final = {
+    psycopg.IsolationLevel.READ_UNCOMMITTED: "read uncommitted",
+    psycopg.IsolationLevel.READ_COMMITTED: "read committed",
+    psycopg.IsolationLevel.REPEATABLE_READ: "repeatable read",
+    psycopg.IsolationLevel.SERIALIZABLE: "serializable",
+}
+_IDLE: Final = pq.TransactionStatus.IDLE
+_ACTIVE: Final = pq.TransactionStatus.ACTIVE
+_BAD: Final = pq.ConnStatus.BAD
+
+
+class _Connection(psycopg.AsyncConnection[Any]):
+    """psycopg's connection, with what aconn needs to cancel its statement once it is closed."""
+
+    #: the server's process id of this session
+    aconn_pid: int = 0
+    #: libpq's cancel handle, taken at connect (usable after the connection is closed)
+    aconn_cancel: Any = None
+
+
+def _option_value(value: str) -> str:
+    """A value inside libpq's ``options``: spaces and backslashes escaped."""
+    return value.replace("\\", "\\\\").replace(" ", "\\ ")
+
+
+class PsycopgBackend(PostgresBackend):
+    """psycopg 3 async connections to PostgreSQL."""
+
+    vendor: ClassVar[str] = "postgresql"
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        alias = settings.alias
+        options = dict(settings.options)
+        for key in options:
+            if key in _OWN_KEYS:
+                raise ConfigError(alias, f"OPTIONS.{key}", f"set it with the top-level key {_OWN_KEYS[key]!r}")
+            if key == "pool":
+                raise ConfigError(
+                    alias, "OPTIONS.pool", "aconn is the pool: remove it (Django's psycopg_pool settings do not apply)"
+                )
+            if key not in _LIBPQ_KEYS and key not in _PSYCOPG_KEYS and key not in _DJANGO_KEYS:
+                raise ConfigError(
+                    alias, f"OPTIONS.{key}", "not a libpq connection parameter nor a psycopg.connect() option"
+                )
+        startup: list[str] = []
+        isolation = options.pop("isolation_level", None)
+        if isolation is not None:
+            try:
+                level = _ISOLATION[psycopg.IsolationLevel(isolation)]
+            except (ValueError, KeyError):
+                raise ConfigError(
+                    alias, "OPTIONS.isolation_level", "must be a psycopg.IsolationLevel (1 to 4)"
+                ) from None
+            startup.append(f"-c default_transaction_isolation={_option_value(level)}")
+        if settings.statement_timeout is not None:
+            startup.append(f"-c statement_timeout={max(1, round(settings.statement_timeout * 1000))}")
+        if startup:
+            user_options = options.get("options")
+            options["options"] = " ".join([*([user_options] if user_options else []), *startup])
+        binding = options.pop("server_side_binding", None)
+        if binding is not None:
+            if not isinstance(binding, bool):
+                raise ConfigError(alias, "OPTIONS.server_side_binding", f"must be True or False, got {binding!r}")
+            options["cursor_factory"] = psycopg.AsyncCursor if binding else psycopg.AsyncClientCursor
+        role = options.pop("assume_role", None)
+        self._setup_sql: str | None = None
+        if role is not None:
+            if not isinstance(role, str) or not role:
+                raise ConfigError(alias, "OPTIONS.assume_role", f"must be a role name, got {role!r}")
+            self._setup_sql = 'SET ROLE "{}"'.format(role.replace('"', '""'))
+        self._host = settings.host or "localhost"
+        self._port = settings.port or DEFAULT_PORTS["postgresql"]
+        self._kwargs: dict[str, Any] = {
+            "host": self._host,
+            "port": self._port,
+            "user": settings.user or None,
+            "password": settings.password or None,
+            "dbname": settings.name or None,
+            "autocommit": settings.autocommit,
+            **options,
+        }
+
+    async def _open(self) -> Any:
+        return await _Connection.connect(**self._kwargs)
+
+    async def connect(self) -> tuple[Any, ServerLimits]:
+        conn = await self._open()
+        try:
+            if self._setup_sql:
+                await conn.execute(self._setup_sql)
+            cur = await conn.execute(LIMITS_SQL)
+            row = await cur.fetchone()
+            if not self.settings.autocommit:
+                await conn.rollback()  # the limits query opened the transaction: start clean
+        except BaseException:
+            await self._close_quietly(conn)
+            raise
+        pid, limits = limits_from_row(row)
+        conn.aconn_pid = pid
+        conn.aconn_cancel = conn.pgconn.get_cancel()
+        return conn, limits
+
+    @staticmethod
+    async def _close_quietly(conn: Any) -> None:
+        try:
+            await conn.close()
+        except Exception:
+            conn.pgconn.finish()
+
+    async def close(self, conn: Any) -> None:
+        await conn.close()  # a Terminate message: the server logs no lost client
+
+    def abort(self, conn: Any) -> None:
+        conn.pgconn.finish()  # closes the socket at once, no I/O
+
+    def forget(self, conn: Any) -> None:
+        conn.pgconn.finish()  # libpq owns the socket: closing it needs no event loop
+
+    def _flagged_dead(self, conn: Any) -> bool:
+        return bool(conn.pgconn.status == _BAD)
+
+    def _socket(self, conn: Any) -> int | None:
+        try:
+            fd: int = conn.pgconn.socket
+        except psycopg.OperationalError:
+            return None
+        return fd
+
+    def reusable(self, conn: Any) -> bool:
+        pgconn = conn.pgconn
+        return bool(pgconn.transaction_status == _IDLE and pgconn.status != _BAD)
+
+    async def ping(self, conn: Any) -> None:
+        await conn.execute("SELECT 1")
+
+    def in_transaction(self, conn: Any) -> bool:
+        return bool(conn.pgconn.transaction_status != _IDLE)
+
+    async def rollback(self, conn: Any) -> None:
+        await conn.rollback()
+
+    async def reset(self, conn: Any) -> None:
+        await conn.execute("DISCARD ALL")  # psycopg forgets its prepared statements when it sees it
+        if self._setup_sql:
+            await conn.execute(self._setup_sql)
+
+    async def execute(self, conn: Any, sql: str) -> None:
+        await conn.execute(sql)
+
+    async def _fetch_one(self, conn: Any, sql: str) -> Any:
+        cur = await conn.execute(sql)
+        return await cur.fetchone()
+
+    def left_running(self, conn: Any) -> bool:
+        # psycopg cancels a cancelled caller's statement itself and waits for the server before
+        # the CancelledError goes on; a statement is left only when that was cut short
+        return bool(conn.pgconn.transaction_status == _ACTIVE or (conn.pgconn.status == _BAD and conn.aconn_pid != 0))
+
+    def _pid(self, conn: Any) -> int:
+        return int(conn.aconn_pid)
+
+    async def _cancel(self, conn: Any) -> None:
+        cancel = conn.aconn_cancel
+        if cancel is not None:
+            await asyncio.to_thread(cancel.cancel)  # libpq's PQcancel: a blocking call, bounded by the caller
+
+    def interrupt(self, conn: Any) -> None:
+        pass
+
+    def classify(self, exc: BaseException, *, connecting: bool = False) -> ErrorKind:
+        if isinstance(exc, psycopg.Error):
+            kind = classify_sqlstate(exc.sqlstate, str(exc), connecting=connecting)
+            if kind is not None:
+                return kind
+            if isinstance(exc, psycopg.errors.QueryCanceled):
+                return ErrorKind.OTHER  # a statement_timeout: the session is fine
+            if isinstance(exc, psycopg.InterfaceError) or (
+                isinstance(exc, psycopg.OperationalError) and not exc.sqlstate
+            ):
+                return ErrorKind.DISCONNECT  # libpq: the connection is closed or lost
+            return ErrorKind.OTHER
+        if isinstance(exc, OSError | EOFError):
+            return ErrorKind.DISCONNECT
+        return ErrorKind.OTHER
