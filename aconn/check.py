@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .backends import load_backend
-from .backends.base import ServerLimits
+from .backends.base import Backend, ServerLimits
+from .backends.pgcommon import PostgresBackend
 from .errors import AconnError
 from .handler import Connections
 from .rules import evaluate, idle_limit_from_server
@@ -27,6 +28,8 @@ from .settings import Settings, parse_databases
 __all__ = ("main", "run_check")
 
 OK, RULE_FAILED, UNREACHABLE = 0, 1, 2
+#: the engines that speak to PostgreSQL
+POSTGRESQL = frozenset({"postgresql", "asyncpg"})
 
 
 def load_databases(target: str | None, url: str | None) -> dict[str, Settings]:
@@ -70,10 +73,12 @@ async def check_alias(settings: Settings, workers: int) -> dict[str, Any]:
         report.update(reachable=True, version=limits.version)
         if settings.engine == "mysql":
             report.update(await _mysql_details(conn, limits))
+        elif settings.engine in POSTGRESQL:
+            report.update(await _postgresql_details(backend, conn, limits))
         elif settings.engine == "sqlite":
             rows = await conn.execute_fetchall("PRAGMA journal_mode")
             report.update(_sqlite_file(settings), journal_mode=str(next(iter(rows))[0]))
-        verdicts = evaluate(settings, limits, workers) if settings.engine == "mysql" else []
+        verdicts = evaluate(settings, limits, workers) if settings.engine != "sqlite" else []
         report["rules"] = [dataclasses.asdict(v) for v in verdicts]
     finally:
         try:
@@ -103,6 +108,24 @@ async def _mysql_details(conn: Any, limits: ServerLimits) -> dict[str, Any]:
         },
         "connections_open": int(status.get("Threads_connected", 0)),
         "tls": {"in_use": bool(cipher), "cipher": cipher or None},
+    }
+
+
+async def _postgresql_details(backend: Backend, conn: Any, limits: ServerLimits) -> dict[str, Any]:
+    assert isinstance(backend, PostgresBackend)
+    fetch_one = backend._fetch_one
+    open_now = await fetch_one(conn, "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'")
+    tls = await fetch_one(conn, "SELECT ssl, cipher FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+    return {
+        "limits": {
+            "idle_session_timeout": limits.idle_timeout,
+            "idle_in_transaction_session_timeout": limits.idle_in_transaction_timeout,
+            "statement_timeout": limits.max_statement_time,
+            "max_connections (less superuser_reserved_connections)": limits.max_connections,
+            "aconn_idle_limit": idle_limit_from_server(limits.idle_timeout),
+        },
+        "connections_open": int(open_now[0]),
+        "tls": {"in_use": bool(tls and tls[0]), "cipher": (tls[1] if tls and tls[0] else None)},
     }
 
 

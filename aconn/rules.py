@@ -51,6 +51,9 @@ def _idle_rule(settings: Settings, limits: ServerLimits) -> Verdict:
     server's limit by itself. What fails is an ``IDLE_TIMEOUT`` set at or above it.
     """
     wait_timeout = limits.idle_timeout
+    postgresql = settings.engine in ("postgresql", "asyncpg")
+    name = "idle_session_timeout" if postgresql else "wait_timeout"
+    symptom = "terminating connection due to idle-session timeout" if postgresql else "MySQL server has gone away"
     if not wait_timeout:
         return Verdict("IDLE_TIMEOUT", True, "the server closes no idle session")
     age = "None" if settings.conn_max_age is None else f"{settings.conn_max_age:g}"
@@ -59,8 +62,8 @@ def _idle_rule(settings: Settings, limits: ServerLimits) -> Verdict:
         return Verdict(
             "IDLE_TIMEOUT",
             False,
-            f"IDLE_TIMEOUT={settings.idle_timeout:g} but wait_timeout={wait_timeout:g}: an idle connection can "
-            'outlive the server\'s idle limit ("MySQL server has gone away"; without health checks only the '
+            f"IDLE_TIMEOUT={settings.idle_timeout:g} but {name}={wait_timeout:g}: an idle connection can "
+            f'outlive the server\'s idle limit ("{symptom}"; without health checks only the '
             "socket check catches a session the server dropped)",
             f"remove IDLE_TIMEOUT (aconn then retires idle connections after {derived:g}s) or set it below "
             f"{wait_timeout:g}, or enable CONN_HEALTH_CHECKS",
@@ -69,8 +72,7 @@ def _idle_rule(settings: Settings, limits: ServerLimits) -> Verdict:
     return Verdict(
         "IDLE_TIMEOUT",
         True,
-        f"idle connections retired after {limit:g}s, within the server's wait_timeout={wait_timeout:g} "
-        f"(CONN_MAX_AGE={age})",
+        f"idle connections retired after {limit:g}s, within the server's {name}={wait_timeout:g} (CONN_MAX_AGE={age})",
     )
 
 

@@ -260,3 +260,25 @@ async def test_logs_never_show_the_password(db: MariaDB, make: Any, caplog: pyte
         await in_scope(connections, "SELECT 1")
     assert "closed a connection" in caplog.text  # the lines that name the alias were logged
     assert_no_password(caplog.text)
+
+
+async def test_reset_on_release_clears_session_state(db: MariaDB, make: Any) -> None:
+    """RESET_ON_RELEASE: COM_RESET_CONNECTION at scope exit, in place, then the session set up again."""
+    connections = make({"default": db.settings(CONN_MAX_AGE=60, RESET_ON_RELEASE=True, STATEMENT_TIMEOUT=5)})
+    async with connections.scope():
+        conn = await connections.connection()
+        await fetch(conn, "SET @left_by_a_request = 1")
+        first = await scalar(conn, "SELECT CONNECTION_ID()")
+    async with connections.scope():
+        conn = await connections.connection()
+        assert await scalar(conn, "SELECT CONNECTION_ID()") == first  # the same session, not a new one
+        assert await scalar(conn, "SELECT @left_by_a_request") is None
+        assert await scalar(conn, "SELECT @@SESSION.autocommit") == 1
+        assert float(await scalar(conn, "SELECT @@SESSION.max_statement_time")) == 5.0  # set up again
+    assert connections.stats().opened == 1
+
+
+def test_reset_on_release_refused_on_sqlite() -> None:
+    with pytest.raises(aconn.ConfigError, match="no session state") as info:
+        aconn.Connections({"default": {"ENGINE": "sqlite", "NAME": "x.db", "RESET_ON_RELEASE": True}})
+    assert info.value.key == "RESET_ON_RELEASE"

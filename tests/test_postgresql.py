@@ -325,3 +325,25 @@ def test_postgresql_settings() -> None:
     with pytest.raises(aconn.ConfigError) as info:
         aconn.Connections({"default": {"ENGINE": "asyncpg", "NAME": "x", "OPTIONS": {"sslmode": "x"}}})
     assert info.value.key == "OPTIONS.sslmode"
+
+
+async def test_check_reports_postgresql(pg: PostgreSQL, engine: str) -> None:
+    """``python -m aconn check`` on a PostgreSQL alias: limits, sessions, TLS, the rules; no password."""
+    import json
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "aconn", "check", "--json", "--workers", "20",
+         "--url", pg.url(scheme="postgresql" if engine == "postgresql" else "postgresql+asyncpg")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr  # 20 x 10 > max_connections 100 - 3
+    report = json.loads(result.stdout)["aliases"][0]
+    assert report["reachable"] and report["version"].startswith("PostgreSQL 15")
+    assert report["limits"]["max_connections (less superuser_reserved_connections)"] == 97
+    assert report["connections_open"] >= 1 and report["tls"]["in_use"] is False
+    rules = {r["rule"]: r for r in report["rules"]}
+    assert not rules["MAX_CONNS"]["ok"] and "max_connections=97" in rules["MAX_CONNS"]["message"]
+    assert rules["IDLE_TIMEOUT"]["ok"] and rules["CANCEL_ON_SERVER"]["ok"]
+    assert_no_password(result.stdout, result.stderr)
