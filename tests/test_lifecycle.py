@@ -121,7 +121,7 @@ async def test_connect_errors_say_where(make: Any) -> None:
 @pytest.mark.parametrize(
     ("engine", "fragment"),
     [
-        ("django.db.backends.postgresql", "unsupported engine 'django.db.backends.postgresql'"),
+        ("django.db.backends.oracle", "unsupported engine 'django.db.backends.oracle'"),
         ("django.db.backends.mysq", "did you mean 'django.db.backends.mysql'?"),
         ("myapp.backends.Nope", "importing it failed"),
     ],

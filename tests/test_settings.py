@@ -108,7 +108,7 @@ def test_sqlite_options_checked() -> None:
     [
         ("mysql://u:p@h/db?conn_max_agee=1", "conn_max_agee"),
         ("mysql://u:p@h/db?health_checks=maybe", "CONN_HEALTH_CHECKS"),
-        ("postgres://u:p@h/db", "URL"),
+        ("oracle://u:p@h/db", "URL"),
         ("sqlite://relative.db", "URL"),
         ("nonsense", "URL"),
     ],
