@@ -116,6 +116,11 @@ async def _postgresql_details(backend: Backend, conn: Any, limits: ServerLimits)
     fetch_one = backend._fetch_one
     open_now = await fetch_one(conn, "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'")
     tls = await fetch_one(conn, "SELECT ssl, cipher FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+    keepalives = await fetch_one(
+        conn,
+        "SELECT current_setting('tcp_keepalives_idle'), current_setting('tcp_keepalives_interval'), "
+        "current_setting('tcp_keepalives_count')",
+    )
     return {
         "limits": {
             "idle_session_timeout": limits.idle_timeout,
@@ -123,6 +128,7 @@ async def _postgresql_details(backend: Backend, conn: Any, limits: ServerLimits)
             "statement_timeout": limits.max_statement_time,
             "max_connections (less superuser_reserved_connections)": limits.max_connections,
             "aconn_idle_limit": idle_limit_from_server(limits.idle_timeout),
+            "tcp_keepalives_idle/interval/count": "/".join(str(v) for v in keepalives),
         },
         "connections_open": int(open_now[0]),
         "tls": {"in_use": bool(tls and tls[0]), "cipher": (tls[1] if tls and tls[0] else None)},

@@ -343,6 +343,7 @@ async def test_check_reports_postgresql(pg: PostgreSQL, engine: str) -> None:
     assert report["reachable"] and report["version"].startswith("PostgreSQL 15")
     assert report["limits"]["max_connections (less superuser_reserved_connections)"] == 97
     assert report["connections_open"] >= 1 and report["tls"]["in_use"] is False
+    assert report["limits"]["tcp_keepalives_idle/interval/count"].count("/") == 2
     rules = {r["rule"]: r for r in report["rules"]}
     assert not rules["MAX_CONNS"]["ok"] and "max_connections=97" in rules["MAX_CONNS"]["message"]
     assert rules["IDLE_TIMEOUT"]["ok"] and rules["CANCEL_ON_SERVER"]["ok"]
