@@ -11,7 +11,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
 import platform
+import random
+import statistics
+import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -24,9 +29,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import asyncpg  # noqa: E402
 import peers  # noqa: E402
 import psycopg  # noqa: E402
+from mariadb import free_port  # noqa: E402
 from postgres import PostgreSQL  # noqa: E402
 from psycopg_pool import AsyncConnectionPool  # noqa: E402
-from run import MEASURED_CPU, SERVER_CPU, pin_to  # noqa: E402
+from run import MEASURED_CPU, PINNED, SERVER_CPU, load_app, pin_to, wait_port  # noqa: E402
 from sqlalchemy import text  # noqa: E402
 from sqlalchemy.ext.asyncio import create_async_engine  # noqa: E402
 
@@ -139,12 +145,71 @@ async def measure(server: PostgreSQL, quick: bool) -> list[peers.Table]:
         await sa.dispose()
 
 
+def web(settings: dict[str, Any], quick: bool) -> peers.Table:
+    """P3: the one-query endpoint under uvicorn, aconn (asyncpg) against a hand-rolled asyncpg.Pool app.
+
+    Each variant in its own process on the measured core; the load generator beside the server;
+    rounds interleaved in a shuffled order; ratios are medians of per-round ratios.
+    """
+    from webapp import PG_VARIANTS
+
+    seconds, rounds = (1, 4) if quick else (1, 15)
+    servers: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
+    pin_to(SERVER_CPU)
+    try:
+        for variant in PG_VARIANTS:
+            port = free_port()
+            cpu = ["--cpu", str(MEASURED_CPU)] if PINNED else []
+            proc = subprocess.Popen(
+                [sys.executable, str(ROOT / "benchmarks" / "webapp.py"), "serve", variant, "--port", str(port),
+                 "--settings", json.dumps(settings), *cpu],
+                cwd=ROOT, env={**os.environ, "PYTHONHASHSEED": "0"},
+            )  # fmt: skip
+            servers[variant] = (proc, port)
+        for _, port in servers.values():
+            wait_port(port)
+        for proc, port in servers.values():
+            load_app(proc.pid, port, 1)  # warm up
+        results: dict[str, list[dict[str, float]]] = {v: [] for v in PG_VARIANTS}
+        order = list(servers.items())
+        for _ in range(rounds):
+            random.Random(8).shuffle(order)
+            for variant, (proc, port) in order:
+                results[variant].append(load_app(proc.pid, port, seconds))
+    finally:
+        pin_to(MEASURED_CPU)
+        for proc, _ in servers.values():
+            proc.terminate()
+            proc.wait(30)
+    base = results["pg-asyncpg-pool"]
+    names = {
+        "pg-asyncpg-pool": "hand-rolled asyncpg.Pool app",
+        "pg-asyncpg-pool-again": "control: the same asyncpg.Pool app, another process",
+        "pg-aconn": "aconn (asyncpg) with ConnectionsMiddleware",
+    }
+    table = peers.Table("P3. Web app: one-query endpoint, uvicorn, 20 keep-alive clients", unit="requests/s")
+    lines = ["| variant | requests/s | ratio | p99 ms | app CPU us/request | errors |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    for variant in ("pg-asyncpg-pool", "pg-asyncpg-pool-again", "pg-aconn"):
+        runs = results[variant]
+        rps = statistics.median(r["rps"] for r in runs)
+        rate = statistics.median(r["rps"] / b["rps"] for r, b in zip(runs, base, strict=True))
+        table.rows.append((names[variant], rps, rate))
+        lines.append(
+            f"| {names[variant]} | {rps:.0f} | {rate:.2f}x | {statistics.median(r['p99_ms'] for r in runs):.2f} "
+            f"| {statistics.median(r['cpu_us'] for r in runs):.0f} | {sum(int(r['errors']) for r in runs)} |"
+        )
+    lines += ["", f"{rounds} rounds of {seconds} s, the variants in a shuffled order each round."]
+    table.note = "\n".join(lines)
+    return table
+
+
 def ratio(table: peers.Table, name: str) -> float:
     return next(r for n, _, r in table.rows if n == name)
 
 
 def targets(tables: list[peers.Table]) -> str:
-    overhead, select = tables
+    overhead, select = tables[:2]
     apg_overhead = ratio(overhead, "aconn (asyncpg): async with scope: await connection()")
     pg_vs_pool = ratio(overhead, "aconn (psycopg): async with scope: await connection()") / ratio(
         overhead, "psycopg_pool: async with pool.connection()"
@@ -155,6 +220,13 @@ def targets(tables: list[peers.Table]) -> str:
         ("scope + SELECT 1 within 5% of a raw held asyncpg connection", f"{select_cost:+.1%}", select_cost <= 0.05),
         ("(not a target) aconn (psycopg) against psycopg_pool", f"{pg_vs_pool:.2f}x", None),
     ]
+    if len(tables) > 2:
+        web_ratio = ratio(tables[2], "aconn (asyncpg) with ConnectionsMiddleware")
+        control = ratio(tables[2], "control: the same asyncpg.Pool app, another process")
+        rows.append(
+            (f"web app at least as fast as the asyncpg.Pool app (control: {control:.2f}x)", f"{web_ratio:.2f}x",
+             web_ratio >= min(1.0, control))
+        )  # fmt: skip
     lines = ["| target | measured | met |", "| --- | ---: | --- |"]
     lines += [f"| {t} | {m} | {'' if ok is None else 'yes' if ok else 'NO'} |" for t, m, ok in rows]
     return "\n".join(lines)
@@ -163,6 +235,7 @@ def targets(tables: list[peers.Table]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--no-web", action="store_true", help="skip the uvicorn workload (P3)")
     args = parser.parse_args()
     pin_to(SERVER_CPU)  # the server's processes inherit this core
     server = PostgreSQL().start()
@@ -170,9 +243,11 @@ def main() -> int:
     try:
         version = server.sql("SHOW server_version")[0][0]
         tables = asyncio.run(measure(server, args.quick))
+        if not args.no_web:
+            tables.append(web(server.settings(), args.quick))
     finally:
         server.close()
-    body = "\n\n".join(t.render() for t in tables)
+    body = "\n\n".join(t.render() if t.unit != "requests/s" else f"**{t.title}**\n\n{t.note}" for t in tables)
     report = f"""# Performance on PostgreSQL
 
 Written by `python benchmarks/postgresql.py{' --quick' if args.quick else ''}` (also run by `nox -s bench`):

@@ -118,13 +118,13 @@ def web(settings: dict[str, Any], quick: bool, loop_name: str, title: str) -> pe
             wait_port(port)
         results: dict[str, list[dict[str, float]]] = {v: [] for v in VARIANTS}
         for proc, port in servers.values():  # warm up
-            _load(proc.pid, port, 1)
+            load_app(proc.pid, port, 1)
         order = list(servers.items())
         shuffle = random.Random(8).shuffle
         for _ in range(rounds):
             shuffle(order)
             for variant, (proc, port) in order:
-                results[variant].append(_load(proc.pid, port, seconds))
+                results[variant].append(load_app(proc.pid, port, seconds))
     finally:
         pin_to(MEASURED_CPU)
         for proc, _ in servers.values():
@@ -180,7 +180,7 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _load(pid: int, port: int, seconds: int) -> dict[str, float]:
+def load_app(pid: int, port: int, seconds: int) -> dict[str, float]:
     """Load the app on ``port`` for ``seconds``: requests/s, latency percentiles, errors, app CPU per request."""
     cpu_before = _cpu_seconds(pid)
     if shutil.which("wrk"):

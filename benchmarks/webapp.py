@@ -30,9 +30,51 @@ VARIANTS = (
     "aconn", "aconn-health", "aconn-endpoint", "aiomysql-pool", "aiomysql-pool-again", "sqlalchemy",
     "connect-per-request",
 )  # fmt: skip
+#: the same endpoint on PostgreSQL (benchmarks/postgresql.py): aconn on asyncpg, a hand-rolled asyncpg.Pool
+PG_VARIANTS = ("pg-aconn", "pg-asyncpg-pool", "pg-asyncpg-pool-again")
+
+
+def build_pg_app(variant: str, settings: dict[str, Any]) -> Any:
+    import asyncpg
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    if variant == "pg-aconn":
+        import aconn
+        from aconn.asgi import ConnectionsMiddleware
+
+        connections = aconn.Connections({"default": {**settings, "ENGINE": "asyncpg", "CONN_MAX_AGE": 3600}})
+
+        async def endpoint(request: Request) -> PlainTextResponse:
+            return PlainTextResponse(str(await (await connections.connection()).fetchval("SELECT 1")))
+
+        return Starlette(
+            routes=[Route("/", endpoint)], middleware=[Middleware(ConnectionsMiddleware, connections=connections)]
+        )
+    state: dict[str, Any] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        state["pool"] = await asyncpg.create_pool(
+            host=settings["HOST"], port=settings["PORT"], user=settings["USER"], password=settings["PASSWORD"],
+            database=settings["NAME"], min_size=1, max_size=10,
+        )  # fmt: skip
+        yield
+        await state["pool"].close()
+
+    async def pool_endpoint(request: Request) -> PlainTextResponse:
+        async with state["pool"].acquire() as conn:
+            return PlainTextResponse(str(await conn.fetchval("SELECT 1")))
+
+    return Starlette(routes=[Route("/", pool_endpoint)], lifespan=lifespan)
 
 
 def build_app(variant: str, settings: dict[str, Any]) -> Any:
+    if variant in PG_VARIANTS:
+        return build_pg_app(variant, settings)
     import aiomysql
     from peers import driver_kwargs
     from starlette.applications import Starlette
@@ -152,7 +194,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve")
-    serve.add_argument("variant", choices=VARIANTS)
+    serve.add_argument("variant", choices=VARIANTS + PG_VARIANTS)
     serve.add_argument("--port", type=int, required=True)
     serve.add_argument("--settings", required=True, help="a DATABASES entry as JSON")
     serve.add_argument("--loop", default="asyncio", choices=["asyncio", "uvloop"])
