@@ -54,24 +54,31 @@ class ConnectionsMiddleware:
     :param app: the ASGI app to wrap.
     :param connections: the handler.
     :param shutdown_timeout: how long shutdown waits for scopes in flight.
+    :param scopes: False to handle only the lifespan, for a framework that runs its views in
+        another task than the ASGI call (Django) and enters the scopes there itself.
     """
 
-    def __init__(self, app: ASGIApp, connections: Connections, shutdown_timeout: float = 10.0) -> None:
+    def __init__(
+        self, app: ASGIApp, connections: Connections, shutdown_timeout: float = 10.0, *, scopes: bool = True
+    ) -> None:
         self.app = app
         self.connections = connections
         self.shutdown_timeout = shutdown_timeout
+        self.scopes = scopes
         #: the aliases whose HTTP requests each run in a transaction
         self.atomic_aliases = tuple(a for a in connections.aliases if connections.settings(a).atomic_requests)
 
     async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        if kind == "http":
+        if kind == "lifespan":
+            await self._lifespan(scope, receive, send)
+        elif not self.scopes:
+            await self.app(scope, receive, send)
+        elif kind == "http":
             await self._http(scope, receive, send)
         elif kind == "websocket":
             async with self.connections.scope():
                 await self.app(scope, receive, send)
-        elif kind == "lifespan":
-            await self._lifespan(scope, receive, send)
         else:
             await self.app(scope, receive, send)
 

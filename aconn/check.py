@@ -32,8 +32,25 @@ OK, RULE_FAILED, UNREACHABLE = 0, 1, 2
 POSTGRESQL = frozenset({"postgresql", "asyncpg"})
 
 
-def load_databases(target: str | None, url: str | None) -> dict[str, Settings]:
-    """Settings from ``module:attribute`` (a Connections or a DATABASES dict), ``--url`` or DATABASE_URL."""
+def load_django(settings_module: str) -> dict[str, Settings]:
+    """The ``DATABASES`` of a Django project, by its settings module (``myproject.settings``)."""
+    os.environ["DJANGO_SETTINGS_MODULE"] = settings_module
+    sys.path.insert(0, os.getcwd())
+    try:
+        import django
+
+        django.setup()
+    except ImportError as exc:
+        raise AconnError(f"cannot load the Django settings {settings_module!r}: {exc}") from None
+    from .django import databases_from_django
+
+    return parse_databases(databases_from_django())
+
+
+def load_databases(target: str | None, url: str | None, django_settings: str | None = None) -> dict[str, Settings]:
+    """Settings from ``module:attribute`` (a Connections or a DATABASES dict), ``--django``, ``--url``, DATABASE_URL."""
+    if django_settings:
+        return load_django(django_settings)
     if target:
         module_name, _, attribute = target.partition(":")
         if not attribute:
@@ -190,13 +207,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("command", choices=["check"])
     parser.add_argument("target", nargs="?", help="MODULE:ATTRIBUTE of a Connections or a DATABASES dict")
     parser.add_argument("--url", help="a database URL (default: $DATABASE_URL)")
+    parser.add_argument("--django", metavar="SETTINGS", help="a Django project's settings module: check its DATABASES")
     parser.add_argument("--workers", type=int, default=1, help="processes that each open MAX_CONNS")
     parser.add_argument("--json", action="store_true", help="print a machine-readable report")
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error("--workers must be at least 1")
     try:
-        databases = load_databases(args.target, args.url)
+        databases = load_databases(args.target, args.url, args.django)
     except AconnError as exc:  # ConfigError included: names alias and key, never the password
         if args.json:
             print(json.dumps({"status": UNREACHABLE, "error": str(exc)}))
