@@ -18,6 +18,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 from ._asyncio import run_shielded, task_of
 from .backends import load_backend
 from .errors import AconnError, ClosedError, ConfigError, ScopeError
+from .hooks import HookEvent, Hooks
 from .housekeeping import Housekeeper
 from .iteration import Jobs
 from .pool import Pool
@@ -61,6 +62,8 @@ class Connections:
 
     def __init__(self, databases: Mapping[str, Any]) -> None:
         self._settings: dict[str, Settings] = parse_databases(databases)
+        self._hooks = Hooks()
+        self._hooks.on_first_use = self._observe_use
         self._pools: dict[str, Pool] = self._new_pools()
         #: where connection() takes each alias's connection: its pool, or a test's pinned connection
         self._sources: dict[str, Pool | PinnedConnection] = dict(self._pools)
@@ -69,7 +72,30 @@ class Connections:
         _HANDLERS.add(self)
 
     def _new_pools(self) -> dict[str, Pool]:
-        return {alias: Pool(settings, load_backend(settings)) for alias, settings in self._settings.items()}
+        pools = {
+            alias: Pool(settings, load_backend(settings), self._hooks) for alias, settings in self._settings.items()
+        }
+        if self._hooks.wants("use"):
+            for pool in pools.values():
+                pool.observe_use()
+        return pools
+
+    def _observe_use(self) -> None:
+        for pool in self._pools.values():
+            pool.observe_use()
+
+    def on(self, kind: str, callback: Callable[[HookEvent], object]) -> Callable[[], None]:
+        """Call ``callback(event)`` for each :class:`~aconn.hooks.HookEvent` of ``kind`` on any alias.
+
+        Kinds: ``connect`` (seconds the connect took), ``close`` (reason, age), ``wait`` (seconds a
+        task waited; reason ``timeout`` if it gave up), ``use`` (seconds a scope held a connection),
+        ``leak`` (a connection held past LEAK_TIMEOUT). Callbacks run synchronously in the event
+        loop: keep them short. One that raises is logged once and never breaks aconn. Nothing is
+        measured for a kind nobody listens to. Returns a function that removes the callback.
+
+        :raises ValueError: for an unknown kind.
+        """
+        return self._hooks.add(kind, callback)
 
     def _reset(self) -> None:
         """The lifecycle state of a handler never opened, bound to no event loop."""

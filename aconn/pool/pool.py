@@ -21,6 +21,7 @@ from typing import Any, Final
 
 from ..backends.base import Backend, ErrorKind, ServerLimits
 from ..errors import AconnError, AcquireTimeout, ClosedError, PoolOverloaded
+from ..hooks import HookEvent, Hooks
 from ..rules import evaluate, idle_limit_from_server
 from ..settings import Settings
 from ..stats import PoolStats
@@ -48,8 +49,10 @@ _MAX_AGE, _IDLE_LIMIT, _UNUSABLE, _ERROR, _SHUTDOWN = (
 class Pool:
     """The connections of one alias in this process."""
 
-    def __init__(self, settings: Settings, backend: Backend) -> None:
+    def __init__(self, settings: Settings, backend: Backend, hooks: Hooks | None = None) -> None:
         self.settings = settings
+        #: the handler's hook callbacks (aconn.hooks), shared by its pools
+        self.hooks = hooks if hooks is not None else Hooks()
         self.alias = settings.alias
         self.backend = backend
         self.closed = False
@@ -260,7 +263,17 @@ class Pool:
                 f"(MAX_WAITING={max_waiting}, MAX_CONNS={self.settings.max_conns}, {self._in_use} in use): "
                 "refused at once instead of waiting ACQUIRE_TIMEOUT; shed load or raise the limits"
             )
-        return await self._waiters.wait(loop, deadline)
+        if not self.hooks.wants("wait"):
+            return await self._waiters.wait(loop, deadline)
+        started = loop.time()
+        reason = None
+        try:
+            return await self._waiters.wait(loop, deadline)
+        except AcquireTimeout:
+            reason = "timeout"
+            raise
+        finally:
+            self.hooks.emit(HookEvent("wait", self.alias, seconds=loop.time() - started, reason=reason))
 
     def _regrant(self, granted: Holder | _Slot) -> None:
         """A grant reached a waiter as it was cancelled: pass it on."""
@@ -283,6 +296,7 @@ class Pool:
 
     async def _open(self, deadline: float) -> Holder:
         """Open a connection in a slot already counted in ``size`` and ``opening``."""
+        started = monotonic()
         try:
             conn, limits = await self._connector.connect(deadline, self._timed_out)
         except BaseException:
@@ -297,9 +311,12 @@ class Pool:
         self.counters.opened += 1
         if not self._rules_checked:
             self._warn_rules_once(limits)
-        holder = Holder(self, conn, self.backend.liveness(conn), monotonic(), *self._deadlines(limits))
+        now = monotonic()
+        holder = Holder(self, conn, self.backend.liveness(conn), now, *self._deadlines(limits))
         self._holders.add(holder)
         holder.opened()
+        if self.hooks.wants("connect"):
+            self.hooks.emit(HookEvent("connect", self.alias, seconds=now - started))
         return holder
 
     def _deadlines(self, limits: ServerLimits) -> tuple[float, float]:
@@ -352,6 +369,8 @@ class Pool:
             self.settings.leak_timeout,
             "".join(holder.taken_stack or ()),
         )
+        if self.hooks.wants("leak"):
+            self.hooks.emit(HookEvent("leak", self.alias, seconds=monotonic() - holder.taken_at, task=task))
 
     # -- release --------------------------------------------------------------------------
 
@@ -386,6 +405,21 @@ class Pool:
                 self._idle.append(holder)
             return None
         return self._release_slow(holder, exc)
+
+    def observe_use(self) -> None:
+        """Report how long each scope held a connection (the ``use`` hook): ``release`` is wrapped on
+        this pool only from now on, so that a pool nobody observes pays nothing on the scope path."""
+        if "release" in self.__dict__:
+            return
+        unobserved = self.release
+        hooks = self.hooks
+
+        def release(holder: Holder, exc: BaseException | None) -> Coroutine[Any, Any, None] | None:
+            if holder.state is _IN_USE:
+                hooks.emit(HookEvent("use", self.alias, seconds=monotonic() - holder.taken_at))
+            return unobserved(holder, exc)
+
+        self.release = release  # type: ignore[method-assign]
 
     async def _release_slow(self, holder: Holder, exc: BaseException | None) -> None:
         backend = self.backend
@@ -530,6 +564,8 @@ class Pool:
         """Every close is counted here once (by the holder's transition): count, log, forget the holder."""
         self._holders.discard(holder)
         self.counters.closed[reason] += 1
+        if self.hooks.wants("close"):
+            self.hooks.emit(HookEvent("close", self.alias, seconds=monotonic() - holder.opened_at, reason=reason.value))
         if reason is not _SHUTDOWN:
             # CONN_MAX_AGE=0 closes at every scope exit by design: not worth an INFO line each
             level = logging.DEBUG if reason is _MAX_AGE and self.settings.conn_max_age == 0 else logging.INFO
