@@ -26,7 +26,8 @@ metric                                   instrument         value
 
 Gauges and counters are observed when the reader collects (reading the pools'
 counters: no cost per scope); the three histograms are fed by the hooks
-(``aconn.hooks``), so ``use_time`` adds one call per scope when instrumented.
+(``aconn.hooks``), so ``use_time`` adds one histogram record per scope when
+instrumented (``use_time=False`` leaves it out).
 """
 
 from __future__ import annotations
@@ -73,13 +74,27 @@ class Instrumentation:
         self._removers = []
 
 
-def instrument(connections: Connections, meter_provider: Any = None) -> Instrumentation:
-    """Report ``connections``' metrics through OpenTelemetry (the global meter provider by default)."""
+def instrument(connections: Connections, meter_provider: Any = None, *, use_time: bool = True) -> Instrumentation:
+    """Report ``connections``' metrics through OpenTelemetry (the global meter provider by default).
+
+    :param use_time: record ``db.client.connection.use_time``, one histogram record per scope:
+        with the OpenTelemetry SDK that costs about 5 us a scope, twice aconn's own scope path
+        (``docs/observability.md``). False leaves the scope path untouched; everything else is
+        observed at collection time or recorded off the scope path.
+    """
     provider = meter_provider if meter_provider is not None else metrics.get_meter_provider()
     meter = provider.get_meter("aconn")
+    cached: dict[str, dict[str, str]] = {}
 
     def attributes(alias: str, **extra: str) -> dict[str, str]:
-        return {POOL: alias, SYSTEM: _system(connections, alias), **extra}
+        if extra:
+            return {POOL: alias, SYSTEM: _system(connections, alias), **extra}
+        found = cached.get(alias)
+        if found is None:
+            found = {POOL: alias, SYSTEM: _system(connections, alias)}
+            if connections._pools[alias].limits is not None or connections.settings(alias).engine != "mysql":
+                cached[alias] = found  # final once the server said what it is
+        return found
 
     def observe(read: Callable[[str, PoolStats], Iterable[tuple[float, dict[str, str]]]]) -> Any:
         def callback(options: CallbackOptions) -> Iterable[Observation]:
@@ -161,11 +176,15 @@ def instrument(connections: Connections, meter_provider: Any = None) -> Instrume
         description="Transactions rolled back when a scope gave its connection back",
     )
     removers = []
-    for kind, name, description in (
+    histograms = [
         ("connect", "db.client.connection.create_time", "The time it took to create a new connection"),
         ("wait", "db.client.connection.wait_time", "The time it took to obtain an open connection from the pool"),
-        ("use", "db.client.connection.use_time", "The time between borrowing a connection and returning it"),
-    ):
+    ]
+    if use_time:
+        histograms.append(
+            ("use", "db.client.connection.use_time", "The time between borrowing a connection and returning it")
+        )
+    for kind, name, description in histograms:
         histogram = meter.create_histogram(
             name, unit="s", description=description, explicit_bucket_boundaries_advisory=list(BOUNDARIES)
         )

@@ -25,6 +25,7 @@ PARTS = {
     "scope": "aconn: async with scope: await connection() (the whole path)",
     "scope-only": "aconn: async with scope: pass (no connection taken)",
     "scope-otel": "aconn instrumented (aconn.otel, SDK in-memory reader): the whole path",
+    "scope-otel-nouse": "aconn instrumented with use_time=False: the whole path",
     "take-release": "aconn: pool.take_idle() + pool.release(), the connection's part",
     "liveness": "aconn: the hand-out check alone (flags, poll(0))",
     "coroutine": "an empty coroutine awaited (the measurement's own cost)",
@@ -43,13 +44,14 @@ async def measure(settings: dict[str, Any], part: str, n: int) -> None:
     import aconn
 
     handler = aconn.Connections({"default": {**settings, "CONN_MAX_AGE": 3600}})
-    if part == "scope-otel":
+    if part.startswith("scope-otel"):
         from opentelemetry.sdk.metrics import MeterProvider
         from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
         import aconn.otel
 
-        aconn.otel.instrument(handler, MeterProvider(metric_readers=[InMemoryMetricReader()]))
+        provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+        aconn.otel.instrument(handler, provider, use_time=part == "scope-otel")
     await handler.open()
     pool = handler._pools["default"]
     holder = pool._idle[-1]
@@ -92,8 +94,8 @@ async def measure(settings: dict[str, Any], part: str, n: int) -> None:
             await select1(conn)
 
     unit = {
-        "scope": whole, "scope-otel": whole, "scope-only": scope_only, "take-release": take_release,
-        "liveness": liveness,
+        "scope": whole, "scope-otel": whole, "scope-otel-nouse": whole, "scope-only": scope_only,
+        "take-release": take_release, "liveness": liveness,
         "coroutine": coroutine, "aiomysql-pool": aiomysql_pool, "select-raw": select_raw,
         "select-scope": select_scope, "select-pool": select_pool,
     }[part]  # fmt: skip
