@@ -149,3 +149,12 @@ def test_prometheus_route(tmp_path: Any) -> None:
     finally:
         provider.shutdown()  # unregisters the exporter's collector from prometheus_client's registry
     assert "db_client_connection_count" not in generate_latest(REGISTRY).decode()
+
+
+def test_use_time_off_leaves_the_scope_path_alone(tmp_path: Any) -> None:
+    connections = aconn.Connections({"default": {"ENGINE": "sqlite", "NAME": str(tmp_path / "u.db")}})
+    reader = InMemoryMetricReader()
+    aconn.otel.instrument(connections, MeterProvider(metric_readers=[reader], shutdown_on_exit=False), use_time=False)
+    assert "release" not in connections._pools["default"].__dict__  # release not wrapped
+    found = points(reader)
+    assert "db.client.connection.use_time" not in found and "db.client.connection.count" in found
