@@ -32,7 +32,8 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    session.install("-e", ".[postgresql,asyncpg,otel]", "mypy>=1.11", "asyncpg-stubs", "pytest>=8", "pytest-asyncio>=0.24")
+    extras = ".[postgresql,asyncpg,otel]"
+    session.install("-e", extras, "mypy>=1.11", "asyncpg-stubs", "pytest>=8", "pytest-asyncio>=0.24")
     session.run("mypy")
 
 

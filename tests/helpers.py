@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -55,3 +56,27 @@ def assert_balanced(stats: aconn.PoolStats) -> None:
     assert stats.open == stats.idle + stats.in_use + stats.opening + stats.closing, stats
     assert stats.open <= stats.max_conns, stats
     assert stats.in_use >= 0 and stats.waiting >= 0 and stats.opening >= 0 and stats.closing >= 0, stats
+
+
+class ProcesslistSampler:
+    """Samples the application user's sessions on the server (MariaDB or PostgreSQL: ``app_threads()``)
+    from a thread while load runs."""
+
+    def __init__(self, server: Any) -> None:
+        self.server = server
+        self.samples: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append(len(self.server.app_threads()))
+            self._stop.wait(0.01)
+
+    def __enter__(self) -> ProcesslistSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)

@@ -185,6 +185,8 @@ class PostgreSQL:
         """Backend pids of the sessions of ``user`` now open."""
         return [int(r[0]) for r in self.sql(f"SELECT pid FROM pg_stat_activity WHERE usename = '{user}'")]
 
+    app_threads = app_backends  # the MariaDB harness' name: test_concurrency_mysql.ProcesslistSampler samples either
+
     def wait_app_backends(self, predicate: Any, timeout: float = 10.0, user: str = APP_USER) -> list[int]:
         deadline = time.monotonic() + timeout
         while True:

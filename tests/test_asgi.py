@@ -56,7 +56,7 @@ async def serve(app: Any) -> AsyncIterator[tuple[str, uvicorn.Server]]:
 
 @pytest.mark.mysql
 async def test_hundreds_of_requests_against_mariadb(db: MariaDB) -> None:
-    from test_concurrency_mysql import ProcesslistSampler
+    from helpers import ProcesslistSampler
 
     app = create_app(db.url("conn_max_age=60&max_conns=4"))
     connections: aconn.Connections = app.state.connections

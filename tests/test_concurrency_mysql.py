@@ -7,40 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import random
-import threading
 from typing import Any
 
 import pymysql
 import pytest
-from helpers import assert_balanced, fetch, in_scope, scalar
+from helpers import ProcesslistSampler, assert_balanced, fetch, in_scope, scalar
 from mariadb import MariaDB
 
 import aconn
 
 pytestmark = pytest.mark.mysql
-
-
-class ProcesslistSampler:
-    """Samples the application user's sessions on the server from a thread while load runs."""
-
-    def __init__(self, server: MariaDB) -> None:
-        self.server = server
-        self.samples: list[int] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.samples.append(len(self.server.app_threads()))
-            self._stop.wait(0.01)
-
-    def __enter__(self) -> ProcesslistSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
 
 
 async def test_200_concurrent_scopes_never_exceed_the_cap(db: MariaDB, make: Any) -> None:

@@ -20,13 +20,12 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from helpers import assert_balanced, assert_no_password, eventually
+from helpers import ProcesslistSampler, assert_balanced, assert_no_password, eventually
 from postgres import APP_PASSWORD, PostgreSQL
 
 import aconn
@@ -54,32 +53,10 @@ async def value(connections: aconn.Connections, sql: str, alias: str = "default"
         return (await rows(await connections.connection(alias), sql))[0][0]
 
 
-class SessionSampler:
-    """Counts the application role's sessions on the server, from a thread, while load runs."""
-
-    def __init__(self, server: PostgreSQL) -> None:
-        self.server = server
-        self.samples: list[int] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.samples.append(len(self.server.app_backends()))
-            self._stop.wait(0.01)
-
-    def __enter__(self) -> SessionSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-
 @pytest.fixture
-def sampler(pg: PostgreSQL) -> Iterator[SessionSampler]:
-    with SessionSampler(pg) as sampler:
+def sampler(pg: PostgreSQL) -> Iterator[ProcesslistSampler]:
+    """The app role's sessions on the server, counted from a thread while the test runs."""
+    with ProcesslistSampler(pg) as sampler:  # the same app_threads() as MariaDB's
         yield sampler
 
 
@@ -131,7 +108,7 @@ async def test_first_scope_after_restart(pg: PostgreSQL, make: Any, engine: str)
 
 
 async def test_200_scopes_never_exceed_the_cap(
-    pg: PostgreSQL, make: Any, engine: str, sampler: SessionSampler
+    pg: PostgreSQL, make: Any, engine: str, sampler: ProcesslistSampler
 ) -> None:
     connections = make({"default": pg.settings(ENGINE=engine, CONN_MAX_AGE=60, MAX_CONNS=4)})
 
@@ -150,7 +127,7 @@ async def test_200_scopes_never_exceed_the_cap(
 
 
 async def test_cancellation_storm_stops_every_statement(
-    pg: PostgreSQL, make: Any, engine: str, sampler: SessionSampler
+    pg: PostgreSQL, make: Any, engine: str, sampler: ProcesslistSampler
 ) -> None:
     """The slot of a cancelled statement is reused only once the server has let go of its session:
     the server never holds more than MAX_CONNS + 1 (the side session that waits) of the app's."""

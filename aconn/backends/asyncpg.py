@@ -16,7 +16,7 @@ import asyncpg
 
 from ..errors import ConfigError
 from ..settings import DEFAULT_PORTS, Settings
-from .base import ErrorKind, ServerLimits
+from .base import ErrorKind, ServerLimits, check_options
 from .pgcommon import LIMITS_SQL, PostgresBackend, classify_sqlstate, limits_from_row, send_cancel_request
 
 __all__ = ("AsyncpgBackend",)
@@ -43,11 +43,7 @@ class AsyncpgBackend(PostgresBackend):
         super().__init__(settings)
         alias = settings.alias
         options = dict(settings.options)
-        for key in options:
-            if key in _OWN_KEYS:
-                raise ConfigError(alias, f"OPTIONS.{key}", f"set it with the top-level key {_OWN_KEYS[key]!r}")
-            if key not in _DRIVER_KEYS:
-                raise ConfigError(alias, f"OPTIONS.{key}", "not an asyncpg.connect() option")
+        check_options(alias, options, _OWN_KEYS, _DRIVER_KEYS, "not an asyncpg.connect() option")
         if not settings.autocommit:
             raise ConfigError(
                 alias,

@@ -7,15 +7,31 @@ driver's private attributes (for liveness checks with no round trip).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import enum
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from ..errors import ConfigError
 from ..settings import Settings
 
-__all__ = ("Backend", "ErrorKind", "ServerLimits")
+__all__ = ("Backend", "ErrorKind", "ServerLimits", "check_options")
+
+
+def check_options(
+    alias: str, options: Iterable[str], own: Mapping[str, str], allowed: Collection[str], what: str
+) -> None:
+    """Refuse an ``OPTIONS`` key aconn sets itself (naming the top-level key to use) or one the driver lacks.
+
+    :raises ConfigError: naming ``OPTIONS.<key>``.
+    """
+    for key in options:
+        if key in own:
+            raise ConfigError(alias, f"OPTIONS.{key}", f"set it with the top-level key {own[key]!r}")
+        if key not in allowed:
+            raise ConfigError(alias, f"OPTIONS.{key}", what)
 
 
 class ErrorKind(enum.Enum):
@@ -67,6 +83,10 @@ class Backend:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        # the side session that stops cancelled statements (CANCEL_ON_SERVER), one at most
+        self._side: Any = None
+        self._side_lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
+        self._side_users = 0
 
     async def connect(self) -> tuple[Any, ServerLimits]:
         """Open a connection, handshake and session setup included, and read the limits.
@@ -93,6 +113,58 @@ class Backend:
 
     def forget_own(self) -> None:
         """:meth:`forget` for what the backend itself holds (side sessions)."""
+        if self._side is not None:
+            side, self._side = self._side, None
+            self.forget(side)
+
+    async def _open_side(self) -> Any:
+        """A connection for the side session: through the handshake, no setup needed."""
+        raise NotImplementedError
+
+    async def _on_another_session(self, via: Any, work: Callable[[Any], Awaitable[None]]) -> None:
+        """Run ``work(conn)`` on ``via`` (an idle connection of the pool), else on the side session.
+
+        The side session is one per backend, outside the cap, opened on demand and closed when
+        the last user is done (one per burst of cancellations: no session kept for it). It is
+        opened again when it is lost or refused (a network reset, a server restarting), until
+        the caller's time bound ends the retries; any other error is raised.
+        """
+        if via is not None:
+            try:
+                await work(via)
+                return
+            except Exception as exc:
+                if self.classify(exc) is not ErrorKind.DISCONNECT:
+                    raise
+                # that connection was lost too (the pool closes it at release): use the side session
+        loop = asyncio.get_running_loop()
+        if self._side_lock is None or self._side_lock[0] is not loop:
+            self._side_lock = (loop, asyncio.Lock())
+        self._side_users += 1
+        try:
+            async with self._side_lock[1]:
+                backoff = 0.01
+                while True:
+                    side = self._side
+                    try:
+                        if side is None or self.is_dead(side, peek=False):
+                            side = None
+                            side = self._side = await self._open_side()
+                        await work(side)
+                        return
+                    except Exception as exc:
+                        self._side = None
+                        if side is not None:
+                            self.abort(side)
+                        if self.classify(exc, connecting=True) is ErrorKind.OTHER:
+                            raise
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 0.05)  # a refused connect is cheap; recover fast
+        finally:
+            self._side_users -= 1
+            if self._side_users == 0 and self._side is not None:
+                side, self._side = self._side, None
+                await self.close(side)
 
     def is_dead(self, conn: Any, *, peek: bool = True) -> bool:
         """Cheap liveness: True if the connection is known unusable. No round trip.
@@ -162,3 +234,6 @@ class Backend:
 
     async def aclose(self) -> None:
         """Release what the backend itself holds, after every connection is closed."""
+        if self._side is not None:
+            side, self._side = self._side, None
+            self.abort(side)

@@ -24,7 +24,7 @@ from pymysql.constants import CLIENT, SERVER_STATUS
 
 from ..errors import ConfigError
 from ..settings import Settings
-from .base import Backend, ErrorKind, ServerLimits
+from .base import Backend, ErrorKind, ServerLimits, check_options
 
 __all__ = ("MySQLBackend",)
 
@@ -211,11 +211,7 @@ class MySQLBackend(Backend):
         super().__init__(settings)
         alias = settings.alias
         options = dict(settings.options)
-        for key in options:
-            if key in _OWN_KEYS:
-                raise ConfigError(alias, f"OPTIONS.{key}", f"set it with the top-level key {_OWN_KEYS[key]!r}")
-            if key not in _DRIVER_KEYS and key != "isolation_level":
-                raise ConfigError(alias, f"OPTIONS.{key}", "not an aiomysql.connect() option")
+        check_options(alias, options, _OWN_KEYS, _DRIVER_KEYS | {"isolation_level"}, "not an aiomysql.connect() option")
         isolation = options.pop("isolation_level", None)
         self._setup_sql: str | None = None
         if isolation is not None:
@@ -238,10 +234,6 @@ class MySQLBackend(Backend):
             "connect_timeout": None,
             **options,
         }
-        # the side session that stops cancelled statements (CANCEL_ON_SERVER), one at most
-        self._side: Any = None
-        self._side_lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
-        self._side_users = 0
 
     async def _open(self) -> Any:
         """A connection through the handshake (TLS and authentication checked), no session setup."""
@@ -352,11 +344,6 @@ class MySQLBackend(Backend):
             with contextlib.suppress(RuntimeError):
                 transport.abort()
 
-    def forget_own(self) -> None:
-        if self._side is not None:
-            side, self._side = self._side, None
-            self.forget(side)
-
     def is_dead(self, conn: Any, *, peek: bool = True) -> bool:
         if _flagged_dead(conn) or conn._writer.transport.is_closing():
             return True
@@ -423,48 +410,14 @@ class MySQLBackend(Backend):
         before the killed thread ends, so the processlist is read until it is gone.
         """
         session_id = conn.aconn_session_id
-        if via is not None:
-            try:
-                await _kill(via, session_id)
-                return
-            except Exception as exc:
-                if self.classify(exc) is not ErrorKind.DISCONNECT:
-                    raise
-                # that connection was lost too (the pool closes it at release): use a side session
-        loop = asyncio.get_running_loop()
-        if self._side_lock is None or self._side_lock[0] is not loop:
-            self._side_lock = (loop, asyncio.Lock())
-        self._side_users += 1
-        try:
-            async with self._side_lock[1]:
-                backoff = 0.01
-                while True:  # the caller's time bound ends the retries
-                    side = self._side
-                    try:
-                        if side is None or _flagged_dead(side):
-                            side = None
-                            side = self._side = await self._open()
-                        await _kill(side, session_id)
-                        return
-                    except Exception as exc:
-                        self._side = None
-                        if side is not None:
-                            self.abort(side)
-                        # lost with the rest (a network reset) or refused (a restart): try again
-                        if self.classify(exc, connecting=True) is ErrorKind.OTHER:
-                            raise
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 0.05)  # a refused connect is cheap; recover fast
-        finally:
-            self._side_users -= 1
-            if self._side_users == 0 and self._side is not None:
-                side, self._side = self._side, None
-                await self.close(side)  # one per burst of cancellations: no session kept for it
 
-    async def aclose(self) -> None:
-        if self._side is not None:
-            side, self._side = self._side, None
-            self.abort(side)
+        async def kill(over: Any) -> None:
+            await _kill(over, session_id)
+
+        await self._on_another_session(via, kill)
+
+    async def _open_side(self) -> Any:
+        return await self._open()
 
     def classify(self, exc: BaseException, *, connecting: bool = False) -> ErrorKind:
         if isinstance(exc, pymysql.err.MySQLError) and exc.args and isinstance(exc.args[0], int):

@@ -104,12 +104,6 @@ class PostgresBackend(Backend):
     :meth:`_flagged_dead`, :meth:`_socket`, :meth:`_pid` and :meth:`_cancel`.
     """
 
-    def __init__(self, settings: Any) -> None:
-        super().__init__(settings)
-        self._side: Any = None
-        self._side_lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
-        self._side_users = 0
-
     # -- driver-specific ------------------------------------------------------------------
 
     async def _open(self) -> Any:
@@ -176,54 +170,17 @@ class PostgresBackend(Backend):
         """
         await self._cancel(conn)
         sql = SESSION_ALIVE_SQL.format(pid=self._pid(conn))
-        if via is not None:
-            try:
-                await self._wait_gone(via, sql)
-                return
-            except Exception as exc:
-                if self.classify(exc) is not ErrorKind.DISCONNECT:
-                    raise
-        loop = asyncio.get_running_loop()
-        if self._side_lock is None or self._side_lock[0] is not loop:
-            self._side_lock = (loop, asyncio.Lock())
-        self._side_users += 1
-        try:
-            async with self._side_lock[1]:
-                backoff = 0.01
-                while True:  # the caller's time bound ends the retries
-                    side = self._side
-                    try:
-                        if side is None or self._flagged_dead(side):
-                            side = None
-                            side = self._side = await self._open()
-                        await self._wait_gone(side, sql)
-                        return
-                    except Exception as exc:
-                        self._side = None
-                        if side is not None:
-                            self.abort(side)
-                        if self.classify(exc, connecting=True) is ErrorKind.OTHER:
-                            raise
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 0.05)
-        finally:
-            self._side_users -= 1
-            if self._side_users == 0 and self._side is not None:
-                side, self._side = self._side, None
-                await self.close(side)
+
+        async def wait_gone(over: Any) -> None:
+            await self._wait_gone(over, sql)
+
+        await self._on_another_session(via, wait_gone)
+
+    async def _open_side(self) -> Any:
+        return await self._open()
 
     async def _wait_gone(self, conn: Any, sql: str) -> None:
         delay = 0.002
         while await self._fetch_one(conn, sql) is not None:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.05)
-
-    def forget_own(self) -> None:
-        if self._side is not None:
-            side, self._side = self._side, None
-            self.forget(side)
-
-    async def aclose(self) -> None:
-        if self._side is not None:
-            side, self._side = self._side, None
-            self.abort(side)

@@ -22,7 +22,7 @@ from psycopg import pq
 
 from ..errors import ConfigError
 from ..settings import DEFAULT_PORTS, Settings
-from .base import ErrorKind, ServerLimits
+from .base import ErrorKind, ServerLimits, check_options
 from .pgcommon import LIMITS_SQL, PostgresBackend, classify_sqlstate, limits_from_row
 
 __all__ = ("PsycopgBackend",)
@@ -71,17 +71,14 @@ class PsycopgBackend(PostgresBackend):
         super().__init__(settings)
         alias = settings.alias
         options = dict(settings.options)
-        for key in options:
-            if key in _OWN_KEYS:
-                raise ConfigError(alias, f"OPTIONS.{key}", f"set it with the top-level key {_OWN_KEYS[key]!r}")
-            if key == "pool":
-                raise ConfigError(
-                    alias, "OPTIONS.pool", "aconn is the pool: remove it (Django's psycopg_pool settings do not apply)"
-                )
-            if key not in _LIBPQ_KEYS and key not in _PSYCOPG_KEYS and key not in _DJANGO_KEYS:
-                raise ConfigError(
-                    alias, f"OPTIONS.{key}", "not a libpq connection parameter nor a psycopg.connect() option"
-                )
+        if "pool" in options:
+            raise ConfigError(
+                alias, "OPTIONS.pool", "aconn is the pool: remove it (Django's psycopg_pool settings do not apply)"
+            )
+        check_options(
+            alias, options, _OWN_KEYS, _LIBPQ_KEYS | _PSYCOPG_KEYS | _DJANGO_KEYS,
+            "not a libpq connection parameter nor a psycopg.connect() option",
+        )  # fmt: skip
         startup: list[str] = []
         isolation = options.pop("isolation_level", None)
         if isolation is not None:
