@@ -22,7 +22,7 @@ from .backends.base import Backend, ServerLimits
 from .backends.pgcommon import PostgresBackend
 from .errors import AconnError
 from .handler import Connections
-from .rules import evaluate, idle_limit_from_server
+from .rules import Verdict, evaluate, idle_limit_from_server
 from .settings import Settings, parse_databases
 
 __all__ = ("main", "run_check")
@@ -96,6 +96,19 @@ async def check_alias(settings: Settings, workers: int) -> dict[str, Any]:
             rows = await conn.execute_fetchall("PRAGMA journal_mode")
             report.update(_sqlite_file(settings), journal_mode=str(next(iter(rows))[0]))
         verdicts = evaluate(settings, limits, workers) if settings.engine != "sqlite" else []
+        if settings.engine in POSTGRESQL:
+            detected = await _pgbouncer_version(settings)
+            report["pooler"] = {"configured": settings.pooler, "detected": detected}
+            if detected and settings.pooler != "pgbouncer":
+                verdicts = [v for v in verdicts if v.rule != "POOLER"] + [
+                    Verdict(
+                        "POOLER",
+                        False,
+                        f"this alias talks to {detected} but POOLER is not 'pgbouncer': in transaction mode, "
+                        "named prepared statements fail and session settings leak",
+                        "set POOLER='pgbouncer'",
+                    )
+                ]
         report["rules"] = [dataclasses.asdict(v) for v in verdicts]
     finally:
         try:
@@ -152,6 +165,29 @@ async def _postgresql_details(backend: Backend, conn: Any, limits: ServerLimits)
     }
 
 
+async def _pgbouncer_version(settings: Settings) -> str | None:
+    """PgBouncer's version, when its admin console answers at the alias' address (the user must be in
+    its admin_users or stats_users); None otherwise, including when psycopg is not installed."""
+    try:
+        import psycopg
+    except ImportError:
+        return None
+    try:
+        async with asyncio.timeout(settings.connect_timeout):
+            conn = await psycopg.AsyncConnection.connect(
+                host=settings.host or "localhost", port=settings.port or 5432, user=settings.user or None,
+                password=settings.password or None, dbname="pgbouncer", autocommit=True,
+                cursor_factory=psycopg.AsyncClientCursor,  # the admin console speaks the simple protocol only
+            )  # fmt: skip
+            try:
+                row = await (await conn.execute("SHOW VERSION")).fetchone()
+            finally:
+                await conn.close()
+    except Exception:
+        return None
+    return str(row[0]) if row else None
+
+
 def _sqlite_file(settings: Settings) -> dict[str, Any]:
     if settings.name == ":memory:":
         return {"file": ":memory:", "writable": True}
@@ -188,6 +224,10 @@ def render(reports: Sequence[dict[str, Any]], workers: int, out: TextIO) -> None
             print(f"  open now     {report['connections_open']} connection(s) on the server", file=out)
             tls = report["tls"]
             print(f"  tls          {'on, ' + tls['cipher'] if tls['in_use'] else 'off'}", file=out)
+        if "pooler" in report:
+            pooler = report["pooler"]
+            print(f"  pooler       configured: {pooler['configured'] or '-'}, detected: {pooler['detected'] or '-'}",
+                  file=out)  # fmt: skip
         if "journal_mode" in report:
             print(f"  file         {report['file']} (journal_mode={report['journal_mode']}, "
                   f"{'writable' if report['writable'] else 'NOT writable'})", file=out)  # fmt: skip

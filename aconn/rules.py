@@ -41,7 +41,12 @@ def idle_limit_from_server(idle_timeout: float | None) -> float | None:
 
 def evaluate(settings: Settings, limits: ServerLimits, workers: int = 1) -> list[Verdict]:
     """Every rule for one alias, given the server's limits and the number of processes."""
-    return [_idle_rule(settings, limits), _budget_rule(settings, limits, workers), _cancel_rule(settings, limits)]
+    return [
+        _idle_rule(settings, limits),
+        _budget_rule(settings, limits, workers),
+        _cancel_rule(settings, limits),
+        _pooler_rule(settings),
+    ]
 
 
 def _idle_rule(settings: Settings, limits: ServerLimits) -> Verdict:
@@ -108,6 +113,20 @@ def _cancel_rule(settings: Settings, limits: ServerLimits) -> Verdict:
     )
     if not settings.cancel_on_server:
         return Verdict("CANCEL_ON_SERVER", True, f"off: a cancelled caller's statement runs on at the server; {bound}")
+    if settings.pooler == "pgbouncer":
+        return Verdict(
+            "CANCEL_ON_SERVER",
+            True,
+            f"cancel requests go through PgBouncer, which forwards them to the server; {bound}",
+        )
+    if settings.pooler is not None:
+        ok = settings.statement_timeout is not None
+        return Verdict(
+            "CANCEL_ON_SERVER",
+            ok,
+            f"behind {settings.pooler} a KILL id names no session of ours: aconn sends none; {bound}",
+            "" if ok else "set STATEMENT_TIMEOUT so that the server bounds each statement itself",
+        )
     if not limits.session_id_verified:
         return Verdict(
             "CANCEL_ON_SERVER",
@@ -117,3 +136,38 @@ def _cancel_rule(settings: Settings, limits: ServerLimits) -> Verdict:
             "set CANCEL_ON_SERVER=False and STATEMENT_TIMEOUT to bound statements on the server",
         )
     return Verdict("CANCEL_ON_SERVER", True, f"statements of cancelled callers are stopped at the server; {bound}")
+
+
+def _pooler_rule(settings: Settings) -> Verdict:
+    """Behind a pooler: nothing that pins a server connection or leaks session state to other clients."""
+    pooler = settings.pooler
+    if pooler is None:
+        return Verdict("POOLER", True, "none configured (POOLER)")
+    if pooler == "pgbouncer" and settings.reset_on_release:
+        return Verdict(
+            "POOLER",
+            False,
+            "RESET_ON_RELEASE behind PgBouncer in transaction mode resets a server connection other clients "
+            "share (PgBouncer resets server connections itself, with server_reset_query, in session mode)",
+            "set RESET_ON_RELEASE False",
+        )
+    init = str(settings.options.get("init_command", ""))
+    pinning = [
+        name
+        for name, present in (
+            ("OPTIONS['init_command'] sets session state", "set " in init.lower()),
+            ("OPTIONS['isolation_level']", "isolation_level" in settings.options),
+            ("STATEMENT_TIMEOUT (a session SET)", settings.statement_timeout is not None and pooler == "rds_proxy"),
+        )
+        if present
+    ]
+    if pinning:
+        return Verdict(
+            "POOLER",
+            False,
+            f"behind {pooler}, {', '.join(pinning)}: the session is pinned to one server connection "
+            "(no multiplexing) or its state leaks to other clients",
+            "set it on the server (the user's or the global default) and remove it here",
+        )
+    what = "no named prepared statements, no session settings" if pooler == "pgbouncer" else "no session settings"
+    return Verdict("POOLER", True, f"behind {pooler}: aconn sets {what} per session")

@@ -73,7 +73,7 @@ _KNOWN = frozenset(
         "CONN_MAX_AGE", "CONN_HEALTH_CHECKS", "AUTOCOMMIT",
         "MAX_CONNS", "MIN_CONNS", "ACQUIRE_TIMEOUT", "CONNECT_TIMEOUT",
         "IDLE_TIMEOUT", "LEAK_TIMEOUT", "STATEMENT_TIMEOUT", "CANCEL_ON_SERVER", "MAX_WAITING",
-        "ATOMIC_REQUESTS", "RESET_ON_RELEASE",
+        "ATOMIC_REQUESTS", "RESET_ON_RELEASE", "POOLER",
     }
 )  # fmt: skip
 
@@ -112,6 +112,8 @@ class Settings:
     atomic_requests: bool = False
     #: reset session state when a scope gives the connection back (PostgreSQL ``DISCARD ALL``)
     reset_on_release: bool = False
+    #: the connection pooler between aconn and the server: None, "pgbouncer", "proxysql", "rds_proxy"
+    pooler: str | None = None
 
     def __repr__(self) -> str:
         shown = {k: ("***" if k in SECRET_OPTIONS else v) for k, v in self.options.items()}
@@ -125,7 +127,8 @@ class Settings:
             f"connect_timeout={self.connect_timeout!r}, idle_timeout={self.idle_timeout!r}, "
             f"leak_timeout={self.leak_timeout!r}, statement_timeout={self.statement_timeout!r}, "
             f"cancel_on_server={self.cancel_on_server!r}, max_waiting={self.max_waiting!r}, "
-            f"atomic_requests={self.atomic_requests!r}, reset_on_release={self.reset_on_release!r})"
+            f"atomic_requests={self.atomic_requests!r}, reset_on_release={self.reset_on_release!r}, "
+            f"pooler={self.pooler!r})"
         )
 
     __str__ = __repr__
@@ -214,6 +217,7 @@ def parse_settings(alias: str, entry: Any) -> Settings:
         cancel_on_server=_bool(alias, entry, "CANCEL_ON_SERVER", True),
         atomic_requests=_bool(alias, entry, "ATOMIC_REQUESTS", False),
         reset_on_release=_bool(alias, entry, "RESET_ON_RELEASE", False),
+        pooler=_pooler(alias, entry.get("POOLER"), engine),
         max_waiting=None if entry.get("MAX_WAITING") is None else _int(alias, entry, "MAX_WAITING", 0, minimum=0),
     )
 
@@ -227,6 +231,25 @@ def _engine(alias: str, value: Any) -> str:
     if ("." in value or ":" in value) and not value.startswith("django.db.backends."):
         return value  # a backend class path, resolved by aconn.backends.load_backend
     raise ConfigError(alias, "ENGINE", unsupported_engine(value))
+
+
+#: the poolers aconn knows, and the engines each fronts
+POOLERS: Mapping[str, frozenset[str]] = {
+    "pgbouncer": frozenset({"postgresql", "asyncpg"}),
+    "proxysql": frozenset({"mysql"}),
+    "rds_proxy": frozenset({"mysql", "postgresql", "asyncpg"}),
+}
+
+
+def _pooler(alias: str, value: Any, engine: str) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or value.lower() not in POOLERS:
+        raise ConfigError(alias, "POOLER", f"must be None or one of {', '.join(map(repr, POOLERS))}, got {value!r}")
+    pooler = value.lower()
+    if engine not in POOLERS[pooler]:
+        raise ConfigError(alias, "POOLER", f"{pooler!r} does not front ENGINE {engine!r}")
+    return pooler
 
 
 def unsupported_engine(value: str) -> str:
@@ -325,6 +348,7 @@ _QUERY_KEYS: Mapping[str, str] = {
     "max_waiting": "MAX_WAITING",
     "atomic_requests": "ATOMIC_REQUESTS",
     "reset_on_release": "RESET_ON_RELEASE",
+    "pooler": "POOLER",
 }
 _INT_KEYS = frozenset({"MAX_CONNS", "MIN_CONNS", "MAX_WAITING"})
 _BOOL_KEYS = frozenset({"CONN_HEALTH_CHECKS", "AUTOCOMMIT", "CANCEL_ON_SERVER", "ATOMIC_REQUESTS", "RESET_ON_RELEASE"})
@@ -414,6 +438,8 @@ def _url_value(alias: str, key: str, raw: str) -> Any:
         raise ConfigError(alias, key, f"must be true or false, got {raw!r}")
     if lowered in ("none", "null", ""):
         return None
+    if key == "POOLER":
+        return lowered
     try:
         return int(lowered) if key in _INT_KEYS else float(lowered)
     except ValueError:

@@ -14,6 +14,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from mariadb import MariaDB, find_binary
+from pgbouncer import PgBouncer, find_pgbouncer
 from postgres import PostgreSQL, find_postgres
 
 import aconn
@@ -23,6 +24,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     servers = (
         ("mysql", find_binary("mariadbd", "mysqld"), "MariaDB", "mariadb-server"),
         ("postgresql", find_postgres(), "PostgreSQL", "postgresql"),
+        ("pgbouncer", find_pgbouncer(), "PgBouncer", "pgbouncer"),
     )
     for marker, found, name, package in servers:
         if found:
@@ -81,6 +83,25 @@ def pg(postgres: PostgreSQL) -> Iterator[PostgreSQL]:
         postgres.thaw()
     if postgres.proc is None:
         postgres.start()
+
+
+@pytest.fixture(scope="session")
+def pgbouncer_server(postgres: PostgreSQL) -> Iterator[PgBouncer]:
+    bouncer = PgBouncer(postgres).start()
+    try:
+        yield bouncer
+    finally:
+        bouncer.close()
+
+
+@pytest.fixture
+def bouncer(pg: PostgreSQL, pgbouncer_server: PgBouncer) -> Iterator[PgBouncer]:
+    """PgBouncer (transaction mode) in front of the session's PostgreSQL, running and resumed."""
+    if pgbouncer_server.proc is None:
+        pgbouncer_server.start()
+    yield pgbouncer_server
+    if pgbouncer_server.proc is None:
+        pgbouncer_server.start()
 
 
 @pytest.fixture(scope="session")

@@ -87,7 +87,7 @@ def test_json_report(db: MariaDB) -> None:
     (alias,) = report["aliases"]
     assert alias["reachable"] is True and alias["limits"]["max_connections"] == 151
     assert alias["limits"]["wait_timeout"] > 0 and alias["connections_open"] >= 1
-    assert {rule["rule"] for rule in alias["rules"]} == {"IDLE_TIMEOUT", "MAX_CONNS", "CANCEL_ON_SERVER"}
+    assert {rule["rule"] for rule in alias["rules"]} == {"IDLE_TIMEOUT", "MAX_CONNS", "CANCEL_ON_SERVER", "POOLER"}
     assert "MariaDB" in alias["version"] and not alias["version"].startswith("5.5.5-")
     assert_no_password(result.stdout)
 

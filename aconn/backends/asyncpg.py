@@ -9,6 +9,7 @@ fails if the driver changes them.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from typing import Any, ClassVar, Final
 
@@ -52,6 +53,18 @@ class AsyncpgBackend(PostgresBackend):
                 "unless a transaction is opened (connection.transaction()); leave AUTOCOMMIT True",
             )
         server_settings = dict(options.pop("server_settings", None) or {})
+        if settings.pooler is not None:
+            # no named prepared statements (the next transaction may run on another server
+            # connection), and no session settings in the startup packet
+            options.setdefault("statement_cache_size", 0)
+            if settings.statement_timeout is not None or set(server_settings) - {"application_name"}:
+                key = "STATEMENT_TIMEOUT" if settings.statement_timeout is not None else "OPTIONS.server_settings"
+                raise ConfigError(
+                    alias,
+                    key,
+                    "behind a transaction-mode pooler a session setting is not passed on or leaks to "
+                    "other clients: set it for the role or database on the server (ALTER ROLE ... SET ...)",
+                )
         if settings.statement_timeout is not None:
             server_settings["statement_timeout"] = str(max(1, round(settings.statement_timeout * 1000)))
         self._host = settings.host or "localhost"
@@ -79,8 +92,9 @@ class AsyncpgBackend(PostgresBackend):
         except BaseException:
             conn.terminate()
             raise
-        pid, limits = limits_from_row(tuple(row))
-        conn.aconn_pid = pid
+        _, limits = limits_from_row(tuple(row), pooled=self.settings.pooler is not None)
+        # the key of the cancel request: the server's own, or the one a pooler gave (it forwards)
+        conn.aconn_pid = conn._protocol.backend_pid
         conn.aconn_secret = conn._protocol.backend_secret  # gone with the protocol once it is closed
         return conn, limits
 
@@ -88,6 +102,13 @@ class AsyncpgBackend(PostgresBackend):
         await conn.close(timeout=5)
 
     def abort(self, conn: Any) -> None:
+        pending = conn._cancellations
+        if pending and self.settings.pooler is not None:
+            # a pooler forwards a cancel request only while the client connection that ran the
+            # statement is open: let asyncpg's own cancel requests go out first
+            waiting = asyncio.gather(*pending, return_exceptions=True)
+            waiting.add_done_callback(lambda _: conn.terminate())
+            return
         conn.terminate()
 
     def forget(self, conn: Any) -> None:

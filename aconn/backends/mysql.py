@@ -400,7 +400,8 @@ class MySQLBackend(Backend):
     def left_running(self, conn: Any) -> bool:
         # aiomysql closes the socket itself when a read is cancelled or fails mid-command; the
         # server goes on with the statement (it notices a closed client only when it writes)
-        return bool(conn.aconn_dropped) and conn.aconn_session_id is not None
+        # behind ProxySQL or RDS Proxy a KILL id names no session of ours: POOLER turns it off
+        return bool(conn.aconn_dropped) and conn.aconn_session_id is not None and self.settings.pooler is None
 
     async def cancel_on_server(self, conn: Any, via: Any = None) -> None:
         """``KILL CONNECTION`` the session from another one, then wait until the server drops it.

@@ -55,8 +55,12 @@ def classify_sqlstate(state: str | None, message: str, *, connecting: bool) -> E
     return None
 
 
-def limits_from_row(row: Any) -> tuple[int, ServerLimits]:
-    """The backend pid and :class:`ServerLimits` from a row of :data:`LIMITS_SQL`."""
+def limits_from_row(row: Any, *, pooled: bool = False) -> tuple[int, ServerLimits]:
+    """The backend pid and :class:`ServerLimits` from a row of :data:`LIMITS_SQL`.
+
+    Behind a pooler the pid is that of whichever server connection ran the query: not this
+    client's session (``session_id_verified`` False).
+    """
     pid, version, idle_session, idle_in_tx, statement, max_conns, reserved = row
 
     def seconds(ms: Any) -> float | None:
@@ -68,6 +72,7 @@ def limits_from_row(row: Any) -> tuple[int, ServerLimits]:
         version=f"PostgreSQL {version}",
         max_statement_time=seconds(statement),
         idle_in_transaction_timeout=seconds(idle_in_tx),
+        session_id_verified=not pooled,
     )
 
 
@@ -169,6 +174,8 @@ class PostgresBackend(Backend):
         or a side session outside the cap) until it is gone.
         """
         await self._cancel(conn)
+        if self.settings.pooler is not None:
+            return  # the pooler forwarded it; its server connection is not this session's to watch
         sql = SESSION_ALIVE_SQL.format(pid=self._pid(conn))
 
         async def wait_gone(over: Any) -> None:

@@ -57,6 +57,20 @@ class _Connection(psycopg.AsyncConnection[Any]):
     aconn_cancel: Any = None
 
 
+def _refuse_session_state(settings: Settings, options: dict[str, Any]) -> None:
+    """Behind a pooler, what aconn would set per session: refused, with where to set it instead."""
+    where = (
+        "behind a transaction-mode pooler a session setting is not passed on (PgBouncer refuses "
+        "startup parameters) or leaks to the clients sharing the server connection: set it for the "
+        "role or database on the server instead (ALTER ROLE ... SET ...)"
+    )
+    if settings.statement_timeout is not None:
+        raise ConfigError(settings.alias, "STATEMENT_TIMEOUT", f"{where}: statement_timeout")
+    for key in ("isolation_level", "options", "assume_role"):
+        if key in options:
+            raise ConfigError(settings.alias, f"OPTIONS.{key}", where)
+
+
 def _option_value(value: str) -> str:
     """A value inside libpq's ``options``: spaces and backslashes escaped."""
     return value.replace("\\", "\\\\").replace(" ", "\\ ")
@@ -79,6 +93,9 @@ class PsycopgBackend(PostgresBackend):
             alias, options, _OWN_KEYS, _LIBPQ_KEYS | _PSYCOPG_KEYS | _DJANGO_KEYS,
             "not a libpq connection parameter nor a psycopg.connect() option",
         )  # fmt: skip
+        if settings.pooler is not None:
+            _refuse_session_state(settings, options)
+            options.setdefault("prepare_threshold", None)  # no named prepared statements: another client's
         startup: list[str] = []
         isolation = options.pop("isolation_level", None)
         if isolation is not None:
@@ -132,7 +149,7 @@ class PsycopgBackend(PostgresBackend):
         except BaseException:
             await self._close_quietly(conn)
             raise
-        pid, limits = limits_from_row(row)
+        pid, limits = limits_from_row(row, pooled=self.settings.pooler is not None)
         conn.aconn_pid = pid
         conn.aconn_cancel = conn.pgconn.get_cancel()
         return conn, limits
