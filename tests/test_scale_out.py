@@ -1,0 +1,116 @@
+"""Many processes, one budget: N worker processes whose MAX_CONNS add up above the server's max_connections.
+
+Each worker is a real process with its own handler. Under load, requests wait or fail with
+the budget message; nothing crashes, no process leaks sessions, every worker serves again
+once the load drops, and ``python -m aconn check --workers N`` says the budget does not fit.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import ProcesslistSampler
+from mariadb import MariaDB
+
+pytestmark = pytest.mark.mysql
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKERS, MAX_CONNS, MAX_CONNECTIONS = 4, 4, 10
+
+WORKER = textwrap.dedent(
+    """
+    import asyncio, json, sys
+    import aconn
+
+    settings = json.loads(sys.argv[1])
+    connections = aconn.Connections({"default": settings})
+
+    async def request(n):
+        async with connections.scope():
+            conn = await connections.connection()
+            async with conn.cursor() as cur:
+                await cur.execute("SELECT SLEEP(0.05), %s", (n,))
+                return (await cur.fetchone())[1]
+
+    async def main():
+        outcomes = await asyncio.gather(*(request(n) for n in range(40)), return_exceptions=True)
+        report = {
+            "ok": sum(1 for n, o in zip(range(40), outcomes) if o == n),
+            "budget": sum(1 for o in outcomes if isinstance(o, aconn.AcquireTimeout)
+                          and "processes x MAX_CONNS" in str(o)),
+            "timeouts": sum(1 for o in outcomes if isinstance(o, aconn.AcquireTimeout)),
+            "other": [repr(o) for o in outcomes if not isinstance(o, int | aconn.AcquireTimeout)],
+            "refused": connections.stats().connect_errors,
+        }
+        print(json.dumps(report), flush=True)
+        await asyncio.to_thread(sys.stdin.readline)  # the load has dropped everywhere
+        report["after"] = [await request(n) for n in range(5)]
+        await connections.aclose()
+        report["open_after_close"] = connections.stats().open
+        print(json.dumps(report), flush=True)
+
+    asyncio.run(main())
+    """
+)
+
+
+@pytest.fixture
+def small_server() -> Iterator[MariaDB]:
+    server = MariaDB(extra_args=[f"--max-connections={MAX_CONNECTIONS}"]).start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def test_workers_over_the_budget(small_server: MariaDB) -> None:
+    settings = small_server.settings(CONN_MAX_AGE=60, MAX_CONNS=MAX_CONNS, ACQUIRE_TIMEOUT=3)
+    with ProcesslistSampler(small_server) as sampler:
+        workers = [
+            subprocess.Popen(
+                [sys.executable, "-c", WORKER, json.dumps(settings)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+            )
+            for _ in range(WORKERS)
+        ]
+        try:
+            loaded = [json.loads(w.stdout.readline()) for w in workers]  # type: ignore[union-attr]
+            for worker in workers:
+                worker.stdin.write("go\n")  # type: ignore[union-attr]
+                worker.stdin.flush()  # type: ignore[union-attr]
+            finals = []
+            for worker in workers:
+                out, err = worker.communicate(timeout=60)
+                assert worker.returncode == 0, err  # nothing crashed
+                finals.append(json.loads(out.strip().splitlines()[-1]))
+        finally:
+            for worker in workers:
+                if worker.poll() is None:
+                    worker.kill()
+    assert all(not report["other"] for report in loaded), loaded  # only waits and the budget error
+    assert sum(r["refused"] for r in loaded) > 0  # the server did refuse: 4 x 4 > 10
+    assert all(r["timeouts"] == r["budget"] for r in loaded)  # every failure says what the budget is
+    # at least the server's worth were served, waiting their turn; a worker that started last may get
+    # nothing while the others keep their idle connections (CONN_MAX_AGE=60): the budget message says why
+    assert sum(r["ok"] for r in loaded) >= 40
+    assert all(r["after"] == [0, 1, 2, 3, 4] for r in finals)  # every worker serves again
+    assert all(r["open_after_close"] == 0 for r in finals)
+    assert max(sampler.samples) <= MAX_CONNECTIONS
+    assert small_server.wait_app_threads(lambda t: not t) == []  # no process left a session
+
+    check = subprocess.run(
+        [sys.executable, "-m", "aconn", "check", "--json", "--workers", str(WORKERS),
+         "--url", small_server.url(f"max_conns={MAX_CONNS}")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    budget = next(r for r in json.loads(check.stdout)["aliases"][0]["rules"] if r["rule"] == "MAX_CONNS")
+    assert check.returncode == 1 and not budget["ok"]
+    assert f"{WORKERS} process(es) x MAX_CONNS={MAX_CONNS} = 16 is above the server's max_connections=10" in (
+        budget["message"]
+    )
