@@ -325,3 +325,22 @@ async def test_check_reports_postgresql(pg: PostgreSQL, engine: str) -> None:
     assert not rules["MAX_CONNS"]["ok"] and "max_connections=97" in rules["MAX_CONNS"]["message"]
     assert rules["IDLE_TIMEOUT"]["ok"] and rules["CANCEL_ON_SERVER"]["ok"]
     assert_no_password(result.stdout, result.stderr)
+
+
+async def test_write_refused_as_read_only_retires_the_idle(pg: PostgreSQL, make: Any, engine: str) -> None:
+    """SQLSTATE 25006 (a standby, a demoted primary) closes that connection and the idle ones."""
+    connections = make({"default": pg.settings(ENGINE=engine, CONN_MAX_AGE=60)})
+
+    async def use(sql: str) -> None:
+        async with connections.scope():
+            await rows(await connections.connection(), sql)
+
+    await asyncio.gather(use("SELECT 1"), use("SELECT 2"))  # two connections, both idle now
+    assert connections.stats().idle == 2
+    with pytest.raises(Exception, match="read-only transaction"):
+        async with connections.scope():
+            conn = await connections.connection()
+            await rows(conn, "SET default_transaction_read_only = on")  # as on a standby
+            await rows(conn, "CREATE TABLE read_only_probe (id int)")
+    stats = connections.stats()
+    assert stats.closed_error == 1 and stats.closed_unusable == 1 and stats.idle == 0

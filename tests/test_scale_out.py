@@ -7,6 +7,7 @@ once the load drops, and ``python -m aconn check --workers N`` says the budget d
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -114,3 +115,59 @@ def test_workers_over_the_budget(small_server: MariaDB) -> None:
     assert f"{WORKERS} process(es) x MAX_CONNS={MAX_CONNS} = 16 is above the server's max_connections=10" in (
         budget["message"]
     )
+
+
+@pytest.fixture
+def two_servers() -> Iterator[tuple[MariaDB, MariaDB]]:
+    first, second = MariaDB().start(), MariaDB().start()
+    try:
+        yield first, second
+    finally:
+        first.close()
+        second.close()
+
+
+async def test_demoted_primary_is_left_after_one_write_error(two_servers: tuple[MariaDB, MariaDB]) -> None:
+    """A failover behind a proxy: the old primary turns read-only, the proxy now reaches the new one.
+
+    The write that meets the read-only server fails (it reached the old primary); aconn closes that
+    connection and the alias' idle ones, so the next scope connects again and reaches the new primary,
+    instead of failing until the connections age out.
+    """
+    from faults import Proxy
+
+    import aconn
+
+    old, new = two_servers
+    for server in (old, new):
+        server.sql("CREATE TABLE IF NOT EXISTS aconn_test.t (id INT)")
+    proxy = Proxy(old.port).start()
+    try:
+        connections = aconn.Connections({"default": old.settings(PORT=proxy.port, CONN_MAX_AGE=None, MAX_CONNS=3)})
+
+        async def write(n: int) -> None:
+            async with connections.scope():
+                conn = await connections.connection()
+                async with conn.cursor() as cur:
+                    await cur.execute("INSERT INTO t VALUES (%s)", (n,))
+
+        async def hold_two() -> None:  # two connections idle in the pool, both to the old primary
+            async with connections.scope():
+                await connections.connection()
+                await write(0)
+
+        await hold_two()
+        await asyncio.gather(write(1), write(2))
+        assert connections.stats().idle == 2
+        old.sql("SET GLOBAL read_only = 1")  # the old primary is demoted...
+        proxy.target_port = new.port  # ...and the proxy (or DNS) now points at the new one
+        with pytest.raises(Exception, match="read-only"):
+            await write(3)  # the one write that meets the old primary
+        await write(4)  # the next scope reaches the new primary: no idle connection of the old one is left
+        await write(5)
+        assert new.sql("SELECT id FROM aconn_test.t ORDER BY id") == [(4,), (5,)]
+        stats = connections.stats()
+        assert stats.closed_error == 1 and stats.closed_unusable == 1
+        await connections.aclose()
+    finally:
+        proxy.close()

@@ -41,6 +41,8 @@ class ErrorKind(enum.Enum):
     DISCONNECT = "disconnect"
     #: the server refused a new connection for now (e.g. MySQL 1040): retry with backoff
     RETRYABLE = "retryable"
+    #: the server refuses writes (a demoted primary after a failover): reconnect, do not reuse
+    READ_ONLY = "read_only"
     #: anything else (SQL errors, constraint violations...): the connection may be fine
     OTHER = "other"
 

@@ -56,6 +56,8 @@ _TLS_KEYS = frozenset({"ca", "cert", "key", "check_hostname"})
 #: the server's answer to a KILL of a session that has already ended
 _UNKNOWN_THREAD = 1094
 _SESSION_ALIVE_SQL = "SELECT 1 FROM information_schema.PROCESSLIST WHERE ID = %s"
+#: "The server is running with the --read-only option": a demoted primary
+_OPTION_PREVENTS_STATEMENT = 1290
 #: the protocol command that resets a session in place (MySQL 5.7.3+, MariaDB 10.2.4+)
 _COM_RESET_CONNECTION = 0x1F
 
@@ -427,6 +429,8 @@ class MySQLBackend(Backend):
                 return ErrorKind.RETRYABLE
             if code in _DISCONNECT_CODES:
                 return ErrorKind.DISCONNECT
+            if code == _OPTION_PREVENTS_STATEMENT and "read-only" in str(exc.args[-1]).lower():
+                return ErrorKind.READ_ONLY  # --read-only: the primary was demoted
         if isinstance(exc, pymysql.err.InterfaceError | pymysql.err.InternalError | OSError | EOFError):
             return ErrorKind.DISCONNECT
         if isinstance(exc, RuntimeError) and "another coroutine" in str(exc):

@@ -33,6 +33,8 @@ SESSION_ALIVE_SQL: Final = "SELECT 1 FROM pg_stat_activity WHERE pid = {pid:d}"
 _RETRY_STATES: Final = frozenset({"53300", "57P03", "57P01"})
 #: the session is gone: admin or crash shutdown, terminated by an administrator, cannot connect now
 _GONE_STATES: Final = frozenset({"57P01", "57P02", "57P03"})
+#: read_only_sql_transaction: "cannot execute INSERT in a read-only transaction"
+_READ_ONLY_STATE: Final = "25006"
 #: what libpq says, with no SQLSTATE, when the server refuses a new session for now
 _RETRY_MESSAGES: Final = (
     "too many clients",
@@ -52,6 +54,8 @@ def classify_sqlstate(state: str | None, message: str, *, connecting: bool) -> E
         return ErrorKind.RETRYABLE
     if state is not None and (state.startswith("08") or state in _GONE_STATES):
         return ErrorKind.DISCONNECT
+    if state == _READ_ONLY_STATE:
+        return ErrorKind.READ_ONLY  # a write on a standby: the primary was demoted (or a READ ONLY transaction)
     return None
 
 

@@ -71,6 +71,7 @@ class Pool:
         self._reset_on_release = settings.reset_on_release
         self._leak_timeout = settings.leak_timeout
         self._rules_checked = False
+        self._read_only_warned = False
         self._stops_failing = False
 
     def __repr__(self) -> str:
@@ -431,7 +432,11 @@ class Pool:
             reason = _ERROR
         elif not holder.alive():
             reason = _UNUSABLE
-        elif exc is not None and backend.classify(exc) is ErrorKind.DISCONNECT:
+        elif exc is not None and (kind := backend.classify(exc)) in (ErrorKind.DISCONNECT, ErrorKind.READ_ONLY):
+            if kind is ErrorKind.READ_ONLY:
+                # a demoted primary: the idle connections reach the same server; new ones, after a
+                # DNS or proxy failover, reach the new primary
+                self._retire_idle()
             # lost, or out of step (e.g. two tasks on one connection): a ping could read stale bytes
             reason = _ERROR
         elif exc is not None:
@@ -576,6 +581,19 @@ class Pool:
                 reason.message,
                 monotonic() - holder.opened_at,
             )
+
+    def _retire_idle(self) -> None:
+        """Close every idle connection now (the server they reach refused a write as read-only)."""
+        if not self._read_only_warned:
+            self._read_only_warned = True
+            logger.warning(
+                "aconn alias %r: the server refused a write as read-only (a failover?): closing the idle "
+                "connections, so that the next scopes connect again",
+                self.alias,
+            )
+        idle, self._idle = self._idle, []
+        for holder in idle:
+            self._discard(holder, _UNUSABLE)
 
     def sweep(self) -> None:
         """Close idle connections past their deadline or idle limit (no I/O on healthy ones)."""
