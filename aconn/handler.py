@@ -10,7 +10,17 @@ import os
 import warnings
 import weakref
 from asyncio import get_running_loop
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Hashable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from time import monotonic
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, overload
@@ -21,7 +31,8 @@ from .errors import AconnError, ClosedError, ConfigError, ScopeError
 from .hooks import HookEvent, Hooks
 from .housekeeping import Housekeeper
 from .iteration import Jobs
-from .pool import Pool
+from .pool import Holder, Pool
+from .routing import ReplicaSet, Router, route
 from .scope import Scope, ScopeState
 from .settings import Settings, parse_databases
 from .stats import PoolStats
@@ -57,11 +68,22 @@ class Connections:
     """Database connections of one process, by alias, handed out per scope.
 
     :param databases: alias -> Django ``DATABASES`` entry (a dict) or a URL string.
+    :param routers: objects with Django's ``db_for_read(hints)`` / ``db_for_write(hints)``, asked in
+        turn for the alias when ``connection()`` is given none.
     :raises ConfigError: at construction, naming the alias and key of invalid settings.
     """
 
-    def __init__(self, databases: Mapping[str, Any]) -> None:
+    def __init__(self, databases: Mapping[str, Any], routers: Sequence[Router] = ()) -> None:
         self._settings: dict[str, Settings] = parse_databases(databases)
+        #: Django-style routers, consulted by connection() when no alias is given
+        self._routers = tuple(routers)
+        #: primary alias -> its replicas' health, turn and pins (aliases with REPLICAS only)
+        self._replica_sets = {
+            alias: ReplicaSet(alias, s.replicas, s.max_replica_lag, s.replica_pin_seconds)
+            for alias, s in self._settings.items()
+            if s.replicas
+        }
+        self._replica_checks: set[asyncio.Task[None]] = set()
         self._hooks = Hooks()
         self._hooks.on_first_use = self._observe_use
         self._pools: dict[str, Pool] = self._new_pools()
@@ -188,6 +210,10 @@ class Connections:
         self._reset()
 
     async def _close_pools(self) -> None:
+        checks = list(self._replica_checks)
+        for task in checks:
+            task.cancel()
+        await asyncio.gather(*checks, return_exceptions=True)
         for pool in self._pools.values():
             await pool.close()
         for pool in self._pools.values():
@@ -329,15 +355,21 @@ class Connections:
 
     # -- scopes ---------------------------------------------------------------------------
 
-    def scope(self) -> Scope:
+    def scope(self, pin: Hashable | None = None) -> Scope:
         """One unit of work: ``async with connections.scope(): ...``.
 
         Connections are taken on first use inside it and given back when it
         exits. A scope entered inside another one in the same task reuses it.
 
+        :param pin: a key (a user or session id): once a scope with this key took the primary
+            connection of an alias with ``REPLICAS``, the key's reads stay on the primary for
+            ``REPLICA_PIN_SECONDS`` (read-your-writes across scopes, in this process).
         :raises ClosedError: on entry, if the handler is closed.
         """
-        return Scope(self._scopes)
+        scope = Scope(self._scopes)
+        if pin is not None:
+            scope.pin = pin
+        return scope
 
     def _enter_loop(self) -> asyncio.AbstractEventLoop:
         """What entering a scope checks first (written out in ``Scope.__aenter__``, the scope path):
@@ -386,17 +418,32 @@ class Connections:
             pool.sweep()
 
     @overload
-    async def connection(self, alias: str = "default") -> Any: ...
+    async def connection(
+        self, alias: str | None = None, *, read_only: bool = False, hints: Mapping[str, Any] | None = None
+    ) -> Any: ...
 
     @overload
-    async def connection(self, alias: str, expected: type[T]) -> T: ...
+    async def connection(
+        self, alias: str | None, expected: type[T], *, read_only: bool = False, hints: Mapping[str, Any] | None = None
+    ) -> T: ...
 
-    async def connection(self, alias: str = "default", expected: type[Any] | None = None) -> Any:
+    async def connection(
+        self,
+        alias: str | None = None,
+        expected: type[Any] | None = None,
+        *,
+        read_only: bool = False,
+        hints: Mapping[str, Any] | None = None,
+    ) -> Any:
         """The driver's connection for ``alias``, bound to the current scope and task.
 
         The same object is returned for the rest of the scope. Pass the driver's
         connection class as ``expected`` (``aiosqlite.Connection``...) to have it
         typed as such for mypy, checked with ``isinstance`` at run time.
+
+        With no alias, the routers name it (``db_for_read`` when ``read_only``, else
+        ``db_for_write``, given ``hints``), else it is ``"default"``. With ``read_only=True``
+        an alias with ``REPLICAS`` reads from a healthy replica (see :mod:`aconn.routing`).
 
         :raises ScopeError: outside a scope, or from a task that does not own the scope.
         :raises TypeError: if the connection is not an ``expected``.
@@ -405,6 +452,8 @@ class Connections:
         :raises ClosedError: when the handler is closed.
         """
         scope = self._scopes.var.get(None)
+        if alias is None:
+            alias = route(self._routers, read_only, hints or {}) if self._routers else "default"
         if scope is None:
             raise ScopeError(
                 f"connections.connection({alias!r}) was called outside a scope: wrap the unit "
@@ -423,18 +472,83 @@ class Connections:
                 "parent (a pytest fixture, a startup hook), enter the scope in the task that uses "
                 "the connection instead"
             )
-        held = scope.held
-        holder = held.get(alias)
-        if holder is None:
-            source = self._sources.get(alias) or self._pool(alias)
-            holder = source.take_idle(task) or await source.acquire(task)
-            held[alias] = holder
+        holder: Holder | None
+        if read_only and alias in self._replica_sets:
+            holder = await self._read_holder(scope, task, self._replica_sets[alias])
+        else:
+            held = scope.held
+            holder = held.get(alias)
+            if holder is None:  # _take(), written out: the scope path
+                source = self._sources.get(alias) or self._pool(alias)
+                holder = source.take_idle(task) or await source.acquire(task)
+                held[alias] = holder
+                if self._replica_sets and alias in self._replica_sets:
+                    self._primary_taken(scope, self._replica_sets[alias])
         if expected is not None and not isinstance(holder.conn, expected):
             raise TypeError(
                 f"aconn alias {alias!r} hands out {type(holder.conn).__module__}.{type(holder.conn).__qualname__}, "
                 f"not {expected.__module__}.{expected.__qualname__}"
             )
         return holder.conn
+
+    async def _take(self, scope: Scope, task: asyncio.Task[Any] | None, alias: str) -> Holder:
+        holder = scope.held.get(alias)
+        if holder is None:
+            source = self._sources.get(alias) or self._pool(alias)
+            holder = source.take_idle(task) or await source.acquire(task)
+            scope.held[alias] = holder
+        return holder
+
+    def _primary_taken(self, scope: Scope, replicas: ReplicaSet) -> None:
+        pin = getattr(scope, "pin", None)
+        if pin is not None:
+            replicas.pin(pin)  # the key's reads stay on the primary for REPLICA_PIN_SECONDS
+
+    async def _read_holder(self, scope: Scope, task: asyncio.Task[Any] | None, replicas: ReplicaSet) -> Holder:
+        """A read: the scope's primary connection if it took one; else its replica; else a healthy replica
+        in turn (the primary when the scope's key is pinned, or when no replica is healthy)."""
+        held = scope.held
+        primary = replicas.primary
+        holder = held.get(primary)
+        if holder is not None:
+            return holder  # read-your-writes: this scope already uses the primary
+        for replica in replicas.replicas:
+            holder = held.get(replica)
+            if holder is not None:
+                return holder  # one replica per scope
+        self._check_replicas(replicas)
+        pin = getattr(scope, "pin", None)
+        if pin is not None and replicas.pinned(pin):
+            return await self._take(scope, task, primary)
+        chosen = replicas.pick()
+        if chosen is not None:
+            try:
+                return await self._take(scope, task, chosen)
+            except (ConfigError, ClosedError):
+                raise
+            except Exception as exc:  # unreachable: skip it until its next check finds it back
+                logger.warning("aconn alias %r: replica %r is skipped: %s", primary, chosen, exc)
+                replicas.down(chosen)
+        self._pools[primary].counters.replica_fallbacks += 1
+        return await self._take(scope, task, primary)
+
+    def _check_replicas(self, replicas: ReplicaSet) -> None:
+        """Start the background checks that are due (at most one a second per replica)."""
+        for replica in replicas.due(monotonic()):
+            task = asyncio.get_running_loop().create_task(self._check_replica(replicas, replica))
+            self._replica_checks.add(task)
+            task.add_done_callback(self._replica_checks.discard)
+
+    async def _check_replica(self, replicas: ReplicaSet, replica: str) -> None:
+        """Reach the replica and, with MAX_REPLICA_LAG, read its lag: off the scope path."""
+        try:
+            async with asyncio.timeout(self._settings[replica].connect_timeout), self.scope():
+                conn = await self.connection(replica)
+                lag = await self._pools[replica].backend.replica_lag(conn) if replicas.max_lag is not None else 0.0
+        except Exception:
+            replicas.report(replica, None, reachable=False)
+        else:
+            replicas.report(replica, lag, reachable=True)
 
     def scoped(self, func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
         """Decorator: each call of the coroutine function runs in a scope of its own.

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from asyncio import get_running_loop
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from contextvars import ContextVar, Token
 from time import monotonic
 from types import TracebackType
@@ -68,9 +68,11 @@ class Scope:
     """
 
     # "_atomic" is set only when an atomic() block opens in the scope: the scope path never pays for it
-    __slots__ = ("_atomic", "_state", "_token", "held", "task")
+    # "pin" is set only by connections.scope(pin=key): unset, it costs nothing
+    __slots__ = ("_atomic", "_state", "_token", "held", "pin", "task")
 
     _atomic: dict[str, list[object]]
+    pin: Hashable
 
     def __init__(self, state: ScopeState) -> None:
         self._state = state

@@ -74,6 +74,7 @@ _KNOWN = frozenset(
         "MAX_CONNS", "MIN_CONNS", "ACQUIRE_TIMEOUT", "CONNECT_TIMEOUT",
         "IDLE_TIMEOUT", "LEAK_TIMEOUT", "STATEMENT_TIMEOUT", "CANCEL_ON_SERVER", "MAX_WAITING",
         "ATOMIC_REQUESTS", "RESET_ON_RELEASE", "POOLER",
+        "REPLICAS", "REPLICA_PIN_SECONDS", "MAX_REPLICA_LAG",
     }
 )  # fmt: skip
 
@@ -114,6 +115,12 @@ class Settings:
     reset_on_release: bool = False
     #: the connection pooler between aconn and the server: None, "pgbouncer", "proxysql", "rds_proxy"
     pooler: str | None = None
+    #: other aliases of the handler that replicate this one: read_only=True reads from them
+    replicas: tuple[str, ...] = ()
+    #: how long a pinned key's reads stay on the primary after a scope with that key took it
+    replica_pin_seconds: float = 5.0
+    #: a replica lagging more than this is skipped (None: lag not checked)
+    max_replica_lag: float | None = None
 
     def __repr__(self) -> str:
         shown = {k: ("***" if k in SECRET_OPTIONS else v) for k, v in self.options.items()}
@@ -128,7 +135,8 @@ class Settings:
             f"leak_timeout={self.leak_timeout!r}, statement_timeout={self.statement_timeout!r}, "
             f"cancel_on_server={self.cancel_on_server!r}, max_waiting={self.max_waiting!r}, "
             f"atomic_requests={self.atomic_requests!r}, reset_on_release={self.reset_on_release!r}, "
-            f"pooler={self.pooler!r})"
+            f"pooler={self.pooler!r}, replicas={self.replicas!r}, replica_pin_seconds={self.replica_pin_seconds!r}, "
+            f"max_replica_lag={self.max_replica_lag!r})"
         )
 
     __str__ = __repr__
@@ -140,6 +148,18 @@ class Settings:
             return f"sqlite {self.name if self.name == ':memory:' else os.path.abspath(self.name)}"
         port = self.port or DEFAULT_PORTS.get(self.engine, 3306)
         return f"{self.engine} {self.user}@{self.host or 'localhost'}:{port}/{self.name}"
+
+
+def _check_replicas(parsed: Mapping[str, Settings]) -> None:
+    for alias, settings in parsed.items():
+        for replica in settings.replicas:
+            found = parsed.get(replica)
+            if found is None:
+                raise ConfigError(alias, "REPLICAS", f"{replica!r} is not an alias of this handler")
+            if found.engine != settings.engine:
+                raise ConfigError(
+                    alias, "REPLICAS", f"{replica!r} has ENGINE {found.engine!r}, not {settings.engine!r}"
+                )
 
 
 def parse_databases(databases: Mapping[str, Any]) -> dict[str, Settings]:
@@ -156,6 +176,7 @@ def parse_databases(databases: Mapping[str, Any]) -> dict[str, Settings]:
         if not isinstance(alias, str) or not alias:
             raise ConfigError(str(alias), None, "an alias must be a non-empty string")
         out[alias] = parse_settings(alias, entry)
+    _check_replicas(out)
     return out
 
 
@@ -218,6 +239,9 @@ def parse_settings(alias: str, entry: Any) -> Settings:
         atomic_requests=_bool(alias, entry, "ATOMIC_REQUESTS", False),
         reset_on_release=_bool(alias, entry, "RESET_ON_RELEASE", False),
         pooler=_pooler(alias, entry.get("POOLER"), engine),
+        replicas=_replicas(alias, entry.get("REPLICAS")),
+        replica_pin_seconds=_required_seconds_or_zero(alias, entry, "REPLICA_PIN_SECONDS", 5.0),
+        max_replica_lag=_seconds(alias, entry, "MAX_REPLICA_LAG", None, allow_none=True),
         max_waiting=None if entry.get("MAX_WAITING") is None else _int(alias, entry, "MAX_WAITING", 0, minimum=0),
     )
 
@@ -324,6 +348,22 @@ def _seconds(
     return float(value)
 
 
+def _required_seconds_or_zero(alias: str, entry: Mapping[str, Any], key: str, default: float) -> float:
+    value = _seconds(alias, entry, key, default, allow_zero=True)
+    assert value is not None
+    return value
+
+
+def _replicas(alias: str, value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str) or not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(alias, "REPLICAS", f"must be a list of aliases, got {value!r}")
+    if alias in value:
+        raise ConfigError(alias, "REPLICAS", "an alias cannot be its own replica")
+    return tuple(value)
+
+
 def _required_seconds(alias: str, entry: Mapping[str, Any], key: str, default: float) -> float:
     value = _seconds(alias, entry, key, default)
     assert value is not None
@@ -349,6 +389,8 @@ _QUERY_KEYS: Mapping[str, str] = {
     "atomic_requests": "ATOMIC_REQUESTS",
     "reset_on_release": "RESET_ON_RELEASE",
     "pooler": "POOLER",
+    "replica_pin_seconds": "REPLICA_PIN_SECONDS",
+    "max_replica_lag": "MAX_REPLICA_LAG",
 }
 _INT_KEYS = frozenset({"MAX_CONNS", "MIN_CONNS", "MAX_WAITING"})
 _BOOL_KEYS = frozenset({"CONN_HEALTH_CHECKS", "AUTOCOMMIT", "CANCEL_ON_SERVER", "ATOMIC_REQUESTS", "RESET_ON_RELEASE"})

@@ -63,6 +63,8 @@ class PoolStats:
     server_cancels_failed: int = 0
     #: requests refused at once because MAX_WAITING tasks already waited (PoolOverloaded)
     overloaded: int = 0
+    #: reads asked of this alias' replicas (read_only=True) that went to the primary: none was healthy
+    replica_fallbacks: int = 0
 
     @property
     def closed(self) -> int:

@@ -210,6 +210,11 @@ class Backend:
         """
         raise NotImplementedError
 
+    async def replica_lag(self, conn: Any) -> float | None:
+        """How far behind its primary this server is, in seconds: 0 for a primary, ``inf`` when
+        replication is stopped, None when the server will not say (privileges)."""
+        return 0.0
+
     async def execute(self, conn: Any, sql: str) -> None:
         """Run one statement that returns no rows: transaction control (``BEGIN``, ``SAVEPOINT``...)."""
         raise NotImplementedError

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import math
 import os
 import select
 import ssl
@@ -398,6 +399,27 @@ class MySQLBackend(Backend):
     async def execute(self, conn: Any, sql: str) -> None:
         async with conn.cursor() as cur:
             await cur.execute(sql)
+
+    async def replica_lag(self, conn: Any) -> float | None:
+        """``Seconds_Behind_Master`` (MariaDB; ``_Source`` on MySQL 8): needs REPLICATION CLIENT
+        (MySQL) or SLAVE MONITOR (MariaDB 10.5+)."""
+        async with conn.cursor() as cur:
+            for statement in ("SHOW REPLICA STATUS", "SHOW SLAVE STATUS"):
+                try:
+                    await cur.execute(statement)
+                    break
+                except pymysql.err.ProgrammingError:
+                    continue  # the other spelling
+                except pymysql.err.OperationalError as exc:
+                    if exc.args and exc.args[0] in (1227, 1044, 1045):  # no privilege
+                        return None
+                    raise
+            row = await cur.fetchone()
+            if row is None:
+                return 0.0  # not a replica
+            status = dict(zip([d[0] for d in cur.description], row, strict=True))
+        behind = status.get("Seconds_Behind_Master", status.get("Seconds_Behind_Source"))
+        return math.inf if behind is None else float(behind)
 
     def left_running(self, conn: Any) -> bool:
         # aiomysql closes the socket itself when a read is cancelled or fails mid-command; the

@@ -8,6 +8,7 @@ a cancel request, then a wait until the server has let go of the session.
 from __future__ import annotations
 
 import asyncio
+import math
 import select
 import struct
 from collections.abc import Callable
@@ -25,6 +26,11 @@ LIMITS_SQL: Final = (
     "(SELECT setting::bigint FROM pg_settings WHERE name = 'idle_in_transaction_session_timeout'), "
     "(SELECT setting::bigint FROM pg_settings WHERE name = 'statement_timeout'), "
     "current_setting('max_connections')::int, current_setting('superuser_reserved_connections')::int"
+)
+REPLICA_LAG_SQL: Final = (
+    "SELECT CASE WHEN NOT pg_is_in_recovery() THEN 0 "
+    "WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 "
+    "ELSE EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()) END"
 )
 #: polled after a cancel request until the session has gone (the client side is closed already)
 SESSION_ALIVE_SQL: Final = "SELECT 1 FROM pg_stat_activity WHERE pid = {pid:d}"
@@ -189,6 +195,12 @@ class PostgresBackend(Backend):
 
     async def _open_side(self) -> Any:
         return await self._open()
+
+    async def replica_lag(self, conn: Any) -> float | None:
+        """0 on a primary; on a standby, the age of the last transaction replayed, or 0 when it has
+        replayed everything it received (an idle primary writes nothing to be behind on)."""
+        row = await self._fetch_one(conn, REPLICA_LAG_SQL)
+        return float(row[0]) if row and row[0] is not None else math.inf
 
     async def _wait_gone(self, conn: Any, sql: str) -> None:
         delay = 0.002

@@ -23,6 +23,7 @@ class Counters:
         "leaks_detected",
         "opened",
         "overloaded",
+        "replica_fallbacks",
         "rollbacks",
         "server_cancels",
         "server_cancels_failed",
@@ -44,6 +45,7 @@ class Counters:
         self.server_cancels = 0
         self.server_cancels_failed = 0
         self.overloaded = 0
+        self.replica_fallbacks = 0
 
     def waited(self, seconds: float) -> None:
         self.acquire_waits += 1
