@@ -37,7 +37,7 @@ def find_postgres() -> Path | None:
 class PostgreSQL:
     """One throwaway server. Use :meth:`start` / :meth:`close`, or the ``postgres`` fixture."""
 
-    def __init__(self, extra_args: Sequence[str] = ()) -> None:
+    def __init__(self, extra_args: Sequence[str] = (), standby_of: PostgreSQL | None = None) -> None:
         bindir = find_postgres()
         if bindir is None:
             raise RuntimeError("PostgreSQL server binaries not found: apt-get install -y postgresql")
@@ -48,6 +48,8 @@ class PostgreSQL:
         self.extra_args = list(extra_args)
         self.proc: subprocess.Popen[bytes] | None = None
         self.frozen = False
+        #: a streaming replica of this server, when given: its data comes from pg_basebackup
+        self.standby_of = standby_of
         # PostgreSQL refuses to run as root: then it runs as the postgres system user
         self.run_as = "postgres" if os.geteuid() == 0 else None
         if self.run_as:
@@ -64,6 +66,10 @@ class PostgreSQL:
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> PostgreSQL:
+        if self.standby_of is not None and not self.datadir.exists():
+            self._base_backup(self.standby_of)
+            self._launch()
+            return self
         fresh = not self.datadir.exists()
         if fresh:
             pwfile = self.dir / "pw"
@@ -102,6 +108,14 @@ class PostgreSQL:
             if time.monotonic() > deadline:
                 raise RuntimeError("postgres did not accept connections within 60 s")
             time.sleep(0.05)
+
+    def _base_backup(self, primary: PostgreSQL) -> None:
+        """A copy of ``primary`` that starts as its streaming standby (``-R`` writes standby.signal)."""
+        subprocess.run(
+            [str(self.bindir / "pg_basebackup"), "-h", str(primary.dir), "-p", str(primary.port), "-U", "postgres",
+             "-D", str(self.datadir), "-R", "-X", "stream", "--no-sync", "--checkpoint=fast"],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=120, **self._as_server_user(),
+        )  # fmt: skip
 
     def _bootstrap(self) -> None:
         self.sql(

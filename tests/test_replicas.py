@@ -180,3 +180,63 @@ def test_replica_settings() -> None:
     assert info.value.key == "REPLICAS"
     with pytest.raises(aconn.ConfigError, match="own replica"):
         aconn.Connections({"default": {"ENGINE": "sqlite", "NAME": "a.db", "REPLICAS": ["default"]}})
+
+
+# -- PostgreSQL: a primary and its streaming standby (pg_basebackup -R), both drivers --------------
+
+
+@pytest.fixture(scope="module")
+def pg_pair() -> Iterator[tuple[Any, Any]]:
+    from postgres import PostgreSQL
+
+    primary = PostgreSQL().start()
+    standby = PostgreSQL(standby_of=primary).start()
+    try:
+        primary.sql(f"CREATE TABLE IF NOT EXISTS {'r'} (id int)")
+        yield primary, standby
+    finally:
+        standby.close()
+        primary.close()
+
+
+@pytest.mark.postgresql
+@pytest.mark.parametrize("engine", ["postgresql", "asyncpg"])
+async def test_postgresql_standby(pg_pair: tuple[Any, Any], make: Any, engine: str) -> None:
+    primary, standby = pg_pair
+    connections: aconn.Connections = make(
+        {
+            "default": primary.settings(ENGINE=engine, CONN_MAX_AGE=60, REPLICAS=["standby"], MAX_REPLICA_LAG=0.3),
+            "standby": standby.settings(ENGINE=engine, CONN_MAX_AGE=60),
+        }
+    )
+
+    async def in_recovery(read_only: bool) -> bool:
+        async with connections.scope():
+            conn = await connections.connection("default", read_only=read_only)
+            if engine == "asyncpg":
+                return bool(await conn.fetchval("SELECT pg_is_in_recovery()"))
+            return bool((await (await conn.execute("SELECT pg_is_in_recovery()")).fetchone())[0])
+
+    async def read_until(predicate: Any) -> None:
+        async with asyncio.timeout(15):
+            while not predicate():
+                await in_recovery(True)
+                await asyncio.sleep(0.05)
+
+    assert await in_recovery(True) is True  # the standby
+    assert await in_recovery(False) is False  # the primary
+    async with connections.scope():  # read-your-writes in a scope
+        writer = await connections.connection("default")
+        assert await connections.connection("default", read_only=True) is writer
+    replicas = connections._replica_sets["default"]
+    standby.sql("SELECT pg_wal_replay_pause()")
+    try:
+        primary.sql("INSERT INTO r VALUES (1)")  # received, not replayed: the standby falls behind
+        await read_until(lambda: not replicas.healthy["standby"])
+        assert (replicas.lag["standby"] or 0) > 0.3
+        assert await in_recovery(True) is False  # reads go to the primary meanwhile
+        assert connections.stats("default").replica_fallbacks >= 1
+    finally:
+        standby.sql("SELECT pg_wal_replay_resume()")
+    await read_until(lambda: replicas.healthy["standby"])
+    assert await in_recovery(True) is True
