@@ -171,3 +171,42 @@ async def test_demoted_primary_is_left_after_one_write_error(two_servers: tuple[
         await connections.aclose()
     finally:
         proxy.close()
+
+
+@pytest.mark.parametrize("pooler", ["proxysql", "rds_proxy"])
+async def test_behind_a_mysql_pooler_no_kill_is_sent(db: MariaDB, pooler: str) -> None:
+    """Behind ProxySQL or RDS Proxy a KILL id names no session of ours: a cancelled statement is left to
+    STATEMENT_TIMEOUT (here the server itself is reached directly: what is tested is what aconn sends)."""
+    import aconn
+    from aconn.rules import evaluate
+
+    connections = aconn.Connections({"default": db.settings(CONN_MAX_AGE=60, POOLER=pooler, STATEMENT_TIMEOUT=2)})
+    try:
+
+        sent = asyncio.Event()
+
+        async def slow() -> None:
+            async with connections.scope():
+                conn = await connections.connection()
+                async with conn.cursor() as cur:
+                    sent.set()  # the test runs again once this task waits for the reply
+                    await cur.execute("SELECT SLEEP(1)")
+
+        task = asyncio.create_task(slow())
+        await sent.wait()
+        task.cancel()  # mid-statement
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert connections.stats().server_cancels == 0 and connections.stats().server_cancels_failed == 0
+        limits = connections._pools["default"].limits
+        assert limits is not None
+        verdicts = {v.rule: v for v in evaluate(connections.settings(), limits)}
+        assert verdicts["CANCEL_ON_SERVER"].ok  # STATEMENT_TIMEOUT bounds the statements
+        assert verdicts["POOLER"].ok == (pooler == "proxysql")  # RDS Proxy pins on the SET it needs
+    finally:
+        await connections.aclose()
+    pinning = aconn.Connections(
+        {"default": db.settings(POOLER=pooler, OPTIONS={"init_command": "SET SESSION sql_mode='ANSI'"})}
+    )
+    verdict = {v.rule: v for v in evaluate(pinning.settings(), limits)}["POOLER"]
+    assert not verdict.ok and "pinned" in verdict.message
