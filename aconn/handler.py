@@ -84,6 +84,8 @@ class Connections:
             if s.replicas
         }
         self._replica_checks: set[asyncio.Task[None]] = set()
+        if self._routers or self._replica_sets:
+            self.connection = self._routed_connection  # type: ignore[method-assign]
         self._hooks = Hooks()
         self._hooks.on_first_use = self._observe_use
         self._pools: dict[str, Pool] = self._new_pools()
@@ -453,7 +455,7 @@ class Connections:
         """
         scope = self._scopes.var.get(None)
         if alias is None:
-            alias = route(self._routers, read_only, hints or {}) if self._routers else "default"
+            alias = "default"  # (routers and replicas: _routed_connection stands in for this method)
         if scope is None:
             raise ScopeError(
                 f"connections.connection({alias!r}) was called outside a scope: wrap the unit "
@@ -472,24 +474,51 @@ class Connections:
                 "parent (a pytest fixture, a startup hook), enter the scope in the task that uses "
                 "the connection instead"
             )
-        holder: Holder | None
-        if read_only and alias in self._replica_sets:
-            holder = await self._read_holder(scope, task, self._replica_sets[alias])
-        else:
-            held = scope.held
-            holder = held.get(alias)
-            if holder is None:  # _take(), written out: the scope path
-                source = self._sources.get(alias) or self._pool(alias)
-                holder = source.take_idle(task) or await source.acquire(task)
-                held[alias] = holder
-                if self._replica_sets and alias in self._replica_sets:
-                    self._primary_taken(scope, self._replica_sets[alias])
+        held = scope.held
+        holder = held.get(alias)
+        if holder is None:  # _take(), written out: the scope path
+            source = self._sources.get(alias) or self._pool(alias)
+            holder = source.take_idle(task) or await source.acquire(task)
+            held[alias] = holder
         if expected is not None and not isinstance(holder.conn, expected):
             raise TypeError(
                 f"aconn alias {alias!r} hands out {type(holder.conn).__module__}.{type(holder.conn).__qualname__}, "
                 f"not {expected.__module__}.{expected.__qualname__}"
             )
         return holder.conn
+
+    async def _routed_connection(
+        self,
+        alias: str | None = None,
+        expected: type[Any] | None = None,
+        *,
+        read_only: bool = False,
+        hints: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """:meth:`connection` with routers and replicas; it stands in for it on handlers that have
+        either, so that the others pay nothing for them on the scope path."""
+        if alias is None:
+            alias = route(self._routers, read_only, hints or {})
+        replicas = self._replica_sets.get(alias)
+        if replicas is None:
+            return await self._unrouted(alias, expected)
+        scope = self._scopes.var.get(None)
+        if not read_only or scope is None or scope.task is not task_of(get_running_loop()):
+            conn = await self._unrouted(alias, expected)  # the primary (or the ScopeError)
+            if scope is not None:
+                self._primary_taken(scope, replicas)
+            return conn
+        holder = await self._read_holder(scope, scope.task, replicas)
+        if expected is not None and not isinstance(holder.conn, expected):
+            raise TypeError(
+                f"aconn alias {alias!r} hands out {type(holder.conn).__qualname__}, not {expected.__qualname__}"
+            )
+        return holder.conn
+
+    async def _unrouted(self, alias: str, expected: type[Any] | None) -> Any:
+        if expected is None:
+            return await Connections.connection(self, alias)
+        return await Connections.connection(self, alias, expected)
 
     async def _take(self, scope: Scope, task: asyncio.Task[Any] | None, alias: str) -> Holder:
         holder = scope.held.get(alias)

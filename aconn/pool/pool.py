@@ -46,6 +46,10 @@ _MAX_AGE, _IDLE_LIMIT, _UNUSABLE, _ERROR, _SHUTDOWN = (
 )  # fmt: skip
 
 
+def _never_reusable(conn: Any) -> bool:
+    return False
+
+
 class Pool:
     """The connections of one alias in this process."""
 
@@ -69,6 +73,8 @@ class Pool:
         self._closing = 0
         self._health_checks = settings.health_checks
         self._reset_on_release = settings.reset_on_release
+        if settings.reset_on_release:  # every release takes the slow path, which resets the session
+            backend.reusable = _never_reusable  # type: ignore[method-assign]
         self._leak_timeout = settings.leak_timeout
         self._rules_checked = False
         self._read_only_warned = False
@@ -390,13 +396,7 @@ class Pool:
             holder.leak_timer.cancel()
             holder.leak_timer = None
         now = monotonic()
-        if (
-            exc is None
-            and now < holder.close_at
-            and not self.closed
-            and not self._reset_on_release
-            and self.backend.reusable(holder.conn)
-        ):
+        if exc is None and now < holder.close_at and not self.closed and self.backend.reusable(holder.conn):
             holder.last_used = now
             if self._waiters:
                 self._put_back(holder)
