@@ -541,6 +541,8 @@ class Connections:
         holder = held.get(primary)
         if holder is not None:
             return holder  # read-your-writes: this scope already uses the primary
+        if isinstance(self._sources.get(primary), PinnedConnection):
+            return await self._take(scope, task, primary)  # a test's transaction: the replicas cannot see it
         for replica in replicas.replicas:
             holder = held.get(replica)
             if holder is not None:

@@ -381,3 +381,24 @@ async def test_test_transaction_lost_to_implicit_commit(db: MariaDB, make: Any) 
             await insert(connections, 1)
     assert await ids(connections) == []  # the row after the BEGIN was rolled back; the table was not
     assert_no_transaction_left(connections)
+
+
+async def test_test_transaction_reads_the_primary_of_an_alias_with_replicas(make: Any, tmp_path: Any) -> None:
+    """In a test's transaction, read_only=True reads the primary: a replica could not see the test's writes."""
+    connections = make(
+        {
+            "default": {"ENGINE": "sqlite", "NAME": str(tmp_path / "p.db"), "REPLICAS": ["replica"]},
+            "replica": {"ENGINE": "sqlite", "NAME": str(tmp_path / "r.db")},
+        }
+    )
+    for alias in ("default", "replica"):
+        async with connections.scope():
+            await fetch(await connections.connection(alias), f"CREATE TABLE {TABLE} (id INTEGER PRIMARY KEY)")
+    async with TestTransaction(connections), connections.scope():
+        await fetch(await connections.connection("default"), f"INSERT INTO {TABLE} VALUES (1)")
+    async with TestTransaction(connections):
+        async with connections.scope():
+            await fetch(await connections.connection("default"), f"INSERT INTO {TABLE} VALUES (2)")
+        async with connections.scope():  # another scope, reading
+            conn = await connections.connection("default", read_only=True)
+            assert [r[0] for r in await fetch(conn, f"SELECT id FROM {TABLE}")] == [2]
