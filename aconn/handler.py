@@ -64,6 +64,11 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def _not_expected(alias: str, conn: Any, expected: type[Any]) -> TypeError:
+    shown = f"{type(conn).__module__}.{type(conn).__qualname__}"
+    return TypeError(f"aconn alias {alias!r} hands out {shown}, not {expected.__module__}.{expected.__qualname__}")
+
+
 class Connections:
     """Database connections of one process, by alias, handed out per scope.
 
@@ -482,10 +487,7 @@ class Connections:
             holder = source.take_idle(task) or await source.acquire(task)
             held[alias] = holder
         if expected is not None and not isinstance(holder.conn, expected):
-            raise TypeError(
-                f"aconn alias {alias!r} hands out {type(holder.conn).__module__}.{type(holder.conn).__qualname__}, "
-                f"not {expected.__module__}.{expected.__qualname__}"
-            )
+            raise _not_expected(alias, holder.conn, expected)
         return holder.conn
 
     async def _routed_connection(
@@ -510,9 +512,7 @@ class Connections:
             return conn
         holder = await self._read_holder(scope, scope.task, replicas)
         if expected is not None and not isinstance(holder.conn, expected):
-            raise TypeError(
-                f"aconn alias {alias!r} hands out {type(holder.conn).__qualname__}, not {expected.__qualname__}"
-            )
+            raise _not_expected(alias, holder.conn, expected)
         return holder.conn
 
     async def _unrouted(self, alias: str, expected: type[Any] | None) -> Any:

@@ -80,10 +80,6 @@ class Scope:
         self.task: asyncio.Task[Any] | None = None
         self._token: Token[Scope | None] | None = None
 
-    def _holder(self, alias: str) -> Holder:
-        """The slot of the connection this scope holds for ``alias`` (taken by ``connection()``)."""
-        return self.held[alias]
-
     def _blocks(self, alias: str) -> list[object]:
         """The ``atomic()`` blocks open in this scope on ``alias``, innermost last."""
         try:

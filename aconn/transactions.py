@@ -119,7 +119,7 @@ class Atomic:
         current = await scope.__aenter__()
         try:
             conn = await handler.connection(alias)
-            holder = current._holder(alias)
+            holder = current.held[alias]
             stack = current._blocks(alias)
             backend = holder.pool.backend
             if stack or holder.state is HolderState.PINNED:
@@ -297,11 +297,9 @@ class TestTransaction(Generic[H]):
                 try:
                     await _begin_test(holder)
                 except BaseException as exc:
-                    slow = pool.release(holder, exc)
-                    if slow is not None:
-                        await run_shielded(slow)
+                    await pool.give_back(holder, exc)
                     raise
-                pool.pin(holder)
+                holder.pinned()
                 pinned = self._pinned[alias] = PinnedConnection(holder)
                 handler._route(alias, pinned)
         except BaseException:
@@ -333,8 +331,7 @@ class TestTransaction(Generic[H]):
         for alias, source in pinned.items():
             handler._route(alias, None)
             holder = source.holder
-            pool = holder.pool
-            pool.unpin(holder)
+            holder.unpinned()
             failure: BaseException | None = None
             try:
                 problem = await _roll_back_test(holder)
@@ -344,9 +341,7 @@ class TestTransaction(Generic[H]):
             problem = source.lost or problem
             if problem is not None:
                 problems.append(problem)
-            slow = pool.release(holder, failure)
-            if slow is not None:
-                await run_shielded(slow)
+            await holder.pool.give_back(holder, failure)
         return problems
 
 

@@ -19,10 +19,10 @@ import sys
 from typing import Any
 
 import pytest
-from helpers import assert_balanced, eventually
+from helpers import assert_balanced
 from pgbouncer import PgBouncer
 from postgres import PostgreSQL
-from test_postgresql import rows, value
+from test_postgresql import cancel_storm, rows, value
 
 import aconn
 
@@ -90,22 +90,7 @@ async def test_cancellation_through_pgbouncer(
     bouncer: PgBouncer, pg: PostgreSQL, make: Any, engine: str
 ) -> None:
     connections = make({"default": bouncer.settings(ENGINE=engine, CONN_MAX_AGE=60, MAX_CONNS=5)})
-    started = 0
-
-    async def sleeper() -> None:
-        nonlocal started
-        async with connections.scope():
-            conn = await connections.connection()
-            started += 1
-            await rows(conn, "SELECT pg_sleep(30)")
-
-    tasks = [asyncio.create_task(sleeper()) for _ in range(20)]
-    await eventually(lambda: len([q for q in pg.running_statements() if "pg_sleep(30)" in q]) >= 5)
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    await asyncio.sleep(1.0)
-    assert [q for q in pg.running_statements() if "pg_sleep(30)" in q] == []
+    await cancel_storm(connections, pg, tasks=20, running=5)
     for n in range(10):
         assert await value(connections, f"SELECT {n}") == n
 

@@ -126,29 +126,34 @@ async def test_200_scopes_never_exceed_the_cap(
     assert_balanced(stats)
 
 
+def sleeping(pg: PostgreSQL) -> list[str]:
+    return [q for q in pg.running_statements() if "pg_sleep(30)" in q]
+
+
+async def cancel_storm(connections: aconn.Connections, pg: PostgreSQL, *, tasks: int, running: int) -> None:
+    """``tasks`` scopes running ``pg_sleep(30)``, all cancelled once ``running`` of them run at the
+    server; then the promise: one second later, none of them is still running there."""
+
+    async def sleeper() -> None:
+        async with connections.scope():
+            await rows(await connections.connection(), "SELECT pg_sleep(30)")
+
+    sleepers = [asyncio.create_task(sleeper()) for _ in range(tasks)]
+    await eventually(lambda: len(sleeping(pg)) >= running)
+    for task in sleepers:
+        task.cancel()
+    await asyncio.gather(*sleepers, return_exceptions=True)
+    await asyncio.sleep(1.0)  # the promise is "one second later": time itself is what is tested
+    assert sleeping(pg) == []
+
+
 async def test_cancellation_storm_stops_every_statement(
     pg: PostgreSQL, make: Any, engine: str, sampler: ProcesslistSampler
 ) -> None:
     """The slot of a cancelled statement is reused only once the server has let go of its session:
     the server never holds more than MAX_CONNS + 1 (the side session that waits) of the app's."""
     connections = make({"default": pg.settings(ENGINE=engine, CONN_MAX_AGE=60, MAX_CONNS=10)})
-    started = 0
-
-    async def sleeper() -> None:
-        nonlocal started
-        async with connections.scope():
-            conn = await connections.connection()
-            started += 1
-            await rows(conn, "SELECT pg_sleep(30)")
-
-    tasks = [asyncio.create_task(sleeper()) for _ in range(150)]
-    await eventually(lambda: started >= 10)
-    await eventually(lambda: len(pg.running_statements()) >= 10)
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    await asyncio.sleep(1.0)  # the promise: one second later, nothing is still running
-    assert [q for q in pg.running_statements() if "pg_sleep(30)" in q] == []
+    await cancel_storm(connections, pg, tasks=150, running=10)
     for n in range(60):
         assert await value(connections, f"SELECT {n}") == n
     await eventually(lambda: connections.stats().closing == 0)
@@ -156,9 +161,14 @@ async def test_cancellation_storm_stops_every_statement(
     stats = connections.stats()
     assert_balanced(stats)
     assert max(sampler.samples) <= 10 + 1, max(sampler.samples)
-    # psycopg cancels and waits for the server itself before the CancelledError goes on; for
-    # asyncpg, which returns at once, aconn sent the cancel request and waited for each session
-    assert stats.server_cancels == (10 if engine == "asyncpg" else 0), stats
+    # psycopg cancels and waits for the server itself before the CancelledError goes on. asyncpg
+    # returns at once, its own cancel request still in flight: aconn sends one and waits for the
+    # session, for each connection whose release finds asyncpg's request not done yet (nearly all
+    # of the 10; one whose request already went through is closed at once)
+    if engine == "asyncpg":
+        assert 1 <= stats.server_cancels <= 10, stats
+    else:
+        assert stats.server_cancels == 0, stats
     assert stats.server_cancels_failed == 0
 
 

@@ -17,7 +17,7 @@ import asyncpg
 
 from ..errors import ConfigError
 from ..settings import DEFAULT_PORTS, Settings
-from .base import ErrorKind, ServerLimits, check_options
+from .base import ErrorKind, ServerLimits, check_options, close_socket_of
 from .pgcommon import LIMITS_SQL, PostgresBackend, classify_sqlstate, limits_from_row, send_cancel_request
 
 __all__ = ("AsyncpgBackend",)
@@ -112,12 +112,9 @@ class AsyncpgBackend(PostgresBackend):
         conn.terminate()
 
     def forget(self, conn: Any) -> None:
-        # terminate() would schedule its work on the connection's own loop: close the socket itself
-        transport = conn._transport
-        sock = getattr(transport, "_sock", None)
-        if sock is not None:
-            sock.close()
-            transport._sock = None
+        # terminate() would schedule its work on the connection's own loop
+        if conn._transport is not None:
+            close_socket_of(conn._transport)
         conn._aborted = True
 
     def _flagged_dead(self, conn: Any) -> bool:
@@ -159,9 +156,6 @@ class AsyncpgBackend(PostgresBackend):
 
     async def _cancel(self, conn: Any) -> None:
         await send_cancel_request(self._host, self._port, conn.aconn_pid, conn.aconn_secret)
-
-    def interrupt(self, conn: Any) -> None:
-        pass
 
     def classify(self, exc: BaseException, *, connecting: bool = False) -> ErrorKind:
         if isinstance(exc, asyncpg.PostgresError):

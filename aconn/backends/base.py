@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import select
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -17,7 +18,75 @@ from typing import Any, ClassVar
 from ..errors import ConfigError
 from ..settings import Settings
 
-__all__ = ("Backend", "ErrorKind", "ServerLimits", "check_options")
+__all__ = (
+    "Backend",
+    "ErrorKind",
+    "ServerLimits",
+    "check_options",
+    "close_socket_of",
+    "pending_events",
+    "poll_liveness",
+    "polled_dead",
+)
+
+
+def pending_events(fd: int) -> Callable[[int], list[tuple[int, int]]]:
+    """``poll(timeout)`` of a poll object watching ``fd`` for anything to read, an EOF or an error.
+
+    An idle session receives nothing, so anything pending means the server closed it (or wrote
+    its last words before closing). A poll object works on any descriptor number and with any
+    event loop (uvloop's transport sockets refuse recv()).
+    """
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLPRI)
+    return poller.poll
+
+
+def polled_dead(fd: int | None) -> bool:
+    """One poll of an idle connection's socket, a system call and no round trip: the event loop may
+    not have noticed a FIN yet (a killed session)."""
+    if fd is None:
+        return False
+    try:
+        return bool(pending_events(fd)(0))
+    except (OSError, ValueError):
+        return True  # the descriptor is gone
+
+
+def poll_liveness(conn: Any, fd: int, flagged_dead: Callable[[Any], bool]) -> Callable[[], bool]:
+    """The hand-out check of a socket connection: the driver's flags, then one ``poll(0)``.
+
+    The poll object is registered once; each check is one system call. The flags come first:
+    the loop closes a socket only after the driver saw EOF or an error, so while they are clear
+    the descriptor number is still this connection's.
+    """
+    poll = pending_events(fd)
+
+    def alive() -> bool:
+        if flagged_dead(conn):
+            return False
+        try:
+            return not poll(0)  # anything pending on an idle session (EOF, reset, bytes) means dead
+        except (OSError, ValueError):
+            return False
+
+    return alive
+
+
+def _needs_reset(conn: Any) -> bool:
+    return False
+
+
+def close_socket_of(transport: Any) -> None:
+    """Close a transport's socket with no event loop (its loop is gone or elsewhere): asyncio's
+    selector transports by their socket (the server sees the FIN), others by their own abort."""
+    sock = getattr(transport, "_sock", None)
+    if sock is not None:
+        sock.close()
+        transport._sock = None  # nothing left for the transport's __del__ to close or warn about
+    else:
+        with contextlib.suppress(RuntimeError):  # its loop already closed
+            transport.abort()
 
 
 def check_options(
@@ -89,6 +158,10 @@ class Backend:
         self._side: Any = None
         self._side_lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
         self._side_users = 0
+        if settings.reset_on_release:
+            # every connection needs I/O to go back (the reset): none is reusable as it is, and
+            # backends without the setting pay nothing for it at each release
+            self.reusable = _needs_reset  # type: ignore[method-assign]
 
     async def connect(self) -> tuple[Any, ServerLimits]:
         """Open a connection, handshake and session setup included, and read the limits.

@@ -14,7 +14,6 @@ import contextlib
 import inspect
 import math
 import os
-import select
 import ssl
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
@@ -25,7 +24,7 @@ from pymysql.constants import CLIENT, SERVER_STATUS
 
 from ..errors import ConfigError
 from ..settings import Settings
-from .base import Backend, ErrorKind, ServerLimits, check_options
+from .base import Backend, ErrorKind, ServerLimits, check_options, close_socket_of, poll_liveness, polled_dead
 
 __all__ = ("MySQLBackend",)
 
@@ -153,19 +152,6 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _pending_events(fd: int) -> Callable[[int], list[tuple[int, int]]]:
-    """``poll(timeout)`` of a poll object watching ``fd`` for anything to read, an EOF or an error.
-
-    An idle MySQL session receives nothing, so anything pending means the
-    server closed it (or wrote an error packet before closing). A poll object
-    works on any descriptor number and with any event loop (uvloop's transport
-    sockets refuse recv()).
-    """
-    poller = select.poll()
-    poller.register(fd, select.POLLIN | select.POLLPRI)
-    return poller.poll
-
-
 def _flagged_dead(conn: Any) -> bool:
     """True if the driver or the event loop already knows the session is unusable (no system call).
 
@@ -178,6 +164,11 @@ def _flagged_dead(conn: Any) -> bool:
         return True  # closed by the driver (cancellation, lost connection), or the peer closed it
     result = conn._result
     return result is not None and bool(result.unbuffered_active)  # an unbuffered result left unread
+
+
+def _fileno(conn: Any) -> int | None:
+    sock = conn._writer.transport.get_extra_info("socket")
+    return None if sock is None else int(sock.fileno())
 
 
 def _skip_tls_shutdown(writer: Any) -> None:
@@ -331,54 +322,22 @@ class MySQLBackend(Backend):
             _skip_tls_shutdown(writer)
 
     def forget(self, conn: Any) -> None:
-        # transport.close() would schedule its work on the connection's own loop: close the
-        # socket itself (the server sees the FIN) and detach the streams
+        # transport.close() would schedule its work on the connection's own loop
         writer = conn._writer
         if writer is None:
             return
         conn.aconn_closing = True
         conn._writer = conn._reader = None
-        transport = writer.transport
-        sock = getattr(transport, "_sock", None)  # asyncio's selector transports
-        if sock is not None:
-            sock.close()
-            transport._sock = None  # nothing left for the transport's __del__ to close or warn about
-        else:  # another transport (uvloop, TLS): its own abort, if its loop allows it
-            with contextlib.suppress(RuntimeError):
-                transport.abort()
+        close_socket_of(writer.transport)
 
     def is_dead(self, conn: Any, *, peek: bool = True) -> bool:
         if _flagged_dead(conn) or conn._writer.transport.is_closing():
             return True
-        if not peek:
-            return False
-        # The event loop may not have noticed a FIN yet (a killed session):
-        # poll the socket once, a system call and no round trip.
-        sock = conn._writer.transport.get_extra_info("socket")
-        if sock is None:
-            return False
-        try:
-            return bool(_pending_events(sock.fileno())(0))
-        except (OSError, ValueError):
-            return True  # the descriptor is gone
+        return peek and polled_dead(_fileno(conn))
 
     def liveness(self, conn: Any) -> Callable[[], bool]:
-        sock = conn._writer.transport.get_extra_info("socket")
-        if sock is None:
-            return super().liveness(conn)
-        poll = _pending_events(sock.fileno())  # registered once: each check is one poll(0) system call
-
-        def alive() -> bool:
-            # The flags first: asyncio closes the socket only after the reader saw EOF or an
-            # error, so while they are clear the descriptor number is still this connection's.
-            if _flagged_dead(conn):
-                return False
-            try:
-                return not poll(0)  # anything pending on an idle session (EOF, reset, bytes) means dead
-            except (OSError, ValueError):
-                return False
-
-        return alive
+        fd = _fileno(conn)
+        return super().liveness(conn) if fd is None else poll_liveness(conn, fd, _flagged_dead)
 
     def reusable(self, conn: Any) -> bool:
         status = conn.server_status

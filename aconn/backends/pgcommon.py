@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import math
-import select
 import struct
 from collections.abc import Callable
 from typing import Any, Final
 
-from .base import Backend, ErrorKind, ServerLimits
+from .base import Backend, ErrorKind, ServerLimits, poll_liveness, polled_dead
 
 __all__ = ("LIMITS_SQL", "PostgresBackend", "classify_sqlstate", "limits_from_row", "send_cancel_request")
 
@@ -103,15 +102,6 @@ async def send_cancel_request(host: str, port: int, pid: int, secret: int) -> No
         writer.close()
 
 
-def pending_events(fd: int) -> Callable[[int], list[tuple[int, int]]]:
-    """``poll(timeout)`` of a poll object watching ``fd``: an idle session receives nothing, so
-    anything pending (an EOF, a reset, the server's "terminating connection" message) means it is gone.
-    """
-    poller = select.poll()
-    poller.register(fd, select.POLLIN | select.POLLPRI)
-    return poller.poll
-
-
 class PostgresBackend(Backend):
     """The part of the two PostgreSQL backends that does not depend on the driver.
 
@@ -147,34 +137,11 @@ class PostgresBackend(Backend):
     # -- shared ---------------------------------------------------------------------------
 
     def is_dead(self, conn: Any, *, peek: bool = True) -> bool:
-        if self._flagged_dead(conn):
-            return True
-        if not peek:
-            return False
-        fd = self._socket(conn)
-        if fd is None:
-            return False
-        try:
-            return bool(pending_events(fd)(0))
-        except (OSError, ValueError):
-            return True
+        return self._flagged_dead(conn) or (peek and polled_dead(self._socket(conn)))
 
     def liveness(self, conn: Any) -> Callable[[], bool]:
         fd = self._socket(conn)
-        if fd is None:
-            return super().liveness(conn)
-        poll = pending_events(fd)  # registered once: each check is one poll(0) system call
-        flagged_dead = self._flagged_dead
-
-        def alive() -> bool:
-            if flagged_dead(conn):
-                return False
-            try:
-                return not poll(0)
-            except (OSError, ValueError):
-                return False
-
-        return alive
+        return super().liveness(conn) if fd is None else poll_liveness(conn, fd, self._flagged_dead)
 
     async def cancel_on_server(self, conn: Any, via: Any = None) -> None:
         """The driver's cancel request, then a wait until the server has dropped the session.

@@ -218,9 +218,6 @@ class PsycopgBackend(PostgresBackend):
         if cancel is not None:
             await asyncio.to_thread(cancel.cancel)  # libpq's PQcancel: a blocking call, bounded by the caller
 
-    def interrupt(self, conn: Any) -> None:
-        pass
-
     def classify(self, exc: BaseException, *, connecting: bool = False) -> ErrorKind:
         if isinstance(exc, psycopg.Error):
             kind = classify_sqlstate(exc.sqlstate, str(exc), connecting=connecting)

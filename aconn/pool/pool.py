@@ -19,6 +19,7 @@ from collections.abc import Coroutine
 from time import monotonic
 from typing import Any, Final
 
+from .._asyncio import run_shielded
 from ..backends.base import Backend, ErrorKind, ServerLimits
 from ..errors import AconnError, AcquireTimeout, ClosedError, PoolOverloaded
 from ..hooks import HookEvent, Hooks
@@ -46,10 +47,6 @@ _MAX_AGE, _IDLE_LIMIT, _UNUSABLE, _ERROR, _SHUTDOWN = (
 )  # fmt: skip
 
 
-def _never_reusable(conn: Any) -> bool:
-    return False
-
-
 class Pool:
     """The connections of one alias in this process."""
 
@@ -72,9 +69,7 @@ class Pool:
         self._opening = 0
         self._closing = 0
         self._health_checks = settings.health_checks
-        self._reset_on_release = settings.reset_on_release
-        if settings.reset_on_release:  # every release takes the slow path, which resets the session
-            backend.reusable = _never_reusable  # type: ignore[method-assign]
+        self._reset_on_release = settings.reset_on_release  # the backend then finds no connection reusable
         self._leak_timeout = settings.leak_timeout
         self._rules_checked = False
         self._read_only_warned = False
@@ -354,16 +349,6 @@ class Pool:
             holder.leak_timer = asyncio.get_running_loop().call_later(leak_timeout, self._leaked, holder)
         return holder
 
-    def pin(self, holder: Holder) -> None:
-        """Make a connection taken with :meth:`acquire` the one every scope shares (a test's
-        transaction): scopes exiting leave it in place, until :meth:`unpin`. It counts as in use.
-        """
-        holder.pinned()
-
-    def unpin(self, holder: Holder) -> None:
-        """A pinned connection is in use again by one owner, to be given back with :meth:`release`."""
-        holder.unpinned()
-
     def _leaked(self, holder: Holder) -> None:
         holder.leak_timer = None
         self.counters.leaks_detected += 1
@@ -406,6 +391,13 @@ class Pool:
                 self._idle.append(holder)
             return None
         return self._release_slow(holder, exc)
+
+    async def give_back(self, holder: Holder, exc: BaseException | None) -> None:
+        """:meth:`release`, and its network work awaited to the end even if the caller is cancelled
+        (the scope path writes this out for each alias it holds)."""
+        slow = self.release(holder, exc)
+        if slow is not None:
+            await run_shielded(slow)
 
     def observe_use(self) -> None:
         """Report how long each scope held a connection (the ``use`` hook): ``release`` is wrapped on
@@ -550,9 +542,7 @@ class Pool:
         finally:
             holder.closed()
             if via is not None:
-                slow = self.release(via, via_exc)
-                if slow is not None:
-                    await slow
+                await self.give_back(via, via_exc)
 
     async def _finish_close(self, holder: Holder) -> None:
         """The I/O half of a close already decided and counted; frees the slot at the end."""
@@ -659,10 +649,7 @@ class Pool:
 
     async def warm(self) -> None:
         """Open one connection and put it in the idle set: proves the settings and the server."""
-        holder = await self.acquire(asyncio.current_task())
-        slow = self.release(holder, None)
-        if slow is not None:
-            await slow
+        await self.give_back(await self.acquire(asyncio.current_task()), None)
 
     # -- observability --------------------------------------------------------------------
 
