@@ -3,7 +3,9 @@
 ``OPTIONS`` are checked against ``asyncpg.connect()``'s parameters.
 
 Reads asyncpg's ``_protocol`` (``backend_pid``, ``backend_secret``),
-``_transport`` and ``_cancellations``; ``tests/test_postgresql.py::test_liveness_reads_driver_internals``
+``_transport`` and ``_cancellations``, and overrides ``_cancel_current_command`` (which asyncpg's
+protocol calls when a caller is cancelled); ``tests/test_postgresql.py::test_liveness_reads_driver_internals``
+and the cancellation storm
 fails if the driver changes them.
 """
 
@@ -32,7 +34,13 @@ _DRIVER_KEYS: Final = frozenset(inspect.signature(asyncpg.connect).parameters) -
 class _Connection(asyncpg.connection.Connection):
     """asyncpg's connection, with what aconn needs to cancel its statement once it is closed."""
 
-    __slots__ = ("aconn_pid", "aconn_secret")
+    __slots__ = ("aconn_cancelled", "aconn_pid", "aconn_secret")
+
+    def _cancel_current_command(self, waiter: Any, cancel_waiter: Any = None) -> None:
+        # asyncpg's protocol calls this when the caller of a statement is cancelled: remember it,
+        # for the statement is stopped only once the server says so, whatever became of the request
+        self.aconn_cancelled = True
+        super()._cancel_current_command(waiter, cancel_waiter)  # type: ignore[misc]
 
 
 class AsyncpgBackend(PostgresBackend):
@@ -96,6 +104,7 @@ class AsyncpgBackend(PostgresBackend):
         # the key of the cancel request: the server's own, or the one a pooler gave (it forwards)
         conn.aconn_pid = conn._protocol.backend_pid
         conn.aconn_secret = conn._protocol.backend_secret  # gone with the protocol once it is closed
+        conn.aconn_cancelled = False
         return conn, limits
 
     async def close(self, conn: Any) -> None:
@@ -147,9 +156,10 @@ class AsyncpgBackend(PostgresBackend):
         return await conn.fetchrow(sql)
 
     def left_running(self, conn: Any) -> bool:
-        # asyncpg sends its own cancel request in a task when a caller is cancelled, and returns
-        # at once; closing the connection would cancel that task: aconn sends it again, then waits
-        return bool(conn._cancellations)
+        # asyncpg sends its own cancel request in a task when a caller is cancelled, and returns at
+        # once; closing the connection would cancel that task, and a request that went out is not a
+        # statement known stopped: aconn sends one again, then waits for the session to go
+        return bool(conn.aconn_cancelled)
 
     def _pid(self, conn: Any) -> int:
         return int(conn.aconn_pid)
