@@ -23,13 +23,12 @@ from .backends.pgcommon import PostgresBackend
 from .errors import AconnError
 from .handler import Connections
 from .rules import Verdict, evaluate, idle_limit_from_server
-from .settings import Settings, parse_databases
+from .settings import MYSQL_ENGINES, POSTGRESQL_ENGINES, Settings, parse_databases
 
 __all__ = ("main", "run_check")
 
 OK, RULE_FAILED, UNREACHABLE = 0, 1, 2
 #: the engines that speak to PostgreSQL
-POSTGRESQL = frozenset({"postgresql", "asyncpg"})
 
 
 def load_django(settings_module: str) -> dict[str, Settings]:
@@ -88,15 +87,15 @@ async def check_alias(settings: Settings, workers: int) -> dict[str, Any]:
         return report
     try:
         report.update(reachable=True, version=limits.version)
-        if settings.engine == "mysql":
+        if settings.engine in MYSQL_ENGINES:
             report.update(await _mysql_details(conn, limits))
-        elif settings.engine in POSTGRESQL:
+        elif settings.engine in POSTGRESQL_ENGINES:
             report.update(await _postgresql_details(backend, conn, limits))
         elif settings.engine == "sqlite":
             rows = await conn.execute_fetchall("PRAGMA journal_mode")
             report.update(_sqlite_file(settings), journal_mode=str(next(iter(rows))[0]))
         verdicts = evaluate(settings, limits, workers) if settings.engine != "sqlite" else []
-        if settings.engine in POSTGRESQL:
+        if settings.engine in POSTGRESQL_ENGINES:
             detected = await _pgbouncer_version(settings)
             report["pooler"] = {"configured": settings.pooler, "detected": detected}
             if detected and settings.pooler != "pgbouncer":

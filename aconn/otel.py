@@ -40,6 +40,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from .handler import Connections
 from .hooks import HookEvent
+from .settings import MYSQL_ENGINES, POSTGRESQL_ENGINES
 from .stats import PoolStats
 
 __all__ = ("instrument",)
@@ -54,9 +55,9 @@ BOUNDARIES = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0
 
 def _system(connections: Connections, alias: str) -> str:
     engine = connections.settings(alias).engine
-    if engine in ("postgresql", "asyncpg"):
+    if engine in POSTGRESQL_ENGINES:
         return "postgresql"
-    if engine == "mysql":
+    if engine in MYSQL_ENGINES:
         limits = connections._pools[alias].limits
         return "mariadb" if limits is not None and "mariadb" in limits.version.lower() else "mysql"
     return engine
@@ -92,7 +93,7 @@ def instrument(connections: Connections, meter_provider: Any = None, *, use_time
         found = cached.get(alias)
         if found is None:
             found = {POOL: alias, SYSTEM: _system(connections, alias)}
-            if connections._pools[alias].limits is not None or connections.settings(alias).engine != "mysql":
+            if connections._pools[alias].limits is not None or connections.settings(alias).engine not in MYSQL_ENGINES:
                 cached[alias] = found  # final once the server said what it is
         return found
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .backends.base import ServerLimits
-from .settings import Settings
+from .settings import POSTGRESQL_ENGINES, Settings
 
 __all__ = ("Verdict", "evaluate", "idle_limit_from_server")
 
@@ -56,7 +56,7 @@ def _idle_rule(settings: Settings, limits: ServerLimits) -> Verdict:
     server's limit by itself. What fails is an ``IDLE_TIMEOUT`` set at or above it.
     """
     wait_timeout = limits.idle_timeout
-    postgresql = settings.engine in ("postgresql", "asyncpg")
+    postgresql = settings.engine in POSTGRESQL_ENGINES
     name = "idle_session_timeout" if postgresql else "wait_timeout"
     symptom = "terminating connection due to idle-session timeout" if postgresql else "MySQL server has gone away"
     if not wait_timeout:

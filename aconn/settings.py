@@ -31,10 +31,15 @@ ENGINE_ALIASES: Mapping[str, str] = {
     "postgres": "postgresql",
     "django.db.backends.postgresql": "postgresql",
     "asyncpg": "asyncpg",
+    "asyncmy": "asyncmy",
 }
 
+#: the engines that speak MySQL's protocol (aiomysql, asyncmy) and PostgreSQL's (psycopg, asyncpg)
+MYSQL_ENGINES = frozenset({"mysql", "asyncmy"})
+POSTGRESQL_ENGINES = frozenset({"postgresql", "asyncpg"})
+
 #: the server's port when PORT is not set
-DEFAULT_PORTS: Mapping[str, int] = {"mysql": 3306, "postgresql": 5432, "asyncpg": 5432}
+DEFAULT_PORTS: Mapping[str, int] = {"mysql": 3306, "asyncmy": 3306, "postgresql": 5432, "asyncpg": 5432}
 
 _URL_SCHEMES: Mapping[str, str] = {
     "mysql": "mysql",
@@ -44,6 +49,8 @@ _URL_SCHEMES: Mapping[str, str] = {
     "mysql+pymysql": "mysql",
     "mariadb+aiomysql": "mysql",
     "mariadb+pymysql": "mysql",
+    "mysql+asyncmy": "asyncmy",
+    "mariadb+asyncmy": "asyncmy",
     "sqlite": "sqlite",
     "sqlite3": "sqlite",
     "sqlite+aiosqlite": "sqlite",
@@ -260,8 +267,8 @@ def _engine(alias: str, value: Any) -> str:
 #: the poolers aconn knows, and the engines each fronts
 POOLERS: Mapping[str, frozenset[str]] = {
     "pgbouncer": frozenset({"postgresql", "asyncpg"}),
-    "proxysql": frozenset({"mysql"}),
-    "rds_proxy": frozenset({"mysql", "postgresql", "asyncpg"}),
+    "proxysql": MYSQL_ENGINES,
+    "rds_proxy": MYSQL_ENGINES | POSTGRESQL_ENGINES,
 }
 
 

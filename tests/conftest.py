@@ -13,7 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from mariadb import MariaDB, find_binary
+from mariadb import DRIVERS, MariaDB, find_binary
 from pgbouncer import PgBouncer, find_pgbouncer
 from postgres import PostgreSQL, find_postgres
 
@@ -37,6 +37,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(skip)
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests marked ``mysql_drivers`` that use ``db`` run once per MySQL driver (aiomysql, asyncmy)."""
+    if "db" in metafunc.fixturenames and metafunc.definition.get_closest_marker("mysql_drivers"):
+        metafunc.parametrize("db", list(DRIVERS), indirect=True)
+
+
 @pytest.fixture(scope="session")
 def mariadb() -> Iterator[MariaDB]:
     server = MariaDB().start()
@@ -47,14 +53,19 @@ def mariadb() -> Iterator[MariaDB]:
 
 
 @pytest.fixture
-def db(mariadb: MariaDB) -> Iterator[MariaDB]:
-    """The session's server, with no application session left over from the previous test."""
+def db(mariadb: MariaDB, request: pytest.FixtureRequest) -> Iterator[MariaDB]:
+    """The session's server, with no application session left over from the previous test; its
+    settings name the test's driver (aiomysql unless the test is marked ``mysql_drivers``)."""
+    mariadb.driver = getattr(request, "param", "aiomysql")
     if mariadb.proc is None:
         mariadb.start()
     if mariadb.frozen:
         mariadb.thaw()
     mariadb.kill_app_sessions()
-    yield mariadb
+    try:
+        yield mariadb
+    finally:
+        mariadb.driver = "aiomysql"
     if mariadb.frozen:
         mariadb.thaw()
     if mariadb.proc is None:

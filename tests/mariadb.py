@@ -25,6 +25,17 @@ import pymysql
 APP_USER = "app"
 APP_PASSWORD = "app-s3cret-pw"  # the tests check it never shows up in errors or logs
 DATABASE = "aconn_test"
+#: the two drivers aconn speaks MySQL's protocol with: ENGINE and URL scheme of each
+DRIVERS = {"aiomysql": ("django.db.backends.mysql", "mysql"), "asyncmy": ("asyncmy", "mysql+asyncmy")}
+
+
+def driver_errors(driver: str) -> Any:
+    """The driver's exception module: PyMySQL's ``err`` or ``asyncmy.errors`` (the same names and codes)."""
+    if driver == "asyncmy":
+        import asyncmy.errors
+
+        return asyncmy.errors
+    return pymysql.err
 
 
 def find_binary(*names: str) -> str | None:
@@ -58,6 +69,8 @@ class MariaDB:
         self.extra_args = list(extra_args)
         self.proc: subprocess.Popen[bytes] | None = None
         self.frozen = False
+        #: the driver :meth:`settings` and :meth:`url` name (the ``db`` fixture sets it per test)
+        self.driver = "aiomysql"
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -238,7 +251,7 @@ class MariaDB:
     def settings(self, **overrides: Any) -> dict[str, Any]:
         """A Django-style DATABASES entry for the application user."""
         entry: dict[str, Any] = {
-            "ENGINE": "django.db.backends.mysql",
+            "ENGINE": DRIVERS[self.driver][0],
             "NAME": DATABASE,
             "USER": APP_USER,
             "PASSWORD": APP_PASSWORD,
@@ -248,8 +261,14 @@ class MariaDB:
         entry.update(overrides)
         return entry
 
+    @property
+    def errors(self) -> Any:
+        """The exception module of the test's driver."""
+        return driver_errors(self.driver)
+
     def url(self, query: str = "") -> str:
-        return f"mysql://{APP_USER}:{APP_PASSWORD}@127.0.0.1:{self.port}/{DATABASE}" + (f"?{query}" if query else "")
+        scheme = DRIVERS[self.driver][1]
+        return f"{scheme}://{APP_USER}:{APP_PASSWORD}@127.0.0.1:{self.port}/{DATABASE}" + (f"?{query}" if query else "")
 
 
 _SESSIONS_SQL = "SELECT INFO, TIME_MS FROM information_schema.PROCESSLIST WHERE USER = %s"

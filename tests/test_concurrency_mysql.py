@@ -9,14 +9,13 @@ import asyncio
 import random
 from typing import Any
 
-import pymysql
 import pytest
 from helpers import ProcesslistSampler, assert_balanced, fetch, in_scope, scalar
 from mariadb import MariaDB
 
 import aconn
 
-pytestmark = pytest.mark.mysql
+pytestmark = [pytest.mark.mysql, pytest.mark.mysql_drivers]
 
 
 async def test_200_concurrent_scopes_never_exceed_the_cap(db: MariaDB, make: Any) -> None:
@@ -107,7 +106,7 @@ async def test_server_stopped_while_waiters_queue(db: MariaDB, make: Any) -> Non
     async with asyncio.timeout(25):  # every waiter settles: an error, never a hang
         outcomes = await asyncio.gather(*tasks, return_exceptions=True)
     errors = [o for o in outcomes if isinstance(o, BaseException)]
-    assert errors and all(isinstance(e, pymysql.err.OperationalError | aconn.AcquireTimeout) for e in errors), errors
+    assert errors and all(isinstance(e, db.errors.OperationalError | aconn.AcquireTimeout) for e in errors), errors
     stats = connections.stats()
     assert_balanced(stats)
     assert stats.in_use == 0 and stats.waiting == 0

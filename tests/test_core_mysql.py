@@ -9,14 +9,13 @@ import asyncio
 import logging
 from typing import Any
 
-import pymysql
 import pytest
 from helpers import assert_balanced, assert_no_password, fetch, in_scope, scalar
-from mariadb import APP_PASSWORD, MariaDB
+from mariadb import APP_PASSWORD, DRIVERS, MariaDB
 
 import aconn
 
-pytestmark = pytest.mark.mysql
+pytestmark = [pytest.mark.mysql, pytest.mark.mysql_drivers]
 
 
 async def test_max_age_reuses_one_server_connection(db: MariaDB, make: Any) -> None:
@@ -146,7 +145,7 @@ async def test_scope_cancelled_mid_query_discards_the_connection(db: MariaDB, ma
 async def test_error_in_scope_checks_the_connection(db: MariaDB, make: Any) -> None:
     connections = make({"default": db.settings(CONN_MAX_AGE=60)})
     first = await in_scope(connections, "SELECT CONNECTION_ID()")
-    with pytest.raises(pymysql.err.ProgrammingError):
+    with pytest.raises(db.errors.ProgrammingError):
         await in_scope(connections, "SELECT * FROM no_such_table")
     # a SQL error leaves the session usable: it is pinged and kept
     assert await in_scope(connections, "SELECT CONNECTION_ID()") == first
@@ -166,7 +165,7 @@ async def test_max_statement_time_keeps_connection_but_rolls_back(db: MariaDB, m
         conn = await connections.connection()
         thread = conn.thread_id()
         await conn.begin()
-        with pytest.raises(pymysql.err.OperationalError) as info:
+        with pytest.raises(db.errors.OperationalError) as info:
             await fetch(conn, "SET STATEMENT max_statement_time=0.2 FOR SELECT SLEEP(3)")
         assert info.value.args[0] == 1969
     assert connections.stats().rollbacks == 1
@@ -189,7 +188,7 @@ async def test_wrong_password_fails_at_once_without_the_password(
     db: MariaDB, make: Any, aconn_logs: pytest.LogCaptureFixture
 ) -> None:
     connections = make({"default": db.settings(PASSWORD=APP_PASSWORD + "-wrong")})
-    with pytest.raises(pymysql.err.OperationalError) as info:
+    with pytest.raises(db.errors.OperationalError) as info:
         await connections.open()
     assert info.value.args[0] == 1045
     assert_no_password(info.value, repr(info.value), aconn_logs.text, connections.settings())
@@ -198,13 +197,16 @@ async def test_wrong_password_fails_at_once_without_the_password(
     assert stats.connect_errors == 1 and stats.open == 0
 
 
-async def test_unreachable_port_fails_fast(make: Any) -> None:
+@pytest.mark.parametrize("driver", list(DRIVERS))
+async def test_unreachable_port_fails_fast(make: Any, driver: str) -> None:
     from mariadb import free_port
 
-    connections = make({"default": {"ENGINE": "mysql", "PORT": free_port(), "HOST": "127.0.0.1",
+    engine = DRIVERS[driver][0]
+    connections = make({"default": {"ENGINE": engine, "PORT": free_port(), "HOST": "127.0.0.1",
                                     "PASSWORD": APP_PASSWORD}})  # fmt: skip
-    with pytest.raises(pymysql.err.OperationalError) as info:
+    with pytest.raises(Exception) as info:
         await in_scope(connections, "SELECT 1")
+    assert type(info.value).__name__ == "OperationalError"
     assert info.value.args[0] == 2003
     assert_no_password(info.value)
     assert_balanced(connections.stats())
@@ -238,15 +240,25 @@ async def test_isolation_level_option(db: MariaDB, make: Any) -> None:
 
 
 async def test_liveness_reads_driver_internals(db: MariaDB, make: Any) -> None:
-    """Fails if aiomysql renames what the mysql backend reads for its no-round-trip checks."""
+    """Fails if the driver renames what its backend reads for the no-round-trip checks."""
     connections = make({"default": db.settings(CONN_MAX_AGE=60)})
     async with connections.scope():
         conn = await connections.connection()
-        for attr in ("_writer", "_reader", "_result", "server_status"):
-            assert hasattr(conn, attr), attr
-        assert conn._writer.transport.get_extra_info("socket") is not None
-        assert conn._reader._eof is conn._reader.at_eof() is False
-        assert conn._reader._exception is conn._reader.exception() is None
+        if db.driver == "aiomysql":
+            for attr in ("_writer", "_reader", "_result", "server_status"):
+                assert hasattr(conn, attr), attr
+            assert conn._writer.transport.get_extra_info("socket") is not None
+            assert conn._reader._eof is conn._reader.at_eof() is False
+            assert conn._reader._exception is conn._reader.exception() is None
+        else:  # asyncmy: what its own _stream_broken property reads, and the statement cache a reset clears
+            for attr in ("_transport", "_proto", "_result", "server_status", "_stmt_cache", "_connect_timeout"):
+                assert hasattr(conn, attr), attr
+            assert conn._transport.get_extra_info("socket") is not None
+            assert conn._proto.eof is False and conn._proto.exc is None
+            assert conn._stream_broken is False
+            assert conn._connect_timeout is None  # set by the backend: no wait_for around the TCP open
+        assert conn.aconn_session_id == conn.thread_id()
+        assert conn.aconn_dropped is False
     backend = connections._pools["default"].backend
     assert backend.is_dead(conn) is False
     db.kill_sessions(conn.thread_id())
@@ -282,3 +294,4 @@ def test_reset_on_release_refused_on_sqlite() -> None:
     with pytest.raises(aconn.ConfigError, match="no session state") as info:
         aconn.Connections({"default": {"ENGINE": "sqlite", "NAME": "x.db", "RESET_ON_RELEASE": True}})
     assert info.value.key == "RESET_ON_RELEASE"
+

@@ -26,20 +26,19 @@ from pathlib import Path
 from typing import Any
 
 import aiomysql
-import pymysql
 import pytest
 from faults import FakeMySQLServer, Proxy, make_certificates
 from helpers import age_idle, assert_balanced, assert_no_password, eventually, fetch, in_scope, scalar
-from mariadb import APP_PASSWORD, APP_USER, MariaDB, SessionSampler
+from mariadb import APP_PASSWORD, APP_USER, DRIVERS, MariaDB, SessionSampler, driver_errors
 
 import aconn
 import aconn.pool.pool
+from aconn.backends import load_backend
 from aconn.backends.base import ErrorKind, ServerLimits
-from aconn.backends.mysql import MySQLBackend
 from aconn.rules import evaluate
 from aconn.settings import parse_settings
 
-pytestmark = pytest.mark.mysql
+pytestmark = [pytest.mark.mysql, pytest.mark.mysql_drivers]
 
 
 # -- 1. cancelled statements stopped at the server ---------------------------------------
@@ -167,7 +166,7 @@ async def test_statement_of_a_lost_connection_is_stopped(db: MariaDB, make: Any)
             )
         )
         proxy.reset_all()
-        with pytest.raises(pymysql.err.OperationalError) as info:
+        with pytest.raises(db.errors.OperationalError) as info:
             await task
         assert info.value.args[0] == 2013
         await connections.close_old()  # waits for the stop
@@ -191,7 +190,7 @@ async def test_cancel_on_server_can_be_turned_off(db: MariaDB, make: Any) -> Non
 
 async def test_unverified_session_id_sends_no_kill(db: MariaDB, make: Any, aconn_logs: Any) -> None:
     """Behind a proxy CONNECTION_ID() is not the handshake's id: no KILL may be sent."""
-    backend = MySQLBackend(parse_settings("default", db.settings()))
+    backend = load_backend(parse_settings("default", db.settings()))
     conn, limits = await backend.connect()
     try:
         assert limits.session_id_verified and conn.aconn_session_id == conn.thread_id()
@@ -215,7 +214,7 @@ async def test_statement_timeout_raises_and_keeps_the_connection(db: MariaDB, ma
         conn = await connections.connection()
         thread = conn.thread_id()
         assert float(await scalar(conn, "SELECT @@SESSION.max_statement_time")) == 0.3
-        with pytest.raises(pymysql.err.OperationalError) as info:
+        with pytest.raises(db.errors.OperationalError) as info:
             await fetch(conn, "SELECT * FROM information_schema.TABLES t1, information_schema.TABLES t2, "
                               "information_schema.TABLES t3, information_schema.TABLES t4")  # fmt: skip
         assert info.value.args[0] == 1969  # max_statement_time exceeded
@@ -270,7 +269,7 @@ async def test_max_user_connections_is_retried_within_the_deadline(db: MariaDB, 
     await other_process.aclose()
     assert await waiter == 42
     assert "refused or dropped a new connection" in aconn_logs.text and "1226" in aconn_logs.text
-    error = pymysql.err.OperationalError(1226, "User 'limited' has exceeded the 'max_user_connections' resource")
+    error = db.errors.OperationalError(1226, "User 'limited' has exceeded the 'max_user_connections' resource")
     assert ours._pools["default"].backend.classify(error, connecting=True) is ErrorKind.RETRYABLE
 
 
@@ -364,36 +363,39 @@ async def test_cancelled_exit_releases_every_alias(db: MariaDB, make: Any, monke
 # -- 6 and 7. TLS ----------------------------------------------------------------------
 
 
-def fake_settings(server: FakeMySQLServer, **overrides: Any) -> dict[str, Any]:
-    return {"ENGINE": "mysql", "HOST": "127.0.0.1", "PORT": server.port, "USER": APP_USER, "PASSWORD": APP_PASSWORD,
+def fake_settings(server: FakeMySQLServer, driver: str, **overrides: Any) -> dict[str, Any]:
+    return {"ENGINE": DRIVERS[driver][0], "HOST": "127.0.0.1", "PORT": server.port, "USER": APP_USER, "PASSWORD": APP_PASSWORD,
             "NAME": "x", "CONNECT_TIMEOUT": 5, "ACQUIRE_TIMEOUT": 5, **overrides}  # fmt: skip
 
 
-async def test_tls_required_no_credential_leaves(make: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("driver", list(DRIVERS))
+async def test_tls_required_no_credential_leaves(make: Any, tmp_path: Path, driver: str) -> None:
     certs = make_certificates(tmp_path / "certs")
     async with FakeMySQLServer(tls=False, plugin="mysql_clear_password") as server:
-        connections = make({"default": fake_settings(server, OPTIONS={"ssl": {"ca": certs["ca"]}})})
-        with pytest.raises(pymysql.err.OperationalError) as info:
+        connections = make({"default": fake_settings(server, driver, OPTIONS={"ssl": {"ca": certs["ca"]}})})
+        with pytest.raises(driver_errors(driver).OperationalError) as info:
             await in_scope(connections, "SELECT 1")
     assert info.value.args[0] == 2026 and "no credential was sent" in str(info.value)
     assert server.received == b""  # not even the user name
     assert_no_password(info.value)
 
 
-async def test_cleartext_plugin_refused_in_the_greeting(make: Any) -> None:
+@pytest.mark.parametrize("driver", list(DRIVERS))
+async def test_cleartext_plugin_refused_in_the_greeting(make: Any, driver: str) -> None:
     async with FakeMySQLServer(plugin="mysql_clear_password") as server:
-        connections = make({"default": fake_settings(server)})
-        with pytest.raises(pymysql.err.OperationalError) as info:
+        connections = make({"default": fake_settings(server, driver)})
+        with pytest.raises(driver_errors(driver).OperationalError) as info:
             await in_scope(connections, "SELECT 1")
     assert info.value.args[0] == 2059 and "mysql_clear_password" in str(info.value)
     assert server.received == b""
     assert_no_password(info.value)
 
 
-async def test_cleartext_plugin_refused_on_auth_switch(make: Any) -> None:
+@pytest.mark.parametrize("driver", list(DRIVERS))
+async def test_cleartext_plugin_refused_on_auth_switch(make: Any, driver: str) -> None:
     async with FakeMySQLServer(switch_to="mysql_clear_password") as server:
-        connections = make({"default": fake_settings(server)})
-        with pytest.raises(pymysql.err.OperationalError) as info:
+        connections = make({"default": fake_settings(server, driver)})
+        with pytest.raises(driver_errors(driver).OperationalError) as info:
             await in_scope(connections, "SELECT 1")
     assert info.value.args[0] == 2059
     assert server.received  # the handshake response (a scrambled hash) went out...
@@ -508,11 +510,12 @@ def test_forked_child_starts_afresh(db: MariaDB, tmp_path: Path) -> None:
 # -- 11. a cancelled connect is never swallowed --------------------------------------------
 
 
-async def test_cancelled_connect_is_never_swallowed(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("engine", ["mysql", "asyncmy"])
+async def test_cancelled_connect_is_never_swallowed(monkeypatch: pytest.MonkeyPatch, engine: str) -> None:
     """On 3.11, asyncio.wait_for returns a result that raced a cancellation and drops the cancel.
 
-    aiomysql bounds its TCP open with wait_for: a deadline firing just as the socket
-    opened was lost and the handshake with a silent server then waited for ever.
+    aiomysql and asyncmy bound their TCP open with wait_for: a deadline firing just as the
+    socket opened was lost and the handshake with a silent server then waited for ever.
     Here the caller is cancelled exactly as the socket opens; the connect must end.
     """
     accepted: list[asyncio.StreamWriter] = []
@@ -522,17 +525,23 @@ async def test_cancelled_connect_is_never_swallowed(monkeypatch: pytest.MonkeyPa
 
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    real_open = aiomysql.connection._open_connection
     task: asyncio.Task[Any] | None = None
 
-    async def open_then_cancel(*args: Any, **kwargs: Any) -> Any:
-        result = await real_open(*args, **kwargs)
-        assert task is not None
-        task.cancel()  # the caller's deadline fires as the socket opens
-        return result
+    def cancelling(real_open: Any) -> Any:
+        async def open_then_cancel(*args: Any, **kwargs: Any) -> Any:
+            result = await real_open(*args, **kwargs)
+            assert task is not None
+            task.cancel()  # the caller's deadline fires as the socket opens
+            return result
 
-    monkeypatch.setattr(aiomysql.connection, "_open_connection", open_then_cancel)
-    backend = MySQLBackend(parse_settings("default", {"ENGINE": "mysql", "HOST": "127.0.0.1", "PORT": port}))
+        return open_then_cancel
+
+    if engine == "mysql":  # aiomysql opens through its own helper; asyncmy through the loop
+        monkeypatch.setattr(aiomysql.connection, "_open_connection", cancelling(aiomysql.connection._open_connection))
+    else:
+        loop = asyncio.get_running_loop()
+        monkeypatch.setattr(loop, "create_connection", cancelling(loop.create_connection))
+    backend = load_backend(parse_settings("default", {"ENGINE": engine, "HOST": "127.0.0.1", "PORT": port}))
     try:
         task = asyncio.create_task(backend.connect())
         done, _ = await asyncio.wait([task], timeout=5)

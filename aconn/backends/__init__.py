@@ -20,7 +20,9 @@ def _missing_driver(settings: Settings, driver: str, extra: str, exc: ImportErro
 
 
 def load_backend(settings: Settings) -> Backend:
-    """Build the backend for one alias: ``mysql``, ``sqlite``, ``postgresql`` (psycopg), ``asyncpg``, or a class path.
+    """Build the backend for one alias from its engine, or from a ``Backend`` class path.
+
+    The engines: ``mysql`` (aiomysql), ``asyncmy``, ``sqlite``, ``postgresql`` (psycopg), ``asyncpg``.
 
     :raises ConfigError: if the engine cannot be loaded or rejects the options.
     """
@@ -30,6 +32,12 @@ def load_backend(settings: Settings) -> Backend:
         from .mysql import MySQLBackend
 
         cls = MySQLBackend
+    elif engine == "asyncmy":
+        try:
+            from .asyncmy import AsyncmyBackend
+        except ImportError as exc:
+            raise _missing_driver(settings, "asyncmy", "asyncmy", exc) from None
+        cls = AsyncmyBackend
     elif engine == "sqlite":
         from .sqlite import SQLiteBackend
 

@@ -1,0 +1,422 @@
+"""What the two MySQL / MariaDB drivers share: the protocol, the server's limits, TLS, KILL.
+
+:class:`MySQLProtocolBackend` holds everything that is the same whichever driver speaks the
+wire protocol: the options aconn owns, the Django form of ``OPTIONS["ssl"]``, the session
+setup and the limits query, ``COM_RESET_CONNECTION``, the server-status flags, ``KILL`` of
+a session a cancelled caller left running, and what each error code means. A driver module
+(:mod:`.mysql` for aiomysql, :mod:`.asyncmy`) fills in the few hooks that read its
+private attributes: the transport, the flags that say the stream is gone, the handshake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import ssl
+import struct
+from collections.abc import Callable, Collection, Mapping
+from types import ModuleType
+from typing import Any, ClassVar
+
+from ..errors import ConfigError
+from ..settings import Settings
+from .base import Backend, ErrorKind, ServerLimits, check_options, close_socket_of, poll_liveness, polled_dead
+
+__all__ = ("MySQLProtocolBackend", "cleartext_refused", "tls_not_offered")
+
+# keys aconn sets from the top-level settings; OPTIONS may not override them
+_OWN_KEYS = {
+    "host": "HOST", "port": "PORT", "user": "USER", "password": "PASSWORD",
+    "passwd": "PASSWORD", "db": "NAME", "database": "NAME",
+    "autocommit": "AUTOCOMMIT", "connect_timeout": "CONNECT_TIMEOUT",
+}  # fmt: skip
+_ISOLATION_LEVELS = frozenset({"read uncommitted", "read committed", "repeatable read", "serializable"})
+
+# client-side error codes that mean the session is gone or out of step
+_DISCONNECT_CODES = frozenset({2003, 2006, 2013, 2014, 2045, 2055, 4031})
+# server refused a new session for now: retry inside the acquire deadline
+# (1040 max_connections, 1203 and 1226 max_user_connections of the account)
+_RETRY_CODES = frozenset({1040, 1203, 1226})
+# the server status flags of the protocol's OK packet
+_IN_TRANS = 0x0001
+_AUTOCOMMIT = 0x0002
+#: the client capability flag of a server that offers TLS
+CLIENT_SSL = 0x0800
+# one round trip per new connection; the statement-time variable differs between the two servers
+_LIMITS_SQL = (
+    "SELECT @@SESSION.wait_timeout, @@GLOBAL.max_connections, @@SESSION.max_user_connections, "
+    "@@SESSION.interactive_timeout, {statement_time}, CONNECTION_ID()"
+)
+_MARIADB_STATEMENT_TIME = "@@SESSION.max_statement_time"  # seconds
+_MYSQL_STATEMENT_TIME = "@@SESSION.max_execution_time / 1000"  # milliseconds
+#: the Django / mysqlclient form of OPTIONS["ssl"]
+_TLS_KEYS = frozenset({"ca", "cert", "key", "check_hostname"})
+#: the server's answer to a KILL of a session that has already ended
+_UNKNOWN_THREAD = 1094
+_SESSION_ALIVE_SQL = "SELECT 1 FROM information_schema.PROCESSLIST WHERE ID = %s"
+#: "The server is running with the --read-only option": a demoted primary
+_OPTION_PREVENTS_STATEMENT = 1290
+#: the protocol command that resets a session in place (MySQL 5.7.3+, MariaDB 10.2.4+)
+COM_RESET_CONNECTION = 0x1F
+#: COM_QUIT as a whole packet: length 1, sequence 0, the command
+QUIT_PACKET = struct.pack("<iB", 1, 0x01)
+
+
+def tls_not_offered(errors: ModuleType, host: str, port: int) -> Exception:
+    """The error for OPTIONS["ssl"] set against a server whose greeting does not offer TLS."""
+    return errors.OperationalError(  # type: ignore[no-any-return]
+        2026,
+        f"TLS was requested (OPTIONS['ssl']) but the server at {host}:{port} does not offer it; no credential was sent",
+    )
+
+
+def cleartext_refused(errors: ModuleType, host: str, port: int) -> Exception:
+    """The error for a server asking for the password in clear text on a connection without TLS."""
+    return errors.OperationalError(  # type: ignore[no-any-return]
+        2059,
+        f"the server at {host}:{port} asked for the password in clear text "
+        "(mysql_clear_password) on a connection without TLS; refused, no credential was sent. "
+        "Set OPTIONS['ssl'] to connect with TLS",
+    )
+
+
+def _tls_context(alias: str, value: Any) -> ssl.SSLContext:
+    """OPTIONS["ssl"] as an SSLContext: one given as-is, or built from the Django form."""
+    if isinstance(value, ssl.SSLContext):
+        return value
+    if not isinstance(value, Mapping) or not value:
+        raise ConfigError(
+            alias,
+            "OPTIONS.ssl",
+            f"must be an ssl.SSLContext or a dict such as {{'ca': '/path/to/ca.pem'}} with keys "
+            f"{sorted(_TLS_KEYS)} (Django's MySQL form); got {type(value).__name__} {_shown(value)}",
+        )
+    for key in value:
+        if key not in _TLS_KEYS:
+            raise ConfigError(alias, f"OPTIONS.ssl.{key}", f"unknown TLS option; use {sorted(_TLS_KEYS)}")
+    for key in ("ca", "cert", "key"):
+        if value.get(key) is not None and not isinstance(value[key], str | os.PathLike):
+            raise ConfigError(alias, f"OPTIONS.ssl.{key}", "must be a file path")
+    check_hostname = value.get("check_hostname", True)
+    if not isinstance(check_hostname, bool):
+        raise ConfigError(alias, "OPTIONS.ssl.check_hostname", f"must be True or False, got {check_hostname!r}")
+    if value.get("key") is not None and value.get("cert") is None:
+        raise ConfigError(alias, "OPTIONS.ssl.key", "a client key needs its certificate in 'cert'")
+    try:
+        context = ssl.create_default_context(cafile=value.get("ca"))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(alias, "OPTIONS.ssl.ca", f"cannot load the CA certificate: {exc}") from None
+    context.check_hostname = check_hostname
+    if value.get("cert") is not None:
+        try:
+            context.load_cert_chain(value["cert"], value.get("key"))
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(alias, "OPTIONS.ssl.cert", f"cannot load the client certificate: {exc}") from None
+    return context
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+async def _kill(errors: ModuleType, conn: Any, session_id: int) -> None:
+    """KILL CONNECTION ``session_id`` over ``conn`` and wait until the server has dropped it."""
+    async with conn.cursor() as cur:
+        try:
+            await cur.execute("KILL CONNECTION %s", (session_id,))
+        except errors.OperationalError as exc:
+            if not exc.args or exc.args[0] != _UNKNOWN_THREAD:
+                raise
+        delay = 0.002
+        while await cur.execute(_SESSION_ALIVE_SQL, (session_id,)):
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+
+def _skip_tls_shutdown(transport: Any) -> None:
+    """Close a TLS session's socket now instead of waiting (up to 30 s) for the server's close_notify.
+
+    After COM_QUIT (or on an abort) nothing more is said on it; waiting would keep the socket
+    open past the end of a short-lived event loop.
+    """
+    if transport.get_extra_info("ssl_object") is not None:
+        with contextlib.suppress(RuntimeError):  # its loop already closed
+            transport.abort()
+
+
+class MySQLProtocolBackend(Backend):
+    """The MySQL / MariaDB backend, less the driver: a subclass names its driver and reads its internals.
+
+    The connection class a subclass builds carries three attributes of aconn's own:
+    ``aconn_session_id`` (the id a KILL would name, None when unverified), ``aconn_dropped``
+    (the driver closed the stream itself mid-command: a statement may still run on the
+    server) and ``aconn_closing`` (the backend closes it on purpose).
+    """
+
+    vendor: ClassVar[str] = "mysql"
+    #: the driver's exception module (PyMySQL's ``err``, ``asyncmy.errors``): same names, same codes
+    errors: ClassVar[Any]
+    #: the driver's name, for messages
+    driver: ClassVar[str]
+    #: the keyword arguments the driver's connection accepts
+    driver_keys: ClassVar[Collection[str]]
+    #: the keyword under which the driver takes the database name
+    database_key: ClassVar[str] = "db"
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        alias = settings.alias
+        options = dict(settings.options)
+        check_options(
+            alias,
+            options,
+            _OWN_KEYS,
+            {*self.driver_keys, "isolation_level"},
+            f"not an {self.driver}.connect() option",
+        )
+        isolation = options.pop("isolation_level", None)
+        self._setup_sql: str | None = None
+        if isolation is not None:
+            if not isinstance(isolation, str) or isolation.lower() not in _ISOLATION_LEVELS:
+                raise ConfigError(alias, "OPTIONS.isolation_level", f"must be one of {sorted(_ISOLATION_LEVELS)}")
+            self._setup_sql = f"SET SESSION TRANSACTION ISOLATION LEVEL {isolation.upper()}"
+        if "ssl" in options:
+            options["ssl"] = _tls_context(alias, options["ssl"])
+        self._tls_required = "ssl" in options
+        self._kwargs: dict[str, Any] = {
+            "host": settings.host or "localhost",
+            "port": settings.port or 3306,
+            "user": settings.user or None,
+            "password": settings.password,
+            self.database_key: settings.name or None,
+            "autocommit": settings.autocommit,
+            # None: the driver's own bound is an asyncio.wait_for, which on Python 3.11 can
+            # swallow the caller's cancellation and leave the rest of the handshake unbounded;
+            # the pool bounds the whole connect with one asyncio.timeout instead.
+            "connect_timeout": None,
+            **options,
+        }
+
+    # -- the driver's hooks -------------------------------------------------------------
+
+    async def _handshake(self) -> Any:
+        """A connection of the driver through TCP, TLS and authentication; closed if that fails."""
+        raise NotImplementedError
+
+    @staticmethod
+    def transport_of(conn: Any) -> Any:
+        """The connection's asyncio transport, or None once the driver has let go of it."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _detach(conn: Any) -> None:
+        """Drop the driver's references to its transport (the socket is closed by the caller)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def flagged_dead(conn: Any) -> bool:
+        """True if the driver or the event loop already knows the session is unusable (no system call).
+
+        Runs at every hand-out and release, so it reads attributes instead of calling methods.
+        """
+        raise NotImplementedError
+
+    async def _quit(self, conn: Any) -> None:
+        """COM_QUIT and close: the server logs no aborted connection."""
+        raise NotImplementedError
+
+    # -- shared ----------------------------------------------------------------------------
+
+    async def _open(self) -> Any:
+        """A connection through the handshake (TLS and authentication checked), no session setup."""
+        conn = await self._handshake()
+        transport = self.transport_of(conn)
+        if self._tls_required and (transport is None or transport.get_extra_info("ssl_object") is None):
+            conn.aconn_closing = True
+            conn.close()
+            raise self.errors.OperationalError(
+                2026, f"TLS was requested (OPTIONS['ssl']) but the session to {self.settings.target} is not encrypted"
+            )
+        return conn
+
+    async def _set_up(self, cur: Any, mariadb: bool) -> None:
+        """The session's setup, at connect and again after a reset: isolation level, statement limit."""
+        if self._setup_sql:
+            await cur.execute(self._setup_sql)
+        timeout = self.settings.statement_timeout
+        if timeout is not None:
+            if mariadb:
+                await cur.execute("SET SESSION max_statement_time = %s", (timeout,))
+            else:  # MySQL: milliseconds, and for SELECT statements only
+                await cur.execute("SET SESSION max_execution_time = %s", (max(1, round(timeout * 1000)),))
+
+    async def reset(self, conn: Any) -> None:
+        """COM_RESET_CONNECTION: session variables, temporary tables, user locks, prepared statements
+        cleared without a reconnect; then the session set up again as at connect."""
+        await conn._execute_command(COM_RESET_CONNECTION, "")
+        await conn._read_ok_packet()
+        await conn.autocommit(self.settings.autocommit)  # the reset restores the server's default
+        async with conn.cursor() as cur:
+            await self._set_up(cur, "mariadb" in conn.server_version.lower())
+
+    async def connect(self) -> tuple[Any, ServerLimits]:
+        conn = await self._open()
+        try:
+            mariadb = "mariadb" in conn.server_version.lower()
+            statement_time = _MARIADB_STATEMENT_TIME if mariadb else _MYSQL_STATEMENT_TIME
+            async with conn.cursor() as cur:
+                await self._set_up(cur, mariadb)
+                await cur.execute(_LIMITS_SQL.format(statement_time=statement_time))
+                wait_timeout, max_conns, max_user, interactive, statement, session_id = await cur.fetchone()
+        except BaseException:
+            conn.aconn_closing = True
+            conn.close()
+            raise
+        verified = self._verify_session_id(conn, int(session_id))
+        limits = ServerLimits(
+            idle_timeout=float(wait_timeout) if wait_timeout else None,
+            max_connections=int(max_conns),
+            max_user_connections=int(max_user) or None,
+            version=conn.server_version.removeprefix("5.5.5-"),  # MariaDB's handshake prefix
+            interactive_timeout=float(interactive) if interactive else None,
+            max_statement_time=float(statement) if statement else None,
+            session_id_verified=verified,
+        )
+        return conn, limits
+
+    @staticmethod
+    def _verify_session_id(conn: Any, session_id: int) -> bool:
+        """Keep the id a KILL would name only if the handshake and ``CONNECTION_ID()`` agree.
+
+        Behind a proxy (ProxySQL, MaxScale, RDS Proxy) the handshake's id is the proxy's and
+        ``CONNECTION_ID()`` a backend session's that other clients may share: a KILL of
+        either could stop the wrong statement, so none is sent (the CANCEL_ON_SERVER rule
+        says so once, and ``python -m aconn check`` reports it).
+        """
+        verified: bool = session_id == conn.thread_id()
+        conn.aconn_session_id = session_id if verified else None
+        return verified
+
+    async def close(self, conn: Any) -> None:
+        transport = self.transport_of(conn)
+        if transport is None:
+            return
+        conn.aconn_closing = True
+        if self.is_dead(conn):
+            conn.close()
+        else:
+            await self._quit(conn)
+        _skip_tls_shutdown(transport)
+
+    def abort(self, conn: Any) -> None:
+        transport = self.transport_of(conn)
+        conn.aconn_closing = True
+        conn.close()
+        if transport is not None:
+            _skip_tls_shutdown(transport)
+
+    def forget(self, conn: Any) -> None:
+        # transport.close() would schedule its work on the connection's own loop
+        transport = self.transport_of(conn)
+        if transport is None:
+            return
+        conn.aconn_closing = True
+        self._detach(conn)
+        close_socket_of(transport)
+
+    def _fileno(self, conn: Any) -> int | None:
+        sock = self.transport_of(conn).get_extra_info("socket")
+        return None if sock is None else int(sock.fileno())
+
+    def is_dead(self, conn: Any, *, peek: bool = True) -> bool:
+        if self.flagged_dead(conn) or self.transport_of(conn).is_closing():
+            return True
+        return peek and polled_dead(self._fileno(conn))
+
+    def liveness(self, conn: Any) -> Callable[[], bool]:
+        fd = self._fileno(conn)
+        return super().liveness(conn) if fd is None else poll_liveness(conn, fd, self.flagged_dead)
+
+    def reusable(self, conn: Any) -> bool:
+        status = conn.server_status
+        return bool(status & _AUTOCOMMIT) and not status & _IN_TRANS and not self.flagged_dead(conn)
+
+    async def ping(self, conn: Any) -> None:
+        await conn.ping(reconnect=False)
+
+    def in_transaction(self, conn: Any) -> bool:
+        status = conn.server_status
+        return bool(status & _IN_TRANS) or not status & _AUTOCOMMIT
+
+    async def rollback(self, conn: Any) -> None:
+        await conn.rollback()
+        if self.settings.autocommit and not conn.server_status & _AUTOCOMMIT:
+            await conn.autocommit(True)  # the scope switched it off: restore the session
+
+    async def execute(self, conn: Any, sql: str) -> None:
+        async with conn.cursor() as cur:
+            await cur.execute(sql)
+
+    async def replica_lag(self, conn: Any) -> float | None:
+        """``Seconds_Behind_Master`` (MariaDB; ``_Source`` on MySQL 8): needs REPLICATION CLIENT
+        (MySQL) or SLAVE MONITOR (MariaDB 10.5+)."""
+        async with conn.cursor() as cur:
+            for statement in ("SHOW REPLICA STATUS", "SHOW SLAVE STATUS"):
+                try:
+                    await cur.execute(statement)
+                    break
+                except self.errors.ProgrammingError:
+                    continue  # the other spelling
+                except self.errors.OperationalError as exc:
+                    if exc.args and exc.args[0] in (1227, 1044, 1045):  # no privilege
+                        return None
+                    raise
+            row = await cur.fetchone()
+            if row is None:
+                return 0.0  # not a replica
+            status = dict(zip([d[0] for d in cur.description], row, strict=True))
+        behind = status.get("Seconds_Behind_Master", status.get("Seconds_Behind_Source"))
+        return math.inf if behind is None else float(behind)
+
+    def left_running(self, conn: Any) -> bool:
+        # the driver closes the socket itself when a read is cancelled or fails mid-command; the
+        # server goes on with the statement (it notices a closed client only when it writes)
+        # behind ProxySQL or RDS Proxy a KILL id names no session of ours: POOLER turns it off
+        return bool(conn.aconn_dropped) and conn.aconn_session_id is not None and self.settings.pooler is None
+
+    async def cancel_on_server(self, conn: Any, via: Any = None) -> None:
+        """``KILL CONNECTION`` the session from another one, then wait until the server drops it.
+
+        KILL CONNECTION, not KILL QUERY: the connection is discarded anyway, and ending the
+        session at once rolls back its transaction and releases its locks. KILL returns
+        before the killed thread ends, so the processlist is read until it is gone.
+        """
+        session_id = conn.aconn_session_id
+        errors = self.errors
+
+        async def kill(over: Any) -> None:
+            await _kill(errors, over, session_id)
+
+        await self._on_another_session(via, kill)
+
+    async def _open_side(self) -> Any:
+        return await self._open()
+
+    def classify(self, exc: BaseException, *, connecting: bool = False) -> ErrorKind:
+        errors = self.errors
+        if isinstance(exc, errors.MySQLError) and exc.args and isinstance(exc.args[0], int):
+            code = exc.args[0]
+            if code in _RETRY_CODES or (connecting and code == 2013):
+                return ErrorKind.RETRYABLE
+            if code in _DISCONNECT_CODES:
+                return ErrorKind.DISCONNECT
+            if code == _OPTION_PREVENTS_STATEMENT and "read-only" in str(exc.args[-1]).lower():
+                return ErrorKind.READ_ONLY  # --read-only: the primary was demoted
+        if isinstance(exc, errors.InterfaceError | errors.InternalError | OSError | EOFError):
+            return ErrorKind.DISCONNECT
+        if isinstance(exc, RuntimeError) and "another coroutine" in str(exc):
+            return ErrorKind.DISCONNECT  # concurrent use: the stream is out of step
+        return ErrorKind.OTHER
