@@ -1,6 +1,7 @@
 """Instructions per scope, counted by callgrind: repeatable where timings are not.
 
-    python benchmarks/instructions.py      # needs valgrind (apt-get install -y valgrind)
+    python benchmarks/instructions.py                    # needs valgrind (apt-get install -y valgrind)
+    python benchmarks/instructions.py --driver asyncmy   # aconn on asyncmy, against asyncmy's own pool
 
 Counts user-space instructions only (a system call's kernel part is not in
 them), so it tracks the cost of aconn's Python path from one change to the
@@ -30,16 +31,18 @@ PARTS = {
     "liveness": "aconn: the hand-out check alone (flags, poll(0))",
     "coroutine": "an empty coroutine awaited (the measurement's own cost)",
     "aiomysql-pool": "aiomysql.Pool: async with pool.acquire()",
+    "driver-pool": "the driver's own pool: async with pool.acquire()",
     "select-raw": "SELECT 1 on a raw held connection",
     "select-scope": "SELECT 1 in an aconn scope",
-    "select-pool": "SELECT 1 through aiomysql.Pool",
+    "select-pool": "SELECT 1 through the driver's own pool",
 }
 ITERATIONS = {"select-raw": 1000, "select-scope": 1000, "select-pool": 1000}  # the rest: -n
 
 
 async def measure(settings: dict[str, Any], part: str, n: int) -> None:
     import aiomysql
-    from peers import driver_kwargs, select1
+    import asyncmy
+    from peers import asyncmy_kwargs, driver_kwargs, select1
 
     import aconn
 
@@ -56,8 +59,13 @@ async def measure(settings: dict[str, Any], part: str, n: int) -> None:
     pool = handler._pools["default"]
     holder = pool._idle[-1]
     kwargs = driver_kwargs(settings)
-    raw = await aiomysql.connect(**kwargs)
-    peer = await aiomysql.create_pool(minsize=1, maxsize=10, **kwargs)
+    aiomysql_pool = await aiomysql.create_pool(minsize=1, maxsize=10, **kwargs)
+    if settings["ENGINE"] == "asyncmy":  # the raw connection and the driver's pool: asyncmy's
+        raw = await asyncmy.connect(**asyncmy_kwargs(settings))
+        peer = await asyncmy.create_pool(minsize=1, maxsize=10, **asyncmy_kwargs(settings))
+    else:
+        raw = await aiomysql.connect(**kwargs)
+        peer = aiomysql_pool
 
     async def whole() -> None:
         async with handler.scope():
@@ -78,7 +86,11 @@ async def measure(settings: dict[str, Any], part: str, n: int) -> None:
     async def coroutine() -> None:
         pass
 
-    async def aiomysql_pool() -> None:
+    async def aiomysql_pool_only() -> None:
+        async with aiomysql_pool.acquire():
+            pass
+
+    async def driver_pool() -> None:
         async with peer.acquire():
             pass
 
@@ -96,16 +108,17 @@ async def measure(settings: dict[str, Any], part: str, n: int) -> None:
     unit = {
         "scope": whole, "scope-otel": whole, "scope-otel-nouse": whole, "scope-only": scope_only,
         "take-release": take_release, "liveness": liveness,
-        "coroutine": coroutine, "aiomysql-pool": aiomysql_pool, "select-raw": select_raw,
-        "select-scope": select_scope, "select-pool": select_pool,
+        "coroutine": coroutine, "aiomysql-pool": aiomysql_pool_only, "driver-pool": driver_pool,
+        "select-raw": select_raw, "select-scope": select_scope, "select-pool": select_pool,
     }[part]  # fmt: skip
     for _ in range(200):  # warm: the same state in the 0 and the N runs
         await unit()
     for _ in range(n):
         await unit()
     raw.close()
-    peer.close()
-    await peer.wait_closed()
+    for pool in {id(peer): peer, id(aiomysql_pool): aiomysql_pool}.values():
+        pool.close()
+        await pool.wait_closed()
     await handler.aclose()
 
 
@@ -124,6 +137,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-n", type=int, default=3000, help="iterations per part")
     parser.add_argument("--parts", nargs="+", choices=list(PARTS), help="measure only these parts")
+    parser.add_argument("--driver", choices=["aiomysql", "asyncmy"], default="aiomysql", help="the MySQL driver")
     parser.add_argument("--child", nargs=3, metavar=("PART", "N", "SETTINGS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -141,9 +155,10 @@ def main() -> int:
     from mariadb import MariaDB
 
     server = MariaDB().start()
+    server.driver = args.driver
     try:
         settings = json.dumps(server.settings())
-        print("| part | instructions per iteration |\n| --- | ---: |")
+        print(f"driver: {args.driver}\n\n| part | instructions per iteration |\n| --- | ---: |")
         for part, label in PARTS.items():
             if args.parts and part not in args.parts:
                 continue

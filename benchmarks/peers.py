@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiomysql
+import asyncmy
 
 import aconn
 
@@ -32,6 +33,15 @@ class Table:
     unit: str = "us/op"
     rows: list[tuple[str, float, float]] = field(default_factory=list)
     note: str = ""
+    #: each contender's per-round figures, for ratios between any two rows
+    samples: dict[str, list[float]] = field(default_factory=dict)
+
+    def pair_ratio(self, name: str, base: str) -> float | None:
+        """The median of ``name``'s per-round ratios to ``base`` (None if either is missing)."""
+        if name not in self.samples or base not in self.samples:
+            return None
+        pairs = zip(self.samples[name], self.samples[base], strict=True)
+        return statistics.median(value / b for value, b in pairs)
 
     def render(self) -> str:
         lines = [f"**{self.title}**", "", f"| contender | median {self.unit} | ratio |", "| --- | ---: | ---: |"]
@@ -65,7 +75,7 @@ async def interleave(title: str, contenders: dict[str, Bench], ops: int, rounds:
 def ratio_table(title: str, samples: dict[str, list[float]], unit: str = "us/op", note: str = "") -> Table:
     """Medians, and medians of the per-round ratios to the first row's samples."""
     base = next(iter(samples.values()))
-    table = Table(title, unit=unit, note=note)
+    table = Table(title, unit=unit, note=note, samples=samples)
     for name, values in samples.items():
         ratio = statistics.median(value / b for value, b in zip(values, base, strict=True))
         table.rows.append((name, statistics.median(values), ratio))
@@ -78,6 +88,13 @@ def driver_kwargs(settings: dict[str, Any]) -> dict[str, Any]:
         "host": settings["HOST"], "port": settings["PORT"], "user": settings["USER"],
         "password": settings["PASSWORD"], "db": settings["NAME"], "autocommit": True,
     }  # fmt: skip
+
+
+def asyncmy_kwargs(settings: dict[str, Any]) -> dict[str, Any]:
+    """``asyncmy.connect()`` arguments for a DATABASES entry (asyncmy names the database ``database``)."""
+    kwargs = driver_kwargs(settings)
+    kwargs["database"] = kwargs.pop("db")
+    return kwargs
 
 
 async def select1(conn: Any) -> None:
@@ -106,6 +123,15 @@ class Contenders:
         await self.on.open()
         self.sa = create_async_engine(self.sa_url, pool_size=10, max_overflow=0)
         self.sa_ping = create_async_engine(self.sa_url, pool_size=10, max_overflow=0, pool_pre_ping=True)
+        # the same, on asyncmy: its raw connection, its own pool, aconn on it
+        my_kwargs = asyncmy_kwargs(self.settings)
+        self.my_pool = await asyncmy.create_pool(minsize=1, maxsize=10, **my_kwargs)
+        self.my_raw = await asyncmy.connect(**my_kwargs)
+        entry = {**self.settings, "ENGINE": "asyncmy", "CONN_MAX_AGE": 3600}
+        self.my_off = aconn.Connections({"default": entry})
+        self.my_on = aconn.Connections({"default": {**entry, "CONN_HEALTH_CHECKS": True}})
+        await self.my_off.open()
+        await self.my_on.open()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -116,6 +142,11 @@ class Contenders:
         await self.on.aclose()
         await self.sa.dispose()
         await self.sa_ping.dispose()
+        self.my_pool.close()
+        await self.my_pool.wait_closed()
+        self.my_raw.close()
+        await self.my_off.aclose()
+        await self.my_on.aclose()
 
     # -- no query: take a connection and give it back ------------------------------------
 
@@ -127,10 +158,14 @@ class Contenders:
 
         return bench
 
-    async def pool_only(self, k: int) -> None:
-        for _ in range(k):
-            async with self.pool.acquire():
-                pass
+    @staticmethod
+    def pool_only(pool: Any) -> Bench:
+        async def bench(k: int) -> None:
+            for _ in range(k):
+                async with pool.acquire():
+                    pass
+
+        return bench
 
     def sa_only(self, engine: Any) -> Bench:
         async def bench(k: int) -> None:
@@ -142,9 +177,13 @@ class Contenders:
 
     # -- one SELECT 1 per unit ------------------------------------------------------------
 
-    async def raw_select(self, k: int) -> None:
-        for _ in range(k):
-            await select1(self.raw)
+    @staticmethod
+    def raw_select(conn: Any) -> Bench:
+        async def bench(k: int) -> None:
+            for _ in range(k):
+                await select1(conn)
+
+        return bench
 
     def scope_select(self, handler: aconn.Connections) -> Bench:
         async def bench(k: int) -> None:
@@ -154,10 +193,14 @@ class Contenders:
 
         return bench
 
-    async def pool_select(self, k: int) -> None:
-        for _ in range(k):
-            async with self.pool.acquire() as conn:
-                await select1(conn)
+    @staticmethod
+    def pool_select(pool: Any) -> Bench:
+        async def bench(k: int) -> None:
+            for _ in range(k):
+                async with pool.acquire() as conn:
+                    await select1(conn)
+
+        return bench
 
     def sa_select(self, engine: Any) -> Bench:
         from sqlalchemy import text
@@ -182,11 +225,14 @@ async def workload_overhead(c: Contenders, ops: int, rounds: int) -> Table:
     return await interleave(
         "1. Overhead per scope, no query (enter, take the connection, exit)",
         {
-            "aiomysql.Pool acquire/release": c.pool_only,
+            "aiomysql.Pool acquire/release": c.pool_only(c.pool),
             "aconn, health checks off": c.scope_only(c.off),
             "aconn, health checks on": c.scope_only(c.on),
             "SQLAlchemy async pool": c.sa_only(c.sa),
             "SQLAlchemy async pool, pool_pre_ping": c.sa_only(c.sa_ping),
+            "asyncmy.Pool acquire/release": c.pool_only(c.my_pool),
+            "aconn on asyncmy, health checks off": c.scope_only(c.my_off),
+            "aconn on asyncmy, health checks on": c.scope_only(c.my_on),
         },
         ops,
         rounds,
@@ -197,13 +243,17 @@ async def workload_select(c: Contenders, ops: int, rounds: int, title: str) -> T
     return await interleave(
         title,
         {
-            "raw held connection (the floor)": c.raw_select,
-            "aiomysql.Pool acquire/release": c.pool_select,
+            "raw held connection (the floor)": c.raw_select(c.raw),
+            "aiomysql.Pool acquire/release": c.pool_select(c.pool),
             "aconn, health checks off": c.scope_select(c.off),
             "aconn, health checks on": c.scope_select(c.on),
             "SQLAlchemy async engine": c.sa_select(c.sa),
             "SQLAlchemy async engine, pool_pre_ping": c.sa_select(c.sa_ping),
             "connect per unit (CONN_MAX_AGE=0)": c.connect_select,
+            "asyncmy: raw held connection": c.raw_select(c.my_raw),
+            "asyncmy.Pool acquire/release": c.pool_select(c.my_pool),
+            "aconn on asyncmy, health checks off": c.scope_select(c.my_off),
+            "aconn on asyncmy, health checks on": c.scope_select(c.my_on),
         },
         ops,
         rounds,
@@ -212,21 +262,36 @@ async def workload_select(c: Contenders, ops: int, rounds: int, title: str) -> T
 
 async def workload_connect(c: Contenders, ops: int, rounds: int) -> Table:
     """What opening a connection costs, paid once per connection (never per scope)."""
-    backend = c.off._pools["default"].backend
+    my_kwargs = asyncmy_kwargs(c.settings)
 
     async def bare(k: int) -> None:
         for _ in range(k):
             conn = await aiomysql.connect(**c.kwargs)
             await conn.ensure_closed()
 
-    async def with_limits(k: int) -> None:
+    async def bare_asyncmy(k: int) -> None:
         for _ in range(k):
-            conn, _limits = await backend.connect()  # handshake + one SELECT of the server's limits
-            await backend.close(conn)
+            conn = await asyncmy.connect(**my_kwargs)
+            await conn.ensure_closed()
+
+    def with_limits(handler: aconn.Connections) -> Bench:
+        backend = handler._pools["default"].backend
+
+        async def bench(k: int) -> None:
+            for _ in range(k):
+                conn, _limits = await backend.connect()  # handshake + one SELECT of the server's limits
+                await backend.close(conn)
+
+        return bench
 
     return await interleave(
         "8. Connect and close (once per connection, never per scope)",
-        {"aiomysql.connect": bare, "aconn's backend: connect, read the server's limits": with_limits},
+        {
+            "aiomysql.connect": bare,
+            "aconn's backend: connect, read the server's limits": with_limits(c.off),
+            "asyncmy.connect": bare_asyncmy,
+            "aconn's asyncmy backend: connect, read the server's limits": with_limits(c.my_off),
+        },
         ops,
         rounds,
         note="The difference is the one round trip that reads wait_timeout, max_connections and the other"
@@ -269,10 +334,15 @@ async def workload_concurrency(c: Contenders, tasks: int = 1000) -> Table:
         (await conn.execute(statement)).fetchone()
 
     limited = aconn.Connections({"default": {**c.settings, "CONN_MAX_AGE": 3600, "MAX_CONNS": 10}})
+    my_limited = aconn.Connections(
+        {"default": {**c.settings, "ENGINE": "asyncmy", "CONN_MAX_AGE": 3600, "MAX_CONNS": 10}}
+    )
     contenders = {
         "aiomysql.Pool (maxsize=10)": (c.pool.acquire, select1),
         "aconn (MAX_CONNS=10)": (lambda: AconnTake(limited), select1),
         "SQLAlchemy (pool_size=10)": (c.sa.connect, sa_query),
+        "asyncmy.Pool (maxsize=10)": (c.my_pool.acquire, select1),
+        "aconn on asyncmy (MAX_CONNS=10)": (lambda: AconnTake(my_limited), select1),
     }
     table = Table("3. Concurrency: 1,000 tasks over 10 connections", unit="value")
     lines = [
@@ -290,6 +360,7 @@ async def workload_concurrency(c: Contenders, tasks: int = 1000) -> Table:
         lines.append(f"| {name} | {rate:.0f} | {p50:.2f} | {p99:.2f} | {waits[-1]:.2f} |")
         table.rows.append((name, rate, 0.0))
     await limited.aclose()
+    await my_limited.aclose()
     table.note = "\n".join(lines)
     return table
 

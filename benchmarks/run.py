@@ -138,12 +138,14 @@ def web(settings: dict[str, Any], quick: bool, loop_name: str, title: str) -> pe
         "aiomysql-pool-again": "control: the same aiomysql.Pool app, another process",
         "sqlalchemy": "SQLAlchemy async engine",
         "connect-per-request": "connect per request",
+        "aconn-asyncmy": "aconn on asyncmy, health checks off",
+        "asyncmy-pool": "hand-rolled asyncmy.Pool",
     }  # fmt: skip
     table = peers.Table(title, unit="requests/s")
     lines = ["| variant | requests/s | ratio to aiomysql.Pool | p50 ms | p99 ms | app CPU us/request | CPU ratio "
              "| errors |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
     for variant in ("aiomysql-pool", "aiomysql-pool-again", "aconn", "aconn-health", "aconn-endpoint", "sqlalchemy",
-                    "connect-per-request"):  # fmt: skip
+                    "connect-per-request", "asyncmy-pool", "aconn-asyncmy"):  # fmt: skip
         runs = results[variant]
         rps = statistics.median(r["rps"] for r in runs)
         p50 = statistics.median(r["p50_ms"] for r in runs)
@@ -154,6 +156,7 @@ def web(settings: dict[str, Any], quick: bool, loop_name: str, title: str) -> pe
         ratio = statistics.median(r["rps"] / b["rps"] for r, b in zip(runs, base, strict=True))
         cpu_ratio = statistics.median(r["cpu_us"] / b["cpu_us"] for r, b in zip(runs, base, strict=True))
         table.rows.append((names[variant], rps, ratio))
+        table.samples[names[variant]] = [r["rps"] for r in runs]
         lines.append(
             f"| {names[variant]} | {rps:.0f} | {ratio:.2f}x | {p50:.2f} | {p99:.2f} | {cpu:.0f} "
             f"| {cpu_ratio:.2f}x | {errors} |"
@@ -243,11 +246,14 @@ def plot(tables: dict[str, list[peers.Table]], path: Path) -> None:
 
 
 def write_report(tables: dict[str, list[peers.Table]], server_version: str, path: Path, quick: bool) -> None:
+    import importlib.metadata
+
     import sqlalchemy
     import uvicorn
 
     versions = (
         f"Python {platform.python_version()}, aconn {aconn.__version__}, aiomysql {aiomysql.__version__}, "
+        f"asyncmy {importlib.metadata.version('asyncmy')}, "
         f"SQLAlchemy {sqlalchemy.__version__}, uvicorn {uvicorn.__version__}, MariaDB {server_version}, "
         f"{platform.machine()}, {os.cpu_count()} cores, loopback"
     )
@@ -307,7 +313,12 @@ def targets(tables: dict[str, list[peers.Table]]) -> str:
 
 def _checks(tables: list[peers.Table]) -> dict[str, tuple[bool, str]]:
     by_title = {t.title.split(".")[0]: {name: (value, ratio) for name, value, ratio in t.rows} for t in tables}
+    table_of = {t.title.split(".")[0]: t for t in tables}
     checks: dict[str, tuple[bool, str]] = {}
+
+    def pair(workload: str, name: str, base: str) -> float | None:
+        table = table_of.get(workload)
+        return None if table is None else table.pair_ratio(name, base)
 
     def ratio(workload: str, name: str) -> float | None:
         row = by_title.get(workload, {}).get(name)
@@ -317,18 +328,24 @@ def _checks(tables: list[peers.Table]) -> dict[str, tuple[bool, str]]:
         if value is not None:
             checks[label] = (ok(value), f"{value:.2f}x{extra}")
 
-    add("scope overhead, health checks off <= 0.5x aiomysql.Pool", ratio("1", "aconn, health checks off"),
-        lambda v: v <= 0.5)
+    add("scope overhead, health checks off <= 0.25x aiomysql.Pool (0.5x before #19)",
+        ratio("1", "aconn, health checks off"), lambda v: v <= 0.25)
     add("scope overhead, health checks on <= 0.75x aiomysql.Pool", ratio("1", "aconn, health checks on"),
         lambda v: v <= 0.75)
     add("scope + SELECT 1, health checks on, within 3% of a raw held connection",
         ratio("2", "aconn, health checks on"), lambda v: v <= 1.03)
+    add("asyncmy: scope + SELECT 1, health checks on, within 3% of a raw held asyncmy connection",
+        pair("2", "aconn on asyncmy, health checks on", "asyncmy: raw held connection"), lambda v: v <= 1.03)
+    add("asyncmy: scope overhead, health checks off <= 0.25x aiomysql.Pool",
+        ratio("1", "aconn on asyncmy, health checks off"), lambda v: v <= 0.25)
     control = ratio("5", "control: the same aiomysql.Pool app, another process")
     same_app = f" (control: {control:.2f}x)" if control is not None else ""
     add("web app, health checks off >= 0.97x aiomysql.Pool", ratio("5", "aconn, health checks off"),
         lambda v: v >= 0.97, same_app)
     add("web app, health checks on >= 0.95x aiomysql.Pool", ratio("5", "aconn, health checks on"),
         lambda v: v >= 0.95, same_app)
+    add("web app on asyncmy, aconn >= 0.97x hand-rolled asyncmy.Pool",
+        pair("5", "aconn on asyncmy, health checks off", "hand-rolled asyncmy.Pool"), lambda v: v >= 0.97, same_app)
     aconn_web, sqlalchemy_web = ratio("5", "aconn, health checks off"), ratio("5", "SQLAlchemy async engine")
     if aconn_web is not None and sqlalchemy_web is not None:  # both per-round ratios to the same baseline
         add("web app >= 2x SQLAlchemy", aconn_web / sqlalchemy_web, lambda v: v >= 2)

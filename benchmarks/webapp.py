@@ -7,7 +7,8 @@ Variants: aconn with its middleware (health checks off / on), aconn with the
 scope inside the endpoint (the connection goes back before the response is
 sent, as the hand-rolled pool's does), a hand-rolled aiomysql.Pool (twice, in
 two processes: the second is the control that shows how far two runs of the
-same app drift apart), SQLAlchemy's async engine, connect-per-request. The load generator is a
+same app drift apart), SQLAlchemy's async engine, connect-per-request; and on
+asyncmy, aconn with its middleware and a hand-rolled asyncmy.Pool. The load generator is a
 plain keep-alive HTTP/1.1 client in its own process; it prints requests per
 second and latency percentiles as JSON. `benchmarks/run.py` prefers wrk (one
 thread, written in C: it takes far less CPU from the app than this one does).
@@ -28,7 +29,7 @@ from typing import Any
 
 VARIANTS = (
     "aconn", "aconn-health", "aconn-endpoint", "aiomysql-pool", "aiomysql-pool-again", "sqlalchemy",
-    "connect-per-request",
+    "connect-per-request", "aconn-asyncmy", "asyncmy-pool",
 )  # fmt: skip
 #: the same endpoint on PostgreSQL (benchmarks/postgresql.py): aconn on asyncpg, a hand-rolled asyncpg.Pool
 PG_VARIANTS = ("pg-aconn", "pg-asyncpg-pool", "pg-asyncpg-pool-again")
@@ -76,7 +77,8 @@ def build_app(variant: str, settings: dict[str, Any]) -> Any:
     if variant in PG_VARIANTS:
         return build_pg_app(variant, settings)
     import aiomysql
-    from peers import driver_kwargs
+    import asyncmy
+    from peers import asyncmy_kwargs, driver_kwargs
     from starlette.applications import Starlette
     from starlette.middleware import Middleware
     from starlette.requests import Request
@@ -95,6 +97,8 @@ def build_app(variant: str, settings: dict[str, Any]) -> Any:
         from aconn.asgi import ConnectionsMiddleware
 
         entry = {**settings, "CONN_MAX_AGE": 3600, "MAX_CONNS": 10, "CONN_HEALTH_CHECKS": variant == "aconn-health"}
+        if variant == "aconn-asyncmy":
+            entry["ENGINE"] = "asyncmy"
         connections = aconn.Connections({"default": entry})
 
         if variant == "aconn-endpoint":  # the scope inside the endpoint: released before the response is sent
@@ -112,12 +116,15 @@ def build_app(variant: str, settings: dict[str, Any]) -> Any:
             routes=[Route("/", endpoint)], middleware=[Middleware(ConnectionsMiddleware, connections=connections)]
         )
 
-    if variant.startswith("aiomysql-pool"):  # "-again": the same app in a second process, a control
+    if variant.startswith(("aiomysql-pool", "asyncmy-pool")):  # "-again": the same app in a second process
         state: dict[str, Any] = {}
 
         @contextlib.asynccontextmanager
         async def lifespan(app: Any) -> AsyncIterator[None]:
-            state["pool"] = await aiomysql.create_pool(minsize=1, maxsize=10, **kwargs)
+            if variant == "asyncmy-pool":
+                state["pool"] = await asyncmy.create_pool(minsize=1, maxsize=10, **asyncmy_kwargs(settings))
+            else:
+                state["pool"] = await aiomysql.create_pool(minsize=1, maxsize=10, **kwargs)
             yield
             state["pool"].close()
             await state["pool"].wait_closed()

@@ -26,12 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pymysql
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from faults import Proxy
-from mariadb import MariaDB, SessionSampler
+from mariadb import DRIVERS, MariaDB, SessionSampler, driver_errors
 
 import aconn
 
@@ -90,8 +88,12 @@ class Summary:
         )  # fmt: skip
 
 
-async def soak(server: MariaDB, seconds: float, seed: int = 1, concurrency: int = 24, faults: bool = True) -> Summary:
+async def soak(
+    server: MariaDB, seconds: float, seed: int = 1, concurrency: int = 24, faults: bool = True, driver: str = "aiomysql"
+) -> Summary:
     rng = random.Random(seed)
+    server.driver = driver  # the ENGINE of server.settings()
+    errors = driver_errors(driver)
     summary = Summary()
     proxy = Proxy(server.port).start()
     server.sql("CREATE TABLE IF NOT EXISTS aconn_test.soak (id INT AUTO_INCREMENT PRIMARY KEY, n INT) ENGINE=InnoDB")
@@ -111,10 +113,10 @@ async def soak(server: MariaDB, seconds: float, seed: int = 1, concurrency: int 
             return list(await cur.fetchall())
 
     def record_error(exc: BaseException) -> None:
-        code = exc.args[0] if isinstance(exc, pymysql.err.MySQLError) and exc.args else None
+        code = exc.args[0] if isinstance(exc, errors.MySQLError) and exc.args else None
         kind = f"{type(exc).__name__}({code})" if code is not None else type(exc).__name__
         summary.errors[kind] += 1
-        known = isinstance(exc, aconn.AcquireTimeout | pymysql.err.InterfaceError) or code in EXPLAINED_CODES
+        known = isinstance(exc, aconn.AcquireTimeout | errors.InterfaceError) or code in EXPLAINED_CODES
         recent = faulting or time.monotonic() - last_fault_end < EXPLAIN_WINDOW
         if not (known and recent):
             summary.unexplained.append(f"{kind}: {exc}")
@@ -228,13 +230,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=300)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--driver", choices=list(DRIVERS), default="aiomysql", help="the MySQL driver")
     args = parser.parse_args()
     server = MariaDB().start()
     try:
-        summary = asyncio.run(soak(server, args.seconds, args.seed))
+        summary = asyncio.run(soak(server, args.seconds, args.seed, driver=args.driver))
     finally:
         server.close()
-    print(summary.line())
+    print(f"{args.driver}: {summary.line()}")
     for line in summary.unexplained[:20]:
         print("  unexplained:", line)
     return 0 if summary.ok else 1

@@ -11,7 +11,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from helpers import in_scope
+from helpers import eventually, in_scope
 from mariadb import MariaDB
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -82,6 +82,9 @@ async def test_metrics_after_a_known_workload(db: MariaDB, make: Any) -> None:
     await asyncio.gather(*holders)
 
     db.kill_sessions(db.app_threads()[0])  # one idle connection killed on the server
+    pool = connections._pools["default"]
+    # the server drops the session from its list a moment before its FIN reaches the client
+    await eventually(lambda: any(pool.backend.is_dead(h.conn) for h in pool._idle))
     assert await in_scope(connections, "SELECT 2") == 2
 
     found = points(reader)

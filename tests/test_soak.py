@@ -6,17 +6,18 @@ The long run is `nox -s soak` (`python tests/soak.py --seconds 300`).
 from __future__ import annotations
 
 import pytest
-from mariadb import MariaDB
+from mariadb import DRIVERS, MariaDB
 from soak import soak
 
 pytestmark = pytest.mark.mysql
 
 
 @pytest.mark.timeout(180)
-async def test_soak_short() -> None:
+@pytest.mark.parametrize("driver", list(DRIVERS))
+async def test_soak_short(driver: str) -> None:
     server = MariaDB().start()  # its own server: the soak restarts and freezes it at will
     try:
-        summary = await soak(server, seconds=25, seed=7)
+        summary = await soak(server, seconds=25, seed=7, driver=driver)
     finally:
         server.close()
     print(summary.line())

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import aiomysql
 import pymysql
 
-from .mysqlcommon import CLIENT_SSL, MySQLProtocolBackend, cleartext_refused, tls_not_offered
+from .mysqlcommon import AUTOCOMMIT, CLIENT_SSL, IN_TRANS, MySQLProtocolBackend, cleartext_refused, tls_not_offered
 
 __all__ = ("MySQLBackend",)
 
@@ -58,6 +58,17 @@ class _Connection(aiomysql.Connection):  # type: ignore[misc]
         return await super()._process_auth(plugin_name, auth_packet)
 
 
+def _flagged_dead(conn: Any) -> bool:
+    """True if the driver or the event loop already knows the session is unusable (no system call)."""
+    # the stream reader's _eof and _exception are what at_eof() and exception() return
+    # (asyncio and uvloop share the StreamReader)
+    reader = conn._reader
+    if conn._writer is None or reader is None or reader._eof or reader._exception is not None:
+        return True  # closed by the driver (cancellation, lost connection), or the peer closed it
+    result = conn._result
+    return result is not None and bool(result.unbuffered_active)  # an unbuffered result left unread
+
+
 class MySQLBackend(MySQLProtocolBackend):
     """aiomysql connections to MySQL or MariaDB."""
 
@@ -89,15 +100,11 @@ class MySQLBackend(MySQLProtocolBackend):
     def _detach(conn: Any) -> None:
         conn._writer = conn._reader = None
 
-    @staticmethod
-    def flagged_dead(conn: Any) -> bool:
-        # the stream reader's _eof and _exception are what at_eof() and exception() return
-        # (asyncio and uvloop share the StreamReader)
-        reader = conn._reader
-        if conn._writer is None or reader is None or reader._eof or reader._exception is not None:
-            return True  # closed by the driver (cancellation, lost connection), or the peer closed it
-        result = conn._result
-        return result is not None and bool(result.unbuffered_active)  # an unbuffered result left unread
+    flagged_dead = staticmethod(_flagged_dead)
+
+    def reusable(self, conn: Any) -> bool:
+        status = conn.server_status
+        return bool(status & AUTOCOMMIT) and not status & IN_TRANS and not _flagged_dead(conn)
 
     async def _quit(self, conn: Any) -> None:
         await conn.ensure_closed()
