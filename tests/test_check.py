@@ -69,6 +69,7 @@ async def test_wait_timeout_5_warns_only_where_it_can_fail(
 
 
 @pytest.mark.mysql
+@pytest.mark.mysql_drivers
 def test_budget_with_workers(db: MariaDB) -> None:
     failing = check("--url", db.url("max_conns=10"), "--workers", "50")
     assert failing.returncode == 1, failing.stdout
@@ -80,6 +81,7 @@ def test_budget_with_workers(db: MariaDB) -> None:
 
 
 @pytest.mark.mysql
+@pytest.mark.mysql_drivers
 def test_json_report(db: MariaDB) -> None:
     result = check("--url", db.url("max_conns=10"), "--json")
     assert result.returncode == 0

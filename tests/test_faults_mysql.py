@@ -47,7 +47,7 @@ from typing import Any
 import pytest
 from faults import Proxy
 from helpers import age_idle, assert_balanced, fetch, in_scope, scalar
-from mariadb import MariaDB
+from mariadb import DRIVERS, MariaDB
 
 import aconn
 from aconn.backends import load_backend
@@ -307,16 +307,24 @@ def test_sqlite_script_exits(tmp_path: Path) -> None:
     assert result.returncode == 0 and result.stdout.strip() == "done", result.stderr
 
 
-async def test_tls_session_cipher(tls_server: tuple[MariaDB, dict[str, str]], make: Any) -> None:
+@pytest.mark.parametrize("driver", list(DRIVERS))
+async def test_tls_session_cipher(tls_server: tuple[MariaDB, dict[str, str]], make: Any, driver: str) -> None:
     import ssl
 
     server, certs = tls_server
     context = ssl.create_default_context(cafile=certs["ca"])
-    connections = make({"default": server.settings(OPTIONS={"ssl": context})})
-    async with connections.scope():
-        conn = await connections.connection()
-        rows = await fetch(conn, "SHOW SESSION STATUS LIKE 'Ssl_cipher'")
-    assert rows[0][1]  # a cipher is in use for this session
+    server.driver = driver
+    try:
+        connections = make({"default": server.settings(CONN_MAX_AGE=0, OPTIONS={"ssl": context})})
+    finally:
+        server.driver = "aiomysql"
+    for _ in range(2):  # the second opens a new session: the first was closed at scope exit (COM_QUIT over TLS)
+        async with connections.scope():
+            conn = await connections.connection()
+            rows = await fetch(conn, "SHOW SESSION STATUS LIKE 'Ssl_cipher'")
+        assert rows[0][1]  # a cipher is in use for this session
+    stats = connections.stats()
+    assert (stats.opened, stats.closed_max_age, stats.open) == (2, 2, 0)
 
 
 async def test_tls_required_but_server_has_none(db: MariaDB, make: Any) -> None:
