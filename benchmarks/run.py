@@ -369,56 +369,70 @@ A scope with health checks on does no round trip in steady state: a
 connection used within the last 0.5 s is not pinged, and a release with no
 transaction open does no I/O (SQLAlchemy's pool rolls back on every return,
 a round trip per checkout). What is left is Python. Counted by callgrind
-(`python benchmarks/instructions.py`, which needs valgrind: user-space
-instructions, repeatable where timings on this VM are not), per iteration:
+(`python benchmarks/instructions.py [--driver asyncmy]`, which needs
+valgrind: user-space instructions, repeatable where timings on this VM are
+not), per iteration, the measurement's own loop (~1,200) included in every
+row:
 
-| | instructions |
-| --- | ---: |
-| aconn: `async with scope: await connection()` | 24,500 |
-| (a) of which entering and leaving the scope | 9,600 |
-| (b) of which `connection()` | 4,500 |
-| (c) of which taking and giving back the connection | 10,400 |
-| (d) of (c), the hand-out check with its `poll(0)` | 2,550 |
-| aiomysql.Pool: `async with pool.acquire()` (it starts a task at every release) | 82,600 |
-| `SELECT 1` on a raw held connection (aiomysql, the event loop) | 266,700 |
-| `SELECT 1` in an aconn scope | 292,000 (+9.5%) |
-| `SELECT 1` through aiomysql.Pool | 349,900 (+31%) |
+| | aiomysql | asyncmy |
+| --- | ---: | ---: |
+| aconn: `async with scope: await connection()` | 25,300 | 27,700 |
+| (a) of which entering and leaving the scope | 11,200 | 11,200 |
+| (c) of which taking and giving back the connection | 10,900 | 13,300 |
+| (d) of (c), the hand-out check with its `poll(0)` | 3,900 | 5,000 |
+| aiomysql.Pool: `async with pool.acquire()` (it starts a task at every release) | 83,700 | 83,700 |
+| asyncmy.Pool: `async with pool.acquire()` (compiled with Cython; no socket check) | | 7,900 |
+| `SELECT 1` on a raw held connection | 266,800 | 99,500 |
+| `SELECT 1` in an aconn scope | 290,900 (+9.0%) | 127,300 (+27.9%) |
+| `SELECT 1` through the driver's own pool | 349,400 (+31%) | 107,000 (+7.5%) |
 
 (a) the `__aenter__` and `__aexit__` coroutines, the `Scope` object, the
 ContextVar set and reset, the owning task, the once-a-second sweep gate;
-(b) its coroutine, the owner check (the task, read again), the alias lookup;
-(c) the idle-stack pop and push, two `monotonic()` reads, the deadline,
-idle-limit and ping-bypass compares, the driver's stream flags and the
-transaction status; (d) the check that catches a session the server closed
-while it sat idle, before the event loop noticed (the kernel's part of the
-system call, ~0.6 us here, is not counted). The script's own loop, ~1,400
-per iteration, is taken off the aconn and aiomysql.Pool rows.
-The scope path was 37,000 before this round of work. What changed: a poll
-object registered once per connection instead of one per check, the flags
-read as attributes instead of five method calls, release asks the backend
-one question (`reusable`), `take_idle` accepts only the top idle connection
-when nothing is unusual and leaves the rest to `acquire()`, the current task
-read with no Python frame on 3.11, each holder knows its pool, and waiters
-share one timer (a timer each put ~10,000 handles in the loop's heap,
-pushed and cancelled per hand-off: the cost per scope doubled from 10 to
-10,000 waiters).
+the rest of the whole path is `connection()`: its coroutine, the owner
+check, the alias lookup. (c) the idle-stack pop and push, two `monotonic()`
+reads, the deadline, idle-limit and ping-bypass compares, the driver's
+stream flags and the transaction status; (d) the check that catches a
+session the server closed while it sat idle, before the event loop noticed
+(the kernel's part of the system call, ~0.2 us here, is not counted).
+asyncmy's flags are Cython attributes, each read from Python a descriptor
+call: its checks cost ~2,400 more than aiomysql's. aconn's asyncmy
+connection also refuses a command sent while another task waits for a
+reply (asyncmy would strand that task's read for ever): ~1,300 a statement.
 
-Why two targets stay out of reach:
+Why the targets of the second performance round stay out of reach, and what
+would change that:
 
-- Scope + `SELECT 1` within 3% of a raw held connection. The time ratio
-  follows the instruction ratio (table 2 measures 1.1x-1.2x; the count says
-  +9.5%, aiomysql.Pool +31%): a query through aiomysql is ~267,000
-  instructions, so 3% is ~8,000, and three coroutines (`async with` needs
-  two, an awaitable `connection()` one) with a ContextVar set and reset take
-  most of that before a connection is looked at. It would take a scope
-  without coroutines, i.e. a different API, or code in C.
+- Scope overhead at most 0.25x aiomysql.Pool's acquire/release (table 1
+  measures ~0.3x on asyncio, ~0.45x on uvloop, where aiomysql.Pool is
+  faster). A minimal path (a ContextVar set and reset, a list pop and push,
+  one `poll(0)`) would be ~0.2x; aconn's bookkeeping on top of it is the
+  owning-task check, the per-connection deadline and idle limit, the
+  counters behind `stats()`, the sweep gate, and three coroutines (an
+  `async with` needs two, an awaitable `connection()` one; each costs
+  ~1,000 instructions, the cheapest awaitable Python has: an object with
+  `__await__`, or a completed future, measured costlier). Taken out one at
+  a time, the sweep gate is ~450 instructions and the closed and loop
+  checks ~230, each under 2% of the path: reaching 0.25x means dropping
+  checks the reliability spec needs, or compiling the path.
+- Scope + `SELECT 1` within 3% of a raw held connection, on aiomysql and
+  asyncmy. On aiomysql a query is ~267,000 instructions, so 3% is ~8,000,
+  and the scope path is ~24,000. asyncmy makes the query itself 2.7x
+  cheaper, so the same scope is a larger share (+28% of the instructions;
+  in time, table 2, ~5%, the rest of the time being the kernel and the
+  round trip). asyncmy's own pool is compiled: 7,900 instructions, checks
+  included, against aconn's 27,700.
+- What would change it: compiling the pool's decide steps and the scope
+  (mypyc), with the pure-Python modules kept as the fallback that
+  `pip install` from source uses without a compiler. Three places stand in
+  the way today and would need another shape first: `observe_use()` and
+  `RESET_ON_RELEASE` replace a method on one instance (a compiled class has
+  no instance dict), and the routed `connection()` replaces the handler's
+  method the same way.
 - Flat from 10 to 10,000 waiters. Each hand-off costs O(1) in aconn's
   structures (a FIFO deque, one timer); the growth is memory: with 1,000 or
   more tasks waiting, each task's frames and objects are cold in the CPU
   cache when its turn comes. A bare `asyncio.Semaphore(10)` under the same
-  load grows too (the figure in parentheses), a little less because a
-  waiting task holds fewer frames. From 1,000 to 10,000 waiters the cost is
-  flat.
+  load grows too (the figure in parentheses).
 """
 
 

@@ -62,3 +62,18 @@ def test_unknown_option_names_the_driver() -> None:
     assert info.value.key == "OPTIONS.pool_recycle"
     with pytest.raises(aconn.ConfigError, match="'NAME'"):
         aconn.Connections({"default": {"ENGINE": "asyncmy", "NAME": "x", "OPTIONS": {"db": "y"}}})
+
+
+@on_asyncmy
+async def test_connection_typed_as_asyncmy_connection(db: MariaDB, make: Any) -> None:
+    """asyncmy ships type information: ``connection(alias, asyncmy.Connection)`` types and checks it."""
+    import asyncmy
+
+    connections = make({"default": db.settings()})
+    async with connections.scope():
+        conn = await connections.connection("default", asyncmy.Connection)
+        assert isinstance(conn, asyncmy.Connection)
+        with pytest.raises(TypeError, match="aiomysql"):
+            import aiomysql
+
+            await connections.connection("default", aiomysql.Connection)
