@@ -55,6 +55,7 @@ async def serve(app: Any) -> AsyncIterator[tuple[str, uvicorn.Server]]:
 
 
 @pytest.mark.mysql
+@pytest.mark.mysql_drivers
 async def test_hundreds_of_requests_against_mariadb(db: MariaDB) -> None:
     from helpers import ProcesslistSampler
 

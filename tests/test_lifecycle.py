@@ -41,20 +41,23 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.mysql
+@pytest.mark.mysql_drivers
 async def test_failed_open_leaves_no_session(db: MariaDB) -> None:
     connections = aconn.Connections(
         {"default": db.settings(CONN_MAX_AGE=60), "other": db.settings(PASSWORD=APP_PASSWORD + "-typo")}
     )
-    with pytest.raises(pymysql.err.OperationalError, match="Access denied") as info:
+    with pytest.raises(db.errors.OperationalError, match="Access denied") as info:
         await connections.open()
     assert db.wait_app_threads(lambda ids: not ids) == []  # default's session was closed too
     notes = "\n".join(info.value.__notes__)
-    assert f"aconn alias 'other': connecting to mysql app@127.0.0.1:{db.port}/aconn_test" in notes
+    engine = connections.settings("other").engine
+    assert f"aconn alias 'other': connecting to {engine} app@127.0.0.1:{db.port}/aconn_test" in notes
     assert_no_password(str(info.value), notes)
     await connections.aclose()
 
 
 @pytest.mark.mysql
+@pytest.mark.mysql_drivers
 def test_module_level_handler_across_asyncio_runs(db: MariaDB) -> None:
     """One module-level handler, a loop per test (asyncio.run twice): each run works and leaves nothing."""
     connections = aconn.Connections({"default": db.settings(CONN_MAX_AGE=60)})

@@ -40,15 +40,17 @@ from aconn.testing import TestTransaction
 TABLE = "aconn_atomic_t"
 
 
-@pytest.fixture(params=["sqlite", pytest.param("mysql", marks=pytest.mark.mysql)])
+@pytest.fixture(
+    params=["sqlite", pytest.param("mysql", marks=pytest.mark.mysql), pytest.param("asyncmy", marks=pytest.mark.mysql)]
+)
 async def conns(request: pytest.FixtureRequest, make: Any, tmp_path: Any) -> AsyncIterator[aconn.Connections]:
-    """A handler on a fresh table, on SQLite or on the MariaDB of the session."""
+    """A handler on a fresh table, on SQLite or on the MariaDB of the session (aiomysql or asyncmy)."""
     if request.param == "sqlite":
         settings: dict[str, Any] = {"ENGINE": "sqlite", "NAME": str(tmp_path / "t.db"), "CONN_MAX_AGE": 60}
         key = "INTEGER PRIMARY KEY"
     else:
         server: MariaDB = request.getfixturevalue("db")
-        settings = server.settings(CONN_MAX_AGE=60)
+        settings = server.settings(CONN_MAX_AGE=60, ENGINE=request.param)
         key = "INT PRIMARY KEY"
     connections = make({"default": settings})
     async with connections.scope():
@@ -274,6 +276,7 @@ async def test_atomic_refused_without_autocommit(make: Any, tmp_path: Any) -> No
 
 
 @pytest.mark.mysql
+@pytest.mark.mysql_drivers
 async def test_cancelled_block_leaves_no_transaction(db: MariaDB, make: Any) -> None:
     """A request timed out mid-transaction: nothing open on the server, nothing in the pool in a transaction."""
     connections: aconn.Connections = make({"default": db.settings(CONN_MAX_AGE=60, ATOMIC_REQUESTS=True)})
@@ -309,10 +312,14 @@ async def test_cancelled_block_leaves_no_transaction(db: MariaDB, make: Any) -> 
 
 
 async def eventually_in_thread(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll a blocking check (the server's tables) off the event loop, within a bound."""
+    """Poll a blocking check (the server's tables) off the event loop, within a bound.
+
+    Slower than every 0.1 s: INNODB_TRX is a cache the server refreshes only when it was not
+    read for 0.1 s, so faster polling can read the same stale (empty) snapshot for ever.
+    """
     async with asyncio.timeout(timeout):
         while not await asyncio.to_thread(predicate):
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.15)
 
 
 # -- the test's transaction (aconn.testing) -------------------------------------------------------

@@ -16,7 +16,7 @@ import pytest
 from helpers import assert_balanced, fetch, scalar
 from mariadb import MariaDB
 
-pytestmark = pytest.mark.mysql
+pytestmark = [pytest.mark.mysql, pytest.mark.mysql_drivers]
 
 
 async def wait_for(predicate: Any, timeout: float = 15.0) -> None:
