@@ -107,19 +107,16 @@ class AsyncmyBackend(MySQLProtocolBackend):
         super().__init__(settings)
         self._kwargs["connect_timeout"] = 10  # asyncmy refuses None here; replaced on the instance below
 
-    async def _handshake(self) -> Any:
+    def _new_connection(self) -> Any:
         conn = _Connection(**self._kwargs)
         # None: asyncmy bounds its TCP open with asyncio.wait_for, which on Python 3.11 can swallow
         # the caller's cancellation and leave the rest of the handshake unbounded; with None it
         # awaits the open directly, and the pool bounds the whole connect with one asyncio.timeout
         conn._connect_timeout = None
-        try:
-            await conn.connect()
-        except BaseException:
-            conn.aconn_closing = True
-            conn.close()
-            raise
         return conn
+
+    async def _handshake(self, conn: Any) -> None:
+        await conn.connect()
 
     @staticmethod
     def transport_of(conn: Any) -> Any:

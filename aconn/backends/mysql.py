@@ -79,17 +79,11 @@ class MySQLBackend(MySQLProtocolBackend):
         "loop",
     }
 
-    async def _handshake(self) -> Any:
-        # aiomysql.connect() does not close the socket when cancelled mid-handshake;
-        # building the Connection first lets us close it whatever happens.
-        conn = _Connection(**self._kwargs)
-        try:
-            await conn._connect()
-        except BaseException:
-            conn.aconn_closing = True
-            conn.close()
-            raise
-        return conn
+    def _new_connection(self) -> Any:
+        return _Connection(**self._kwargs)
+
+    async def _handshake(self, conn: Any) -> None:
+        await conn._connect()
 
     @staticmethod
     def transport_of(conn: Any) -> Any:

@@ -202,8 +202,12 @@ class MySQLProtocolBackend(Backend):
 
     # -- the driver's hooks -------------------------------------------------------------
 
-    async def _handshake(self) -> Any:
-        """A connection of the driver through TCP, TLS and authentication; closed if that fails."""
+    def _new_connection(self) -> Any:
+        """The driver's connection object, built from ``self._kwargs``, not yet connected."""
+        raise NotImplementedError
+
+    async def _handshake(self, conn: Any) -> None:
+        """Take ``conn`` through TCP, TLS and authentication (the caller closes it if this fails)."""
         raise NotImplementedError
 
     @staticmethod
@@ -231,15 +235,24 @@ class MySQLProtocolBackend(Backend):
     # -- shared ----------------------------------------------------------------------------
 
     async def _open(self) -> Any:
-        """A connection through the handshake (TLS and authentication checked), no session setup."""
-        conn = await self._handshake()
-        transport = self.transport_of(conn)
-        if self._tls_required and (transport is None or transport.get_extra_info("ssl_object") is None):
+        """A connection through the handshake (TLS and authentication checked), no session setup.
+
+        The connection object is built first, so that its socket is closed whatever happens
+        (a driver's own ``connect()`` leaves it open when cancelled mid-handshake).
+        """
+        conn = self._new_connection()
+        try:
+            await self._handshake(conn)
+            transport = self.transport_of(conn)
+            if self._tls_required and (transport is None or transport.get_extra_info("ssl_object") is None):
+                raise self.errors.OperationalError(
+                    2026,
+                    f"TLS was requested (OPTIONS['ssl']) but the session to {self.settings.target} is not encrypted",
+                )
+        except BaseException:
             conn.aconn_closing = True
             conn.close()
-            raise self.errors.OperationalError(
-                2026, f"TLS was requested (OPTIONS['ssl']) but the session to {self.settings.target} is not encrypted"
-            )
+            raise
         return conn
 
     async def _set_up(self, cur: Any, mariadb: bool) -> None:
