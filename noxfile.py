@@ -46,8 +46,9 @@ def soak(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """aconn against aiomysql.Pool, SQLAlchemy and connect-per-request; writes docs/performance.md and .png;
-    then on PostgreSQL against asyncpg.Pool and psycopg_pool: docs/performance-postgresql.md."""
+    """aconn against aiomysql.Pool, asyncmy.Pool, SQLAlchemy and connect-per-request; writes
+    docs/performance.md and .png; then on PostgreSQL against asyncpg.Pool and psycopg_pool:
+    docs/performance-postgresql.md."""
     session.install("-e", ".[test,bench]")
     session.run("python", "benchmarks/run.py", *session.posargs)
     session.run("python", "benchmarks/postgresql.py", *[a for a in session.posargs if a == "--quick"])
