@@ -77,3 +77,14 @@ async def test_connection_typed_as_asyncmy_connection(db: MariaDB, make: Any) ->
             import aiomysql
 
             await connections.connection("default", aiomysql.Connection)
+
+
+def test_missing_driver_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "asyncmy", None)  # "import asyncmy" raises ImportError
+    monkeypatch.delitem(sys.modules, "aconn.backends.asyncmy", raising=False)
+    with pytest.raises(aconn.ConfigError, match=r"needs the asyncmy driver.*pip install 'aconn\[asyncmy\]'") as info:
+        aconn.Connections({"default": "mysql+asyncmy://app:s3cret-pw@127.0.0.1/shop"})
+    assert info.value.key == "ENGINE"
+    assert "s3cret" not in str(info.value)
