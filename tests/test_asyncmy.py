@@ -7,7 +7,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from helpers import fetch, in_scope
+from helpers import eventually, fetch, in_scope
 from mariadb import MariaDB
 
 import aconn
@@ -41,7 +41,7 @@ async def test_second_task_on_one_connection_is_refused_not_hung(db: MariaDB, ma
     async with connections.scope():
         conn = await connections.connection()
         first = asyncio.ensure_future(fetch(conn, "SELECT SLEEP(0.2), 1"))
-        await asyncio.sleep(0)  # the first command is sent and its task waits for the reply
+        await eventually(lambda: conn._proto._read_waiter is not None)  # the first task waits for its reply
         with pytest.raises(RuntimeError, match="another coroutine"):
             await fetch(conn, "SELECT 2")
         assert await asyncio.wait_for(first, 5) == [(0, 1)]

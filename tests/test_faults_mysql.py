@@ -114,11 +114,15 @@ async def test_restart_with_dead_idle_connections(db: MariaDB, make: Any) -> Non
 async def test_shared_connection_is_discarded(db: MariaDB, make: Any) -> None:
     """Row 8 by hand: one connection object passed to two tasks; the error discards it."""
     connections = make({"default": db.settings(CONN_MAX_AGE=60)})
+    queries: list[asyncio.Task[Any]] = []
     with pytest.raises(RuntimeError, match="another coroutine"):
         async with connections.scope():
             conn = await connections.connection()
-            await asyncio.gather(fetch(conn, "SELECT SLEEP(0.1), 1"), fetch(conn, "SELECT 2"))
-    await asyncio.sleep(0.2)  # the first query's reply arrives on the discarded socket, not on a reused one
+            queries += [asyncio.create_task(fetch(conn, sql)) for sql in ("SELECT SLEEP(0.1), 1", "SELECT 2")]
+            await asyncio.gather(*queries)
+    # the other query ends too, on the discarded socket (its reply never reaches a reused one)
+    await asyncio.wait(queries, timeout=5)
+    assert all(query.done() for query in queries)
     stats = connections.stats()
     assert stats.closed_error == 1 and stats.idle == 0
     for n in range(5):

@@ -64,8 +64,7 @@ async def test_metrics_after_a_known_workload(db: MariaDB, make: Any) -> None:
     holders = [asyncio.create_task(hold(connections, release, t)) for t in taken]
     await asyncio.gather(*(t.wait() for t in taken))  # both connections held
     waiters = [asyncio.create_task(in_scope(connections, "SELECT 1")) for _ in range(3)]
-    while connections.stats().waiting < 3:
-        await asyncio.sleep(0)
+    await eventually(lambda: connections.stats().waiting == 3)
     during = points(reader)
     assert value(during, "db.client.connection.pending_requests") == 3
     assert value(during, "db.client.connection.count", **{"db.client.connection.state": "used"}) == 2

@@ -193,7 +193,8 @@ async def test_a_freed_slot_goes_to_the_oldest_live_waiter() -> None:
     pool._size = 1  # the one slot is taken
     first = asyncio.ensure_future(pool._wait(loop, loop.time() + 30))
     second = asyncio.ensure_future(pool._wait(loop, loop.time() + 30))
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one step each: both queue (no await before they do)
+    assert pool.waiting == 2
     first.cancel()  # a dead future at the head of the queue is skipped
     await asyncio.sleep(0)
     assert pool.waiting == 1

@@ -140,19 +140,14 @@ class AsyncmyBackend(MySQLProtocolBackend):
         await conn._proto.drain()
         conn.close()
 
-    def left_running(self, conn: Any) -> bool:
-        if super().left_running(conn):
+    @staticmethod
+    def dropped_mid_command(conn: Any) -> bool:
+        if conn.aconn_dropped:
             return True  # asyncmy closed the stream itself (a cancelled read, a read timeout)
         # asyncmy does not close the stream when a read fails: a connection lost under a command
         # (a network reset) shows as the protocol's EOF or error, with the connection not closed
         proto = conn._proto
-        return (
-            conn._transport is not None
-            and proto is not None
-            and (proto.eof or proto.exc is not None)
-            and conn.aconn_session_id is not None
-            and self.settings.pooler is None
-        )
+        return conn._transport is not None and proto is not None and (proto.eof or proto.exc is not None)
 
     async def reset(self, conn: Any) -> None:
         await super().reset(conn)

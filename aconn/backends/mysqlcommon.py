@@ -395,11 +395,16 @@ class MySQLProtocolBackend(Backend):
         behind = status.get("Seconds_Behind_Master", status.get("Seconds_Behind_Source"))
         return math.inf if behind is None else float(behind)
 
+    @staticmethod
+    def dropped_mid_command(conn: Any) -> bool:
+        """The stream was cut under a command, not by the backend: a statement may still run on the
+        server (it notices a closed client only when it writes). By default: the driver closed the
+        connection itself (``aconn_dropped``), as aiomysql does on a cancelled or failed read."""
+        return bool(conn.aconn_dropped)
+
     def left_running(self, conn: Any) -> bool:
-        # the driver closes the socket itself when a read is cancelled or fails mid-command; the
-        # server goes on with the statement (it notices a closed client only when it writes)
         # behind ProxySQL or RDS Proxy a KILL id names no session of ours: POOLER turns it off
-        return bool(conn.aconn_dropped) and conn.aconn_session_id is not None and self.settings.pooler is None
+        return self.dropped_mid_command(conn) and conn.aconn_session_id is not None and self.settings.pooler is None
 
     async def cancel_on_server(self, conn: Any, via: Any = None) -> None:
         """``KILL CONNECTION`` the session from another one, then wait until the server drops it.
