@@ -271,7 +271,7 @@ class MariaDB:
         return f"{scheme}://{APP_USER}:{APP_PASSWORD}@127.0.0.1:{self.port}/{DATABASE}" + (f"?{query}" if query else "")
 
 
-_SESSIONS_SQL = "SELECT INFO, TIME_MS FROM information_schema.PROCESSLIST WHERE USER = %s"
+_SESSIONS_SQL = "SELECT INFO, TIME_MS, ID, COMMAND, STATE FROM information_schema.PROCESSLIST WHERE USER = %s"
 
 
 class SessionSampler:
@@ -289,6 +289,8 @@ class SessionSampler:
         self.user = user
         self.interval = interval
         self.max_sessions = 0
+        #: the sessions of the busiest sample: (statement, ms, id, command, state) each, to tell what they were
+        self.busiest: list[tuple[Any, ...]] = []
         self.max_statement_ms = 0.0
         self.samples = 0
         self._stop = threading.Event()
@@ -318,8 +320,9 @@ class SessionSampler:
                 conn = None
             else:
                 self.samples += 1
-                self.max_sessions = max(self.max_sessions, len(rows))
-                for info, time_ms in rows:
+                if len(rows) > self.max_sessions:
+                    self.max_sessions, self.busiest = len(rows), [tuple(row) for row in rows]
+                for info, time_ms, *_ in rows:
                     if self.statement and info and self.statement in info:
                         self.max_statement_ms = max(self.max_statement_ms, float(time_ms))
             self._stop.wait(self.interval)

@@ -52,6 +52,8 @@ class Summary:
     faults: collections.Counter[str] = field(default_factory=collections.Counter)
     errors: collections.Counter[str] = field(default_factory=collections.Counter)
     unexplained: list[str] = field(default_factory=list)
+    #: the sessions on the server at the busiest sample: (statement, ms, id, command, state) each
+    busiest: list[tuple[Any, ...]] = field(default_factory=list)
     wrong_results: int = 0
     leaked_sessions: int = -1
     longest_recovery_s: float = 0.0
@@ -211,6 +213,7 @@ async def soak(
         with SessionSampler(server) as sampler:
             await asyncio.gather(*([inject()] if faults else []), *(load() for _ in range(concurrency)))
         summary.max_sessions = sampler.max_sessions
+        summary.busiest = sampler.busiest
         await connections.close_old()  # background work (statements being stopped) done
         stats = connections.stats()
         summary.server_cancels, summary.server_cancels_failed = stats.server_cancels, stats.server_cancels_failed
@@ -238,6 +241,9 @@ def main() -> int:
     finally:
         server.close()
     print(f"{args.driver}: {summary.line()}")
+    if summary.max_sessions > summary.session_bound:  # what the extra sessions were, for whoever reads the failure
+        for row in summary.busiest:
+            print("  session at the busiest sample:", row)
     for line in summary.unexplained[:20]:
         print("  unexplained:", line)
     return 0 if summary.ok else 1
