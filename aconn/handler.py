@@ -411,7 +411,7 @@ class Connections:
         ``@connections.atomic("alias")``, each call runs in a block.
 
         :raises TransactionError: on misuse: the transaction ended by hand inside the block,
-            the block left in another task or out of order, a transaction begun by hand already open.
+            the block left in another task or out of order.
         :raises ConfigError: for an unknown alias.
         """
         if callable(alias):
@@ -593,6 +593,32 @@ class Connections:
                 return await func(*args, **kwargs)
 
         return wrapper
+
+    @overload
+    def acquire(self, alias: str = "default") -> contextlib.AbstractAsyncContextManager[Any]: ...
+
+    @overload
+    def acquire(self, alias: str, expected: type[T]) -> contextlib.AbstractAsyncContextManager[T]: ...
+
+    def acquire(
+        self, alias: str = "default", expected: type[Any] | None = None
+    ) -> contextlib.AbstractAsyncContextManager[Any]:
+        """A scope and ``connection(alias)`` in one statement: ``async with connections.acquire() as conn:``.
+
+        The one-line replacement for a driver pool's ``async with pool.acquire() as conn``, for
+        scripts, fixtures and background tasks. Inside a scope of the same task it joins that
+        scope (the connection is then given back when that scope exits), as a nested scope does.
+        Pass the driver's connection class as ``expected`` to have it typed for mypy.
+
+        :raises ConfigError: for an unknown alias; and what :meth:`connection` raises.
+        """
+        self._pool(alias)  # ConfigError now, before any scope
+        return self._acquire(alias, expected)
+
+    @contextlib.asynccontextmanager
+    async def _acquire(self, alias: str, expected: type[Any] | None) -> AsyncIterator[Any]:
+        async with Scope(self._scopes):
+            yield await self.connection(alias, expected)
 
     def each(self, source: AsyncIterable[T] | Iterable[T]) -> Jobs[T]:
         """Handle each item of ``source`` in a scope of its own (worker loops).

@@ -6,6 +6,13 @@ outermost block is a transaction (``BEGIN`` ... ``COMMIT``), each nested one a
 savepoint. Inside a test's transaction the connection is pinned (shared by
 every scope), and even an outermost block is a savepoint, so that the app's
 blocks keep their meaning and the test's rollback still undoes everything.
+
+Blocks go through the backend (``begin_block``/``end_block``), so that they
+compose with the driver's own transaction API both ways: asyncpg's and
+psycopg's ``conn.transaction()``, and the MySQL drivers' and aiosqlite's
+``begin()``/``commit()``/``rollback()`` (see :mod:`aconn.backends.nesting`),
+nest inside an aconn block as savepoints; an aconn block inside a transaction
+the app opened with them is a savepoint of that transaction.
 """
 
 from __future__ import annotations
@@ -67,15 +74,22 @@ H = TypeVar("H", bound=Handler)
 class _Block:
     """One entered ``atomic()`` block."""
 
-    __slots__ = ("holder", "owns_scope", "savepoint", "scope", "task")
+    __slots__ = ("holder", "owns_scope", "savepoint", "scope", "task", "token")
 
     def __init__(
-        self, scope: Scope, owns_scope: bool, holder: Holder, savepoint: str | None, task: asyncio.Task[Any] | None
+        self,
+        scope: Scope,
+        owns_scope: bool,
+        holder: Holder,
+        savepoint: str | None,
+        token: Any,
+        task: asyncio.Task[Any] | None,
     ) -> None:
         self.scope = scope
         self.owns_scope = owns_scope  # entered a scope itself (none was open in the task): exits it too
         self.holder = holder
         self.savepoint = savepoint  # None: the outermost block, a transaction of its own
+        self.token = token  # what the backend's end_block() needs (asyncpg: its transaction object)
         self.task = task
 
 
@@ -122,23 +136,16 @@ class Atomic:
             holder = current.held[alias]
             stack = current._blocks(alias)
             backend = holder.pool.backend
-            if stack or holder.state is HolderState.PINNED:
-                savepoint: str | None = f"aconn_sp_{next(_SAVEPOINTS)}"
-                await backend.execute(conn, f"SAVEPOINT {savepoint}")
-            else:
-                if backend.in_transaction(conn):
-                    raise TransactionError(
-                        f"aconn alias {alias!r}: atomic() found a transaction already open on this scope's "
-                        "connection, begun by hand (BEGIN, START TRANSACTION): end it before the block, or "
-                        "open it with atomic() instead (on MySQL/MariaDB a BEGIN would commit it silently)"
-                    )
-                savepoint = None
-                await backend.execute(conn, "BEGIN")
+            # inside another block, a test's transaction, or a transaction the app opened with the
+            # driver's API (or by hand): a savepoint, which that transaction commits or rolls back
+            nested = stack or holder.state is HolderState.PINNED or backend.in_transaction(conn)
+            savepoint = f"aconn_sp_{next(_SAVEPOINTS)}" if nested else None
+            token = await backend.begin_block(conn, savepoint)
         except BaseException as exc:
             if current is scope:
                 await scope.__aexit__(type(exc), exc, exc.__traceback__)
             raise
-        block = _Block(current, current is scope, holder, savepoint, task_of(asyncio.get_running_loop()))
+        block = _Block(current, current is scope, holder, savepoint, token, task_of(asyncio.get_running_loop()))
         stack.append(block)
         self._blocks.append(block)
         return conn
@@ -161,6 +168,12 @@ class Atomic:
 
     async def _end(self, block: _Block, exc: BaseException | None) -> None:
         """Commit or release the block when it succeeded, else roll it back; refuse misuse, rolling back."""
+        try:
+            await self._end_block(block, exc)
+        finally:
+            block.holder.pool.backend.left_block(block.holder.conn)
+
+    async def _end_block(self, block: _Block, exc: BaseException | None) -> None:
         alias = self._alias
         stack = block.scope._blocks(alias)
         if not stack or stack[-1] is not block:
@@ -195,10 +208,7 @@ class Atomic:
                 "transaction statements, inside a block"
             )
         try:
-            if block.savepoint is not None:
-                await backend.execute(conn, f"RELEASE SAVEPOINT {block.savepoint}")
-            else:
-                await backend.execute(conn, "COMMIT")
+            await backend.end_block(conn, block.token, True)
         except BaseException as end_exc:
             await _undo(block, end_exc)
             raise
@@ -224,11 +234,7 @@ async def _undo(block: _Block, exc: BaseException | None) -> None:
 
     async def rollback() -> None:
         async with asyncio.timeout(CLEANUP_TIMEOUT):
-            if block.savepoint is None:
-                await backend.rollback(conn)
-            else:
-                await backend.execute(conn, f"ROLLBACK TO SAVEPOINT {block.savepoint}")
-                await backend.execute(conn, f"RELEASE SAVEPOINT {block.savepoint}")
+            await backend.end_block(conn, block.token, False)
 
     try:
         await run_shielded(rollback())
@@ -242,8 +248,10 @@ class PinnedConnection:
     connection the transaction runs on.
     """
 
-    def __init__(self, holder: Holder) -> None:
+    def __init__(self, holder: Holder, savepoint: Any) -> None:
         self.holder = holder
+        #: the backend's token of the savepoint the test's transaction starts with
+        self.savepoint = savepoint
         #: why the test's transaction did not last the whole test, if it did not
         self.lost: str | None = None
 
@@ -258,14 +266,16 @@ class PinnedConnection:
         holder = self.holder
         if self.lost is None:
             self.lost = f"aconn alias {holder.pool.alias!r}: the test's transaction {_HAND_ENDED}"
-        await _begin_test(holder)
+        self.savepoint = await _begin_test(holder)
         return holder
 
 
-async def _begin_test(holder: Holder) -> None:
+async def _begin_test(holder: Holder) -> Any:
+    """Begin a test's transaction and its first savepoint, through the backend's blocks (so that
+    the driver's own transaction API nests inside); the savepoint's token."""
     backend = holder.pool.backend
-    await backend.execute(holder.conn, "BEGIN")
-    await backend.execute(holder.conn, f"SAVEPOINT {TEST_SAVEPOINT}")
+    await backend.begin_block(holder.conn, None)
+    return await backend.begin_block(holder.conn, TEST_SAVEPOINT)
 
 
 class TestTransaction(Generic[H]):
@@ -295,12 +305,12 @@ class TestTransaction(Generic[H]):
                 pool = handler._pool(alias)
                 holder = await pool.acquire(task_of(loop))
                 try:
-                    await _begin_test(holder)
+                    savepoint = await _begin_test(holder)
                 except BaseException as exc:
                     await pool.give_back(holder, exc)
                     raise
                 holder.pinned()
-                pinned = self._pinned[alias] = PinnedConnection(holder)
+                pinned = self._pinned[alias] = PinnedConnection(holder, savepoint)
                 handler._route(alias, pinned)
         except BaseException:
             await self._end()
@@ -334,7 +344,7 @@ class TestTransaction(Generic[H]):
             holder.unpinned()
             failure: BaseException | None = None
             try:
-                problem = await _roll_back_test(holder)
+                problem = await _roll_back_test(holder, source.savepoint)
             except BaseException as exc:
                 failure = exc
                 problem = f"aconn alias {alias!r}: the test's transaction could not be rolled back: {exc!r}"
@@ -345,7 +355,7 @@ class TestTransaction(Generic[H]):
         return problems
 
 
-async def _roll_back_test(holder: Holder) -> str | None:
+async def _roll_back_test(holder: Holder, savepoint: Any) -> str | None:
     """Roll a test's transaction back; what went wrong, if its savepoint was gone or its connection broke."""
     backend = holder.pool.backend
     conn = holder.conn
@@ -355,8 +365,8 @@ async def _roll_back_test(holder: Holder) -> str | None:
     problem = None
     async with asyncio.timeout(CLEANUP_TIMEOUT):
         try:
-            await backend.execute(conn, f"ROLLBACK TO SAVEPOINT {TEST_SAVEPOINT}")
+            await backend.end_block(conn, savepoint, False)
         except Exception:  # no such savepoint: the transaction it was in has ended
             problem = f"aconn alias {alias!r}: the test's transaction {_HAND_ENDED}"
-        await backend.rollback(conn)
+        await backend.rollback(conn)  # the whole transaction, and the driver's record of it
     return problem

@@ -7,7 +7,7 @@
 | a block enters a scope itself, or joins the task's | test_block_enters_or_joins_a_scope |
 | usable as a decorator, with and without an alias | test_decorator_forms |
 | a COMMIT by hand inside a block is detected | test_commit_by_hand_inside_a_block_is_refused |
-| a transaction begun by hand is not silently committed | test_transaction_begun_by_hand_is_refused |
+| a block inside a transaction begun by hand is a savepoint of it | test_block_inside_a_transaction_begun_by_hand_is_a_savepoint |
 | a block left in another task is refused and rolled back | test_block_exited_in_another_task_is_rolled_back |
 | a block's connection never goes back in a transaction | test_rollback_that_fails_discards_the_connection |
 | ATOMIC_REQUESTS: a request that raises is rolled back | test_atomic_requests_commit_or_roll_back |
@@ -153,15 +153,20 @@ async def test_commit_by_hand_inside_a_block_is_refused(conns: aconn.Connections
     assert_no_transaction_left(conns)
 
 
-async def test_transaction_begun_by_hand_is_refused(conns: aconn.Connections) -> None:
+async def test_block_inside_a_transaction_begun_by_hand_is_a_savepoint(conns: aconn.Connections) -> None:
     async with conns.scope():
         conn = await conns.connection()
         await fetch(conn, "BEGIN")
         await insert(conns, 1)
-        with pytest.raises(aconn.TransactionError, match="begun by hand"):
-            async with conns.atomic():
-                pass
-    assert await ids(conns) == []  # the scope's exit rolled the hand-begun transaction back
+        with pytest.raises(ZeroDivisionError):
+            async with conns.atomic():  # a savepoint: a BEGIN would commit id 1 on MySQL/MariaDB
+                await insert(conns, 2)
+                1 / 0  # noqa: B018
+        async with conns.atomic():
+            await insert(conns, 3)
+        assert conns._pools["default"].backend.in_transaction(conn)  # the hand-begun transaction goes on
+        assert [r[0] for r in await fetch(conn, f"SELECT id FROM {TABLE} ORDER BY id")] == [1, 3]
+    assert await ids(conns) == []  # the scope's exit rolled the hand-begun transaction back, blocks and all
     assert conns.stats().rollbacks == 1
 
 

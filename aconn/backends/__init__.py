@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 
 from ..errors import ConfigError
 from ..settings import Settings, unsupported_engine
@@ -11,11 +12,12 @@ from .base import Backend, ErrorKind, ServerLimits
 __all__ = ("Backend", "ErrorKind", "ServerLimits", "load_backend")
 
 
-def _missing_driver(settings: Settings, driver: str, extra: str, exc: ImportError) -> ConfigError:
+def _missing_driver(settings: Settings, driver: str, extra: str, exc: ImportError, other: str = "") -> ConfigError:
     return ConfigError(
         settings.alias,
         "ENGINE",
-        f"{settings.engine!r} needs the {driver} driver, which is not installed ({exc}): pip install 'aconn[{extra}]'",
+        f"{settings.engine!r} needs the {driver} driver, which is not installed ({exc}): "
+        f"pip install 'aconn[{extra}]'{other}",
     )
 
 
@@ -46,7 +48,12 @@ def load_backend(settings: Settings) -> Backend:
         try:
             from .postgresql import PsycopgBackend
         except ImportError as exc:
-            raise _missing_driver(settings, "psycopg", "postgresql", exc) from None
+            other = (
+                "; or, since asyncpg is installed, use it: a postgresql+asyncpg:// URL or ENGINE 'asyncpg'"
+                if importlib.util.find_spec("asyncpg") is not None
+                else ""
+            )
+            raise _missing_driver(settings, "psycopg", "postgresql", exc, other) from None
         cls = PsycopgBackend
     elif engine == "asyncpg":
         try:

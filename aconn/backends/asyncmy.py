@@ -25,6 +25,7 @@ from .mysqlcommon import (
     cleartext_refused,
     tls_not_offered,
 )
+from .nesting import NestingBeginConnection
 
 __all__ = ("AsyncmyBackend",)
 
@@ -33,7 +34,7 @@ _DriverConnection: Any = asyncmy.Connection
 _execute_command = _DriverConnection._execute_command
 
 
-class _Connection(_DriverConnection):  # type: ignore[misc]
+class _Connection(NestingBeginConnection, _DriverConnection):  # type: ignore[misc]
     """asyncmy's connection, with the authentication steps checked before any credential leaves.
 
     asyncmy starts TLS whenever a context is given, whatever the greeting offers, and sends
@@ -48,6 +49,9 @@ class _Connection(_DriverConnection):  # type: ignore[misc]
     aconn_dropped = False
     #: set by the backend before it closes the connection on purpose
     aconn_closing = False
+
+    async def aconn_statement(self, sql: str) -> None:
+        await self.query(sql)
 
     def close(self) -> None:
         if self._transport is not None and not self.aconn_closing:

@@ -3,7 +3,8 @@
 ``OPTIONS`` are checked against ``asyncpg.connect()``'s parameters.
 
 Reads asyncpg's ``_protocol`` (``backend_pid``, ``backend_secret``),
-``_transport`` and ``_cancellations``, and overrides ``_cancel_current_command`` (which asyncpg's
+``_transport``, ``_cancellations`` and ``_top_xact`` (its record of the outermost
+``transaction()``), and overrides ``_cancel_current_command`` (which asyncpg's
 protocol calls when a caller is cancelled); ``tests/test_postgresql.py::test_liveness_reads_driver_internals``
 and the cancellation storm
 fails if the driver changes them.
@@ -135,16 +136,43 @@ class AsyncpgBackend(PostgresBackend):
         return sock.fileno() if sock is not None else None
 
     def reusable(self, conn: Any) -> bool:
-        return not conn.is_in_transaction() and not conn._cancellations and not conn.is_closed()
+        return (
+            conn._top_xact is None and not conn.is_in_transaction() and not conn._cancellations and not conn.is_closed()
+        )
 
     async def ping(self, conn: Any) -> None:
         await conn.execute("SELECT 1")
 
     def in_transaction(self, conn: Any) -> bool:
-        return bool(conn.is_in_transaction())
+        # a transaction object left started counts even if the server's transaction has ended
+        # (a ROLLBACK sent by hand): asyncpg would take the next conn.transaction() for a savepoint
+        return conn._top_xact is not None or bool(conn.is_in_transaction())
 
     async def rollback(self, conn: Any) -> None:
+        # asyncpg's record of a transaction object the app left started goes too, as its own
+        # reset does: else every later conn.transaction() on this connection is a savepoint
+        # outside any transaction ("SAVEPOINT can only be used in transaction blocks")
+        conn._top_xact = None
         await conn.execute("ROLLBACK")
+
+    async def begin_block(self, conn: Any, savepoint: str | None) -> Any:
+        # through asyncpg's own transaction objects, so that the app's conn.transaction() inside
+        # the block nests (a savepoint) instead of refusing a "manually started transaction"
+        if conn._top_xact is not None and not conn.is_in_transaction():
+            conn._top_xact = None  # a record of a transaction the server has ended (a COMMIT by hand)
+        elif conn._top_xact is None and conn.is_in_transaction():
+            return await super().begin_block(conn, savepoint)  # inside a BEGIN sent by hand
+        transaction = conn.transaction()
+        await transaction.start()
+        return transaction
+
+    async def end_block(self, conn: Any, token: Any, commit: bool) -> None:
+        if not isinstance(token, asyncpg.transaction.Transaction):
+            await super().end_block(conn, token, commit)
+        elif commit:
+            await token.commit()
+        else:
+            await token.rollback()
 
     async def reset(self, conn: Any) -> None:
         await conn.reset()  # asyncpg's reset query: locks, cursors, listeners, settings

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..errors import ConfigError
-from ..settings import Settings
+from ..settings import PEER_POOL_OPTIONS, Settings
 
 __all__ = (
     "Backend",
@@ -92,7 +92,8 @@ def close_socket_of(transport: Any) -> None:
 def check_options(
     alias: str, options: Iterable[str], own: Mapping[str, str], allowed: Collection[str], what: str
 ) -> None:
-    """Refuse an ``OPTIONS`` key aconn sets itself (naming the top-level key to use) or one the driver lacks.
+    """Refuse an ``OPTIONS`` key aconn sets itself (naming the top-level key to use) or one the driver lacks
+    (naming aconn's setting for the job when it is another pool's option: ``max_size``...).
 
     :raises ConfigError: naming ``OPTIONS.<key>``.
     """
@@ -100,7 +101,8 @@ def check_options(
         if key in own:
             raise ConfigError(alias, f"OPTIONS.{key}", f"set it with the top-level key {own[key]!r}")
         if key not in allowed:
-            raise ConfigError(alias, f"OPTIONS.{key}", what)
+            peer = PEER_POOL_OPTIONS.get(key)
+            raise ConfigError(alias, f"OPTIONS.{key}", f"{what}: {peer}" if peer else what)
 
 
 class ErrorKind(enum.Enum):
@@ -273,8 +275,40 @@ class Backend:
         raise NotImplementedError
 
     async def rollback(self, conn: Any) -> None:
-        """Roll back any open transaction."""
+        """Roll back any open transaction, and clear the driver's record of it (transaction
+        objects left started), so that the next user's transaction API starts afresh."""
         raise NotImplementedError
+
+    async def begin_block(self, conn: Any, savepoint: str | None) -> Any:
+        """Open one of aconn's transaction blocks (``atomic()``, a test's transaction) on ``conn``:
+        ``BEGIN`` when ``savepoint`` is None, else that savepoint. Returns what :meth:`end_block` needs.
+
+        Backends whose driver keeps its own record of transactions go through the driver's API
+        (asyncpg), or teach the driver's ``begin()``/``commit()``/``rollback()`` to nest inside
+        the block (the MySQL drivers, aiosqlite): the app's own transaction code keeps working.
+        """
+        await self.execute(conn, "BEGIN" if savepoint is None else f"SAVEPOINT {savepoint}")
+        return savepoint
+
+    async def end_block(self, conn: Any, token: Any, commit: bool) -> None:
+        """Commit (or release) the block :meth:`begin_block` opened, else roll it back.
+
+        :raises Exception: the driver's error, e.g. when the savepoint is gone.
+        """
+        if token is None:
+            if commit:
+                await self.execute(conn, "COMMIT")
+            else:
+                await self.rollback(conn)
+        elif commit:
+            await self.execute(conn, f"RELEASE SAVEPOINT {token}")
+        else:
+            await self.execute(conn, f"ROLLBACK TO SAVEPOINT {token}")
+            await self.execute(conn, f"RELEASE SAVEPOINT {token}")
+
+    def left_block(self, conn: Any) -> None:
+        """One of aconn's blocks on ``conn`` is over, whatever became of it (no I/O): called once
+        per :meth:`begin_block`, after its :meth:`end_block` if one ran."""
 
     async def reset(self, conn: Any) -> None:
         """Reset the session's state (``RESET_ON_RELEASE``), then set it up again as at connect.

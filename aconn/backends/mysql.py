@@ -17,11 +17,12 @@ import aiomysql
 import pymysql
 
 from .mysqlcommon import AUTOCOMMIT, CLIENT_SSL, IN_TRANS, MySQLProtocolBackend, cleartext_refused, tls_not_offered
+from .nesting import NestingBeginConnection
 
 __all__ = ("MySQLBackend",)
 
 
-class _Connection(aiomysql.Connection):  # type: ignore[misc]
+class _Connection(NestingBeginConnection, aiomysql.Connection):  # type: ignore[misc]
     """aiomysql's connection, with the authentication steps checked before any credential leaves.
 
     aiomysql starts TLS only if the server's greeting offers it, and otherwise
@@ -37,6 +38,9 @@ class _Connection(aiomysql.Connection):  # type: ignore[misc]
     aconn_dropped = False
     #: set by the backend before it closes the connection on purpose
     aconn_closing = False
+
+    async def aconn_statement(self, sql: str) -> None:
+        await self.query(sql)
 
     def close(self) -> None:
         if self._writer is not None and not self.aconn_closing:

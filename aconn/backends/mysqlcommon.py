@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 
 from ..errors import ConfigError
 from ..settings import Settings
+from . import nesting
 from .base import Backend, ErrorKind, ServerLimits, check_options, close_socket_of, poll_liveness, polled_dead
 
 __all__ = ("MySQLProtocolBackend", "cleartext_refused", "tls_not_offered")
@@ -366,6 +367,7 @@ class MySQLProtocolBackend(Backend):
         return bool(status & IN_TRANS) or not status & AUTOCOMMIT
 
     async def rollback(self, conn: Any) -> None:
+        nesting.forget(conn)  # the driver's rollback() is then its own, a real ROLLBACK
         await conn.rollback()
         if self.settings.autocommit and not conn.server_status & AUTOCOMMIT:
             await conn.autocommit(True)  # the scope switched it off: restore the session
@@ -373,6 +375,14 @@ class MySQLProtocolBackend(Backend):
     async def execute(self, conn: Any, sql: str) -> None:
         async with conn.cursor() as cur:
             await cur.execute(sql)
+
+    async def begin_block(self, conn: Any, savepoint: str | None) -> Any:
+        token = await super().begin_block(conn, savepoint)
+        nesting.entered(conn)
+        return token
+
+    def left_block(self, conn: Any) -> None:
+        nesting.left(conn)
 
     async def replica_lag(self, conn: Any) -> float | None:
         """``Seconds_Behind_Master`` (MariaDB; ``_Source`` on MySQL 8): needs REPLICATION CLIENT

@@ -7,7 +7,8 @@ psycopg's ``connect()`` arguments, and Django's ``isolation_level``,
 the pool.
 
 Reads psycopg's ``pgconn`` (``socket``, ``status``, ``transaction_status``,
-``get_cancel()``); ``tests/test_postgresql.py::test_liveness_reads_driver_internals``
+``get_cancel()``) and its count of ``transaction()`` blocks entered
+(``_num_transactions``); ``tests/test_postgresql.py::test_liveness_reads_driver_internals``
 fails if the driver changes them.
 """
 
@@ -182,15 +183,19 @@ class PsycopgBackend(PostgresBackend):
 
     def reusable(self, conn: Any) -> bool:
         pgconn = conn.pgconn
-        return bool(pgconn.transaction_status == _IDLE and pgconn.status != _BAD)
+        return bool(pgconn.transaction_status == _IDLE and pgconn.status != _BAD and not conn._num_transactions)
 
     async def ping(self, conn: Any) -> None:
         await conn.execute("SELECT 1")
 
     def in_transaction(self, conn: Any) -> bool:
-        return bool(conn.pgconn.transaction_status != _IDLE)
+        # a conn.transaction() block the app entered and never exited counts too
+        return bool(conn.pgconn.transaction_status != _IDLE or conn._num_transactions)
 
     async def rollback(self, conn: Any) -> None:
+        # psycopg's count of conn.transaction() blocks entered goes too: a block left entered
+        # (its exit never ran) makes psycopg refuse rollback() and the next user's transaction()
+        conn._num_transactions = 0
         await conn.rollback()
 
     async def reset(self, conn: Any) -> None:

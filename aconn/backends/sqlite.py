@@ -1,6 +1,7 @@
 """SQLite on aiosqlite: the embedded default.
 
-Reads aiosqlite's private ``_connection`` and ``_running`` for liveness;
+Reads aiosqlite's private ``_connection`` and ``_running`` for liveness, and builds its
+connection as ``aiosqlite.connect()`` does (``Connection(connector, iter_chunk_size)``);
 ``test_core_sqlite::test_liveness_reads_aiosqlite_internals`` fails if the driver changes them.
 """
 
@@ -16,7 +17,9 @@ import aiosqlite
 
 from ..errors import ConfigError
 from ..settings import Settings
-from .base import Backend, ErrorKind, ServerLimits
+from . import nesting
+from .base import Backend, ErrorKind, ServerLimits, check_options
+from .nesting import NestingConnection
 
 __all__ = ("SQLiteBackend",)
 
@@ -27,6 +30,18 @@ _DRIVER_KEYS = frozenset(
 _counter = itertools.count()
 #: how long a failed connect waits for its thread to stop
 CLOSE_WAIT = 1.0
+
+
+#: aiosqlite.connect()'s default
+_ITER_CHUNK_SIZE = 64
+
+
+class _Connection(NestingConnection, aiosqlite.Connection):
+    """aiosqlite's connection, its ``commit()``/``rollback()`` nesting in aconn's blocks (:mod:`.nesting`)."""
+
+    async def aconn_statement(self, sql: str) -> None:
+        cursor = await self.execute(sql)
+        await cursor.close()
 
 
 class SQLiteBackend(Backend):
@@ -41,9 +56,7 @@ class SQLiteBackend(Backend):
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
         options = dict(settings.options)
-        for key in options:
-            if key not in _DRIVER_KEYS and key != "init_command":
-                raise ConfigError(settings.alias, f"OPTIONS.{key}", "not a sqlite3.connect() option")
+        check_options(settings.alias, options, {}, _DRIVER_KEYS | {"init_command"}, "not a sqlite3.connect() option")
         if settings.statement_timeout is not None:
             raise ConfigError(
                 settings.alias,
@@ -72,7 +85,9 @@ class SQLiteBackend(Backend):
         if self._kwargs.get("uri") and self._anchor is None and "mode=memory" in self._database:
             # keep the shared in-memory database alive between connections
             self._anchor = sqlite3.connect(self._database, uri=True, check_same_thread=False)
-        conn = aiosqlite.connect(self._database, **self._kwargs)
+        database, kwargs = self._database, self._kwargs
+        # aiosqlite.connect(), with aconn's connection class: commit() and rollback() nest in aconn's blocks
+        conn = _Connection(lambda: sqlite3.connect(database, **kwargs), _ITER_CHUNK_SIZE)
         try:
             await conn
             if self._init_command:
@@ -108,7 +123,16 @@ class SQLiteBackend(Backend):
         return not self.settings.autocommit or bool(conn.in_transaction)
 
     async def rollback(self, conn: Any) -> None:
+        nesting.forget(conn)  # the driver's rollback() is then its own
         await conn.rollback()
+
+    async def begin_block(self, conn: Any, savepoint: str | None) -> Any:
+        token = await super().begin_block(conn, savepoint)
+        nesting.entered(conn)
+        return token
+
+    def left_block(self, conn: Any) -> None:
+        nesting.left(conn)
 
     async def execute(self, conn: Any, sql: str) -> None:
         cursor = await conn.execute(sql)
