@@ -65,7 +65,9 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _not_expected(alias: str, conn: Any, expected: type[Any]) -> TypeError:
-    shown = f"{type(conn).__module__}.{type(conn).__qualname__}"
+    # the driver's class, not aconn's subclass of it
+    cls = next((c for c in type(conn).__mro__ if not c.__module__.startswith("aconn.")), type(conn))
+    shown = f"{cls.__module__}.{cls.__qualname__}"
     return TypeError(f"aconn alias {alias!r} hands out {shown}, not {expected.__module__}.{expected.__qualname__}")
 
 

@@ -139,7 +139,8 @@ class Settings:
     max_waiting: int | None = None
     #: ConnectionsMiddleware runs each HTTP request in ``atomic()`` on the alias (Django's setting)
     atomic_requests: bool = False
-    #: reset session state when a scope gives the connection back (PostgreSQL ``DISCARD ALL``)
+    #: reset session state when a scope gives the connection back (PostgreSQL ``DISCARD ALL``,
+    #: asyncpg's reset, MySQL ``COM_RESET_CONNECTION``); default: see :func:`reset_by_default`
     reset_on_release: bool = False
     #: the connection pooler between aconn and the server: None, "pgbouncer", "proxysql", "rds_proxy"
     pooler: str | None = None
@@ -244,6 +245,7 @@ def parse_settings(alias: str, entry: Any) -> Settings:
             alias, "ATOMIC_REQUESTS", "needs AUTOCOMMIT True: a request's transaction is begun by atomic()"
         )
 
+    pooler = _pooler(alias, entry.get("POOLER"), engine)
     return Settings(
         alias=alias,
         engine=engine,
@@ -265,13 +267,25 @@ def parse_settings(alias: str, entry: Any) -> Settings:
         statement_timeout=_seconds(alias, entry, "STATEMENT_TIMEOUT", None, allow_none=True),
         cancel_on_server=_bool(alias, entry, "CANCEL_ON_SERVER", True),
         atomic_requests=_bool(alias, entry, "ATOMIC_REQUESTS", False),
-        reset_on_release=_bool(alias, entry, "RESET_ON_RELEASE", False),
-        pooler=_pooler(alias, entry.get("POOLER"), engine),
+        reset_on_release=_bool(alias, entry, "RESET_ON_RELEASE", reset_by_default(engine, pooler)),
+        pooler=pooler,
         replicas=_replicas(alias, entry.get("REPLICAS")),
         replica_pin_seconds=_required_seconds_or_zero(alias, entry, "REPLICA_PIN_SECONDS", 5.0),
         max_replica_lag=_seconds(alias, entry, "MAX_REPLICA_LAG", None, allow_none=True),
         max_waiting=None if entry.get("MAX_WAITING") is None else _int(alias, entry, "MAX_WAITING", 0, minimum=0),
     )
+
+
+def reset_by_default(engine: str, pooler: str | None) -> bool:
+    """``RESET_ON_RELEASE``'s default: what the pool an app on this engine replaces does at release.
+
+    asyncpg.Pool resets every connection it takes back (asyncpg's reset: advisory locks, cursors,
+    listeners, ``RESET ALL``), and apps written for it rely on that: on asyncpg, reset (one round
+    trip per scope that used the connection). Django, psycopg_pool and the MySQL drivers' pools
+    keep session state: elsewhere, kept. Behind a transaction-mode pooler never (it would reset a
+    server connection that other clients share).
+    """
+    return engine == "asyncpg" and pooler is None
 
 
 def _engine(alias: str, value: Any) -> str:

@@ -103,7 +103,11 @@ async def _asyncpg_ids(conn: Any) -> list[int]:
 
 
 async def _psycopg_leave_open(conn: Any) -> None:
-    await conn.transaction().__aenter__()
+    # the transaction object itself: conn.transaction() is an async generator, which the garbage
+    # collector would finalize (ending the transaction) at a moment of its choosing
+    import psycopg
+
+    await psycopg.AsyncTransaction(conn).__aenter__()
 
 
 async def _asyncpg_leave_open(conn: Any) -> None:

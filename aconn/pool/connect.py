@@ -33,11 +33,15 @@ class Connector:
     with a note naming the alias and ``host:port``.
     """
 
-    def __init__(self, settings: Settings, backend: Backend, counters: Counters) -> None:
+    def __init__(
+        self, settings: Settings, backend: Backend, counters: Counters, background: set[asyncio.Task[Any]]
+    ) -> None:
         self.settings = settings
         self.alias = settings.alias
         self.backend = backend
         self.counters = counters
+        #: the pool's background work, which its close waits for: connects whose caller left go there
+        self._background = background
         #: what the last successful connect learned of the server
         self.limits: ServerLimits | None = None
         self._refusing = False
@@ -59,9 +63,12 @@ class Connector:
                 counters.acquire_timeouts += 1
                 raise timed_out()
             bound = min(remaining, settings.connect_timeout)
+            attempt = loop.create_task(self._attempt(bound))
             try:
-                async with asyncio.timeout(bound):
-                    conn, limits = await self.backend.connect()
+                conn, limits = await asyncio.shield(attempt)
+            except asyncio.CancelledError:
+                self._abandon(attempt)
+                raise
             except TimeoutError:
                 counters.connect_errors += 1
                 counters.acquire_timeouts += 1
@@ -94,6 +101,27 @@ class Connector:
                 self._refusing = False
                 self.limits = limits
                 return conn, limits
+
+    async def _attempt(self, bound: float) -> tuple[Any, ServerLimits]:
+        async with asyncio.timeout(bound):
+            return await self.backend.connect()
+
+    def _abandon(self, attempt: asyncio.Task[tuple[Any, ServerLimits]]) -> None:
+        """The caller of a connect was cancelled (an acquire given up, the handler closing): the
+        attempt is not cut short mid-handshake, where drivers leave futures and half-open TLS
+        sessions behind (asyncpg logged "Future exception was never retrieved"); it finishes
+        within its bound, the pool's close waiting for it, and what it opened is closed."""
+        backend = self.backend
+
+        def finished(task: asyncio.Task[tuple[Any, ServerLimits]]) -> None:
+            self._background.discard(task)
+            if task.cancelled():
+                return
+            if task.exception() is None:  # retrieved: a failure is nobody's to report
+                backend.abort(task.result()[0])
+
+        self._background.add(attempt)
+        attempt.add_done_callback(finished)
 
     def _budget_message(self, exc: BaseException, attempts: int) -> str:
         limit = self.limits.max_connections if self.limits else None

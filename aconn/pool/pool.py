@@ -58,11 +58,11 @@ class Pool:
         self.backend = backend
         self.closed = False
         self.counters = Counters()
-        self._connector = Connector(settings, backend, self.counters)
+        self._background: set[asyncio.Task[Any]] = set()
+        self._connector = Connector(settings, backend, self.counters, self._background)
         self._idle: list[Holder] = []  # a stack: the most recently used on top
         self._holders: set[Holder] = set()  # every open connection, for error messages
         self._waiters = Waiters(self._timed_out, self._regrant, self.counters)
-        self._background: set[asyncio.Task[None]] = set()
         # the gauges; the transitions of Holder move them
         self._size = 0
         self._in_use = 0
