@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.append(str(Path(__file__).parent.parent / "examples"))  # the ported apps: `import ported.asyncpg_app`
 
 from mariadb import DRIVERS, MariaDB, find_binary
 from pgbouncer import PgBouncer, find_pgbouncer

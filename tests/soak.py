@@ -61,6 +61,7 @@ class Summary:
     max_sessions: int = 0
     server_cancels: int = 0
     server_cancels_failed: int = 0
+    side_sessions_lost: int = 0
 
     def line(self) -> str:
         return (
@@ -70,17 +71,21 @@ class Summary:
             f"counters_balanced={self.balanced} sessions_on_server_max={self.max_sessions} "
             f"(cap MAX_CONNS={MAX_CONNS}, at most {self.session_bound}) "
             f"statements_stopped_at_server={self.server_cancels} "
-            f"stops_failed={self.server_cancels_failed}"
+            f"stops_failed={self.server_cancels_failed} side_sessions_lost={self.side_sessions_lost}"
         )
 
     @property
     def session_bound(self) -> int:
-        """What aconn promises: MAX_SESSIONS, plus one per stop that failed (WARNING logged).
+        """What aconn promises: MAX_SESSIONS, plus one per stop that failed (WARNING logged), plus
+        one per side session lost mid-``KILL`` to a network fault.
 
         A stop that cannot reach the server within its 5 s bound (a restart that takes longer)
         frees the slot unverified; until the server reaps that session it may count one more.
+        A side session cut by a reset is replaced at once, while the server may still be tearing
+        the old one down (its KILL waits for the same target): one more for that moment. Both are
+        counted by aconn; removing the second is issue #26's open item (docs/reliability.md).
         """
-        return MAX_SESSIONS + self.server_cancels_failed
+        return MAX_SESSIONS + self.server_cancels_failed + self.side_sessions_lost
 
     @property
     def ok(self) -> bool:
@@ -217,6 +222,7 @@ async def soak(
         await connections.close_old()  # background work (statements being stopped) done
         stats = connections.stats()
         summary.server_cancels, summary.server_cancels_failed = stats.server_cancels, stats.server_cancels_failed
+        summary.side_sessions_lost = connections._pools["default"].backend.side_sessions_lost
         summary.balanced = (
             stats.open == stats.idle + stats.in_use + stats.opening + stats.closing
             and stats.in_use == 0 and stats.waiting == 0 and stats.open <= stats.max_conns

@@ -160,6 +160,9 @@ class Backend:
         self._side: Any = None
         self._side_lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
         self._side_users = 0
+        #: side sessions lost mid-work (a network reset): the server may hold each until it has
+        #: torn it down, one session above the "+1" of CANCEL_ON_SERVER's bound meanwhile
+        self.side_sessions_lost = 0
         if settings.reset_on_release:
             # every connection needs I/O to go back (the reset): none is reusable as it is, and
             # backends without the setting pay nothing for it at each release
@@ -232,6 +235,7 @@ class Backend:
                     except Exception as exc:
                         self._side = None
                         if side is not None:
+                            self.side_sessions_lost += 1
                             self.abort(side)
                         if self.classify(exc, connecting=True) is ErrorKind.OTHER:
                             raise
