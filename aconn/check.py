@@ -85,6 +85,12 @@ async def check_alias(settings: Settings, workers: int) -> dict[str, Any]:
     except Exception as exc:  # the driver's message names host and user, never the password
         report.update(reachable=False, reason=f"{type(exc).__name__}: {exc}")
         return report
+    if settings.engine != "sqlite":
+        report["session_state"] = (
+            "reset at release (RESET_ON_RELEASE)"
+            if settings.reset_on_release
+            else "kept between scopes (set RESET_ON_RELEASE True to reset it)"
+        )
     try:
         report.update(reachable=True, version=limits.version)
         if settings.engine in MYSQL_ENGINES:
@@ -227,6 +233,8 @@ def render(reports: Sequence[dict[str, Any]], workers: int, out: TextIO) -> None
             pooler = report["pooler"]
             print(f"  pooler       configured: {pooler['configured'] or '-'}, detected: {pooler['detected'] or '-'}",
                   file=out)  # fmt: skip
+        if "session_state" in report:
+            print(f"  session      {report['session_state']}", file=out)
         if "journal_mode" in report:
             print(f"  file         {report['file']} (journal_mode={report['journal_mode']}, "
                   f"{'writable' if report['writable'] else 'NOT writable'})", file=out)  # fmt: skip

@@ -78,6 +78,9 @@ def test_budget_with_workers(db: MariaDB) -> None:
     passing = check("--url", db.url("max_conns=10"), "--workers", "4")
     assert passing.returncode == 0, passing.stdout
     assert "PASS MAX_CONNS" in passing.stdout and "reachable" in passing.stdout and "tls          off" in passing.stdout
+    assert "session      kept between scopes (set RESET_ON_RELEASE True to reset it)" in passing.stdout
+    reset = check("--url", db.url("max_conns=10&reset_on_release=true"))
+    assert "session      reset at release (RESET_ON_RELEASE)" in reset.stdout, reset.stdout
 
 
 @pytest.mark.mysql

@@ -8,6 +8,7 @@
 | postgresql:// and postgres:// both PostgreSQL; psycopg missing with asyncpg there names both fixes | test_postgres_url_schemes, test_missing_psycopg_names_asyncpg |
 | session state per engine: asyncpg resets (as asyncpg.Pool), others keep it (as Django) unless RESET_ON_RELEASE | test_asyncpg_resets_session_state_by_default, test_session_state_kept_elsewhere_unless_reset |
 | closing while MIN_CONNS open in the background logs nothing stray | test_close_during_background_opens_is_quiet |
+| psycopg with RESET_ON_RELEASE: prepared statements forgotten with the session | test_psycopg_reset_forgets_prepared_statements |
 """
 
 from __future__ import annotations
@@ -213,3 +214,15 @@ async def test_close_during_background_opens_is_quiet(
     assert [r for r in aconn_logs.records if r.levelno >= logging.ERROR] == []
     wait = server.wait_app_backends if engine in ("asyncpg", "postgresql") else server.wait_app_threads
     assert await asyncio.to_thread(wait, lambda found: not found) == []
+
+
+@pytest.mark.postgresql
+async def test_psycopg_reset_forgets_prepared_statements(pg: Any, make: Any) -> None:
+    """psycopg prepares a query run 5 times; DISCARD ALL at each release drops it on the server,
+    and psycopg must forget it too, every time (it noticed only the first DISCARD ALL)."""
+    connections = make({"default": pg.settings(CONN_MAX_AGE=60, MAX_CONNS=1, RESET_ON_RELEASE=True)})
+    for n in range(12):
+        async with connections.acquire() as conn:
+            cur = await conn.execute("SELECT %s::int + 1", (n,))
+            assert await cur.fetchone() == (n + 1,)
+    assert connections.stats().opened == 1

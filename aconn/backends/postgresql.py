@@ -7,8 +7,8 @@ psycopg's ``connect()`` arguments, and Django's ``isolation_level``,
 the pool.
 
 Reads psycopg's ``pgconn`` (``socket``, ``status``, ``transaction_status``,
-``get_cancel()``) and its count of ``transaction()`` blocks entered
-(``_num_transactions``); ``tests/test_postgresql.py::test_liveness_reads_driver_internals``
+``get_cancel()``), its count of ``transaction()`` blocks entered
+(``_num_transactions``) and its prepared-statement cache (``_prepared``); ``tests/test_postgresql.py::test_liveness_reads_driver_internals``
 fails if the driver changes them.
 """
 
@@ -199,7 +199,12 @@ class PsycopgBackend(PostgresBackend):
         await conn.rollback()
 
     async def reset(self, conn: Any) -> None:
-        await conn.execute("DISCARD ALL")  # psycopg forgets its prepared statements when it sees it
+        await conn.execute("DISCARD ALL", prepare=False)
+        # the server forgot the session's prepared statements: psycopg must too (it notices a
+        # DISCARD ALL only the first time it runs one, while the statement is new to its cache)
+        prepared = conn._prepared
+        prepared._counts.clear()
+        prepared._names.clear()
         if self._setup_sql:
             await conn.execute(self._setup_sql)
 
