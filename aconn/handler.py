@@ -620,7 +620,10 @@ class Connections:
     @contextlib.asynccontextmanager
     async def _acquire(self, alias: str, expected: type[Any] | None) -> AsyncIterator[Any]:
         async with Scope(self._scopes):
-            yield await self.connection(alias, expected)
+            conn = await self.connection(alias)
+            if expected is not None and not isinstance(conn, expected):
+                raise _not_expected(alias, conn, expected)
+            yield conn
 
     def each(self, source: AsyncIterable[T] | Iterable[T]) -> Jobs[T]:
         """Handle each item of ``source`` in a scope of its own (worker loops).

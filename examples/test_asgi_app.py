@@ -69,8 +69,7 @@ async def test_a_failed_add_keeps_nothing(client: httpx.AsyncClient) -> None:
 
 async def test_the_test_sees_the_app_s_writes(client: httpx.AsyncClient, aconn_db: aconn.Connections) -> None:
     await client.post("/items", params={"name": "d"})
-    async with aconn_db.scope():  # the test's own scope shares the app's transaction
-        conn = await aconn_db.connection()
+    async with aconn_db.acquire() as conn:  # the test's own scope shares the app's transaction
         if hasattr(conn, "execute_fetchall"):  # aiosqlite
             rows = list(await conn.execute_fetchall("SELECT name FROM items"))
         else:  # aiomysql

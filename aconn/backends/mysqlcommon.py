@@ -22,8 +22,8 @@ from typing import Any, ClassVar
 
 from ..errors import ConfigError
 from ..settings import Settings
-from . import nesting
 from .base import Backend, ErrorKind, ServerLimits, check_options, close_socket_of, poll_liveness, polled_dead
+from .nesting import block_entered, block_left, forget_blocks
 
 __all__ = ("MySQLProtocolBackend", "cleartext_refused", "tls_not_offered")
 
@@ -367,7 +367,7 @@ class MySQLProtocolBackend(Backend):
         return bool(status & IN_TRANS) or not status & AUTOCOMMIT
 
     async def rollback(self, conn: Any) -> None:
-        nesting.forget(conn)  # the driver's rollback() is then its own, a real ROLLBACK
+        forget_blocks(conn)  # the driver's rollback() is then its own, a real ROLLBACK
         await conn.rollback()
         if self.settings.autocommit and not conn.server_status & AUTOCOMMIT:
             await conn.autocommit(True)  # the scope switched it off: restore the session
@@ -378,11 +378,11 @@ class MySQLProtocolBackend(Backend):
 
     async def begin_block(self, conn: Any, savepoint: str | None) -> Any:
         token = await super().begin_block(conn, savepoint)
-        nesting.entered(conn)
+        block_entered(conn)
         return token
 
     def left_block(self, conn: Any) -> None:
-        nesting.left(conn)
+        block_left(conn)
 
     async def replica_lag(self, conn: Any) -> float | None:
         """``Seconds_Behind_Master`` (MariaDB; ``_Source`` on MySQL 8): needs REPLICATION CLIENT

@@ -16,8 +16,8 @@ Outside aconn's blocks the methods are the driver's own, unchanged.
 (asyncpg and psycopg keep their own record of transactions; their backends go
 through it instead.)
 
-The backend keeps the count of blocks with :func:`entered`, :func:`left` and
-:func:`forget`; the count lives on the connection, so that nothing else is
+The backend keeps the count of blocks with :func:`block_entered`, :func:`block_left`
+and :func:`forget_blocks`; the count lives on the connection, so that nothing else is
 consulted on the driver's call.
 """
 
@@ -26,7 +26,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-__all__ = ("NestingBeginConnection", "NestingConnection", "entered", "forget", "left")
+__all__ = ("NestingBeginConnection", "NestingConnection", "block_entered", "block_left", "forget_blocks")
 
 #: savepoint names of the driver's nested begin(), unique in the process
 _NAMES = itertools.count(1)
@@ -75,19 +75,19 @@ class NestingBeginConnection(NestingConnection):
         self.aconn_savepoints += (name,)
 
 
-def entered(conn: Any) -> None:
+def block_entered(conn: Any) -> None:
     """One of aconn's blocks began on ``conn``."""
     conn.aconn_blocks += 1
 
 
-def left(conn: Any) -> None:
+def block_left(conn: Any) -> None:
     """One of aconn's blocks ended on ``conn`` (committed, rolled back or abandoned)."""
     conn.aconn_blocks = max(0, conn.aconn_blocks - 1)
     if not conn.aconn_blocks:
         conn.aconn_savepoints = ()
 
 
-def forget(conn: Any) -> None:
+def forget_blocks(conn: Any) -> None:
     """The whole transaction is being rolled back: no block, no savepoint is left."""
     conn.aconn_blocks = 0
     conn.aconn_savepoints = ()

@@ -8,7 +8,8 @@ the pool.
 
 Reads psycopg's ``pgconn`` (``socket``, ``status``, ``transaction_status``,
 ``get_cancel()``), its count of ``transaction()`` blocks entered
-(``_num_transactions``) and its prepared-statement cache (``_prepared``); ``tests/test_postgresql.py::test_liveness_reads_driver_internals``
+(``_num_transactions``) and its prepared-statement cache (``_prepared``);
+``tests/test_postgresql.py::test_liveness_reads_driver_internals``
 fails if the driver changes them.
 """
 

@@ -17,9 +17,8 @@ import aiosqlite
 
 from ..errors import ConfigError
 from ..settings import Settings
-from . import nesting
 from .base import Backend, ErrorKind, ServerLimits, check_options
-from .nesting import NestingConnection
+from .nesting import NestingConnection, block_entered, block_left, forget_blocks
 
 __all__ = ("SQLiteBackend",)
 
@@ -123,16 +122,16 @@ class SQLiteBackend(Backend):
         return not self.settings.autocommit or bool(conn.in_transaction)
 
     async def rollback(self, conn: Any) -> None:
-        nesting.forget(conn)  # the driver's rollback() is then its own
+        forget_blocks(conn)  # the driver's rollback() is then its own
         await conn.rollback()
 
     async def begin_block(self, conn: Any, savepoint: str | None) -> Any:
         token = await super().begin_block(conn, savepoint)
-        nesting.entered(conn)
+        block_entered(conn)
         return token
 
     def left_block(self, conn: Any) -> None:
-        nesting.left(conn)
+        block_left(conn)
 
     async def execute(self, conn: Any, sql: str) -> None:
         cursor = await conn.execute(sql)
