@@ -106,8 +106,24 @@ PEER_POOL_OPTIONS: Mapping[str, str] = {
     "reset": "a pool option; aconn's is RESET_ON_RELEASE",
 }
 
-#: Keys of OPTIONS whose values are secrets and are never shown.
-SECRET_OPTIONS = frozenset({"password", "passwd", "PASSWORD"})
+#: Keys of OPTIONS whose values are secrets and are never shown, beside any key whose name
+#: contains one of SECRET_WORDS (libpq's sslpassword, a driver's ssl_key_password, an auth token)
+SECRET_OPTIONS = frozenset({"password", "passwd", "sslpassword", "ssl_key_password"})
+SECRET_WORDS = ("password", "passwd", "secret", "token")
+
+
+def is_secret(key: str) -> bool:
+    """True if the value of the option ``key`` must never be shown."""
+    lowered = key.lower()
+    return lowered in SECRET_OPTIONS or any(word in lowered for word in SECRET_WORDS)
+
+
+def masked(options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` as they may be shown: secret values replaced by ``***``, nested dicts too."""
+    return {
+        key: "***" if is_secret(str(key)) else masked(value) if isinstance(value, Mapping) else value
+        for key, value in options.items()
+    }
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -152,7 +168,7 @@ class Settings:
     max_replica_lag: float | None = None
 
     def __repr__(self) -> str:
-        shown = {k: ("***" if k in SECRET_OPTIONS else v) for k, v in self.options.items()}
+        shown = masked(self.options)
         return (
             f"Settings(alias={self.alias!r}, engine={self.engine!r}, name={self.name!r}, "
             f"user={self.user!r}, password={'***' if self.password else ''!r}, "
@@ -264,7 +280,7 @@ def parse_settings(alias: str, entry: Any) -> Settings:
         connect_timeout=_required_seconds(alias, entry, "CONNECT_TIMEOUT", 10.0),
         idle_timeout=_seconds(alias, entry, "IDLE_TIMEOUT", None, allow_none=True),
         leak_timeout=_seconds(alias, entry, "LEAK_TIMEOUT", None, allow_none=True),
-        statement_timeout=_seconds(alias, entry, "STATEMENT_TIMEOUT", None, allow_none=True),
+        statement_timeout=_statement_timeout(alias, entry, engine),
         cancel_on_server=_bool(alias, entry, "CANCEL_ON_SERVER", True),
         atomic_requests=_bool(alias, entry, "ATOMIC_REQUESTS", False),
         reset_on_release=_bool(alias, entry, "RESET_ON_RELEASE", reset_by_default(engine, pooler)),
@@ -388,6 +404,35 @@ def _seconds(
         lowest = "0 or more" if allow_zero else "above 0"
         raise ConfigError(alias, key, f"must be a finite number of seconds {lowest}, got {value!r}")
     return float(value)
+
+
+#: what each server accepts as a per-session statement limit, in seconds: PostgreSQL's
+#: statement_timeout is whole milliseconds up to 2^31 - 1; MariaDB's max_statement_time goes up to
+#: a year (MySQL's max_execution_time, in milliseconds, further): a MySQL alias may be either
+_STATEMENT_TIMEOUT_RANGES: Mapping[str, tuple[float, float, str]] = {
+    "postgresql": (0.001, 2147483.647, "PostgreSQL's statement_timeout: whole milliseconds up to 2147483647"),
+    "mysql": (0.001, 31536000.0, "MariaDB's max_statement_time: up to 31536000 s; MySQL's max_execution_time: ms"),
+}
+
+
+def _plain(seconds: float) -> str:
+    return f"{seconds:.3f}".rstrip("0").rstrip(".")
+
+
+def _statement_timeout(alias: str, entry: Mapping[str, Any], engine: str) -> float | None:
+    value = _seconds(alias, entry, "STATEMENT_TIMEOUT", None, allow_none=True)
+    family = "postgresql" if engine in POSTGRESQL_ENGINES else "mysql" if engine in MYSQL_ENGINES else None
+    if value is None or family is None:
+        return value
+    lowest, highest, server = _STATEMENT_TIMEOUT_RANGES[family]
+    if not lowest <= value <= highest:
+        raise ConfigError(
+            alias,
+            "STATEMENT_TIMEOUT",
+            f"must be between {_plain(lowest)} and {_plain(highest)} seconds ({server}); got {value!r}"
+            + (": below a millisecond the server would round it to 0, which means no limit" if value < lowest else ""),
+        )
+    return value
 
 
 def _required_seconds_or_zero(alias: str, entry: Mapping[str, Any], key: str, default: float) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import assert_no_password
@@ -240,3 +241,44 @@ def test_new_keys_from_urls() -> None:
     settings = parse_settings("default", "mysql://u@h/db?statement_timeout=2.5&cancel_on_server=false")
     assert settings.statement_timeout == 2.5 and settings.cancel_on_server is False
     assert parse_settings("default", "mysql://u@h/db").cancel_on_server is True
+
+
+SECRET = "s3cret-value-42"
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"ENGINE": "postgresql", "NAME": "app", "PASSWORD": SECRET, "OPTIONS": {"sslpassword": SECRET}},
+        f"postgresql://u:{SECRET}@h/app?sslpassword={SECRET}",
+        {"ENGINE": "asyncpg", "NAME": "app", "OPTIONS": {"passfile": "/x", "password_token": SECRET}},
+        {"ENGINE": "mysql", "NAME": "app", "OPTIONS": {"passwd": SECRET, "ssl": {"key_password": SECRET}}},
+        {"ENGINE": "asyncmy", "NAME": "app", "OPTIONS": {"ssl_key_password": SECRET}},
+        {"ENGINE": "sqlite", "NAME": "app.db", "OPTIONS": {"api_secret": SECRET, "auth_token": SECRET}},
+        {"ENGINE": "postgresql", "NAME": "app", "OPTIONS": {"PASSWORD": SECRET, "MySecretKey": SECRET}},
+    ],
+)
+def test_every_secret_is_masked(entry: Any) -> None:
+    """password, passwd, sslpassword, ssl_key_password, the URL's userinfo, and any OPTIONS key
+    naming a password, secret or token, nested ones too: never in repr or str."""
+    settings = parse_settings("default", entry)
+    assert SECRET not in repr(settings) and SECRET not in str(settings)
+    assert "***" in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("engine", "value", "fragment"),
+    [
+        ("postgresql", 1e12, "2147483.647"),
+        ("asyncpg", 3_000_000, "2147483.647"),
+        ("mysql", 1e12, "31536000"),
+        ("asyncmy", 1e-9, "below a millisecond"),
+        ("postgresql", 0.0004, "below a millisecond"),
+    ],
+)
+def test_statement_timeout_range(engine: str, value: float, fragment: str) -> None:
+    with pytest.raises(aconn.ConfigError, match=r"\['STATEMENT_TIMEOUT'\]") as caught:
+        parse_settings("db", {"ENGINE": engine, "NAME": "app", "STATEMENT_TIMEOUT": value})
+    assert fragment in str(caught.value) and "'db'" in str(caught.value)
+    lowest = parse_settings("db", {"ENGINE": engine, "NAME": "app", "STATEMENT_TIMEOUT": 0.001})
+    assert lowest.statement_timeout == 0.001
