@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from ..backends.base import Backend, ErrorKind, ServerLimits
 from ..errors import AcquireTimeout
 from ..settings import Settings
 from .counters import Counters
+from .holder import Holder
 
 __all__ = ("MAX_BACKOFF", "Connector")
 
@@ -46,9 +47,17 @@ class Connector:
         self.limits: ServerLimits | None = None
         self._refusing = False
 
-    async def connect(self, deadline: float, timed_out: Callable[[], AcquireTimeout]) -> tuple[Any, ServerLimits]:
+    async def connect(
+        self,
+        deadline: float,
+        timed_out: Callable[[], AcquireTimeout],
+        rest: Callable[[float, float], Awaitable[Holder | None]] | None = None,
+    ) -> tuple[Any, ServerLimits] | Holder:
         """A new driver connection and the server's limits.
 
+        :param rest: how to spend a backoff after a refusal, ``rest(seconds, deadline)``: the pool
+            queues the caller as a waiter meanwhile, and a connection given back to it ends the
+            backoff and is returned instead (None: slept out).
         :raises AcquireTimeout: at the deadline, or when one attempt outlives ``CONNECT_TIMEOUT``.
         :raises Exception: the driver's error, for a refusal that retrying will not lift.
         """
@@ -95,8 +104,12 @@ class Connector:
                         self.alias,
                         exc,
                     )
-                await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
+                delay = backoff * random.uniform(0.5, 1.0)
                 backoff = min(backoff * 2, MAX_BACKOFF)
+                if rest is None:
+                    await asyncio.sleep(delay)
+                elif (granted := await rest(delay, deadline)) is not None:
+                    return granted
             else:
                 self._refusing = False
                 self.limits = limits

@@ -300,11 +300,16 @@ class Pool:
         """Open a connection in a slot already counted in ``size`` and ``opening``."""
         started = monotonic()
         try:
-            conn, limits = await self._connector.connect(deadline, self._timed_out)
+            opened = await self._connector.connect(deadline, self._timed_out, self._rest)
         except BaseException:
             self._opening -= 1
             self._release_slot()
             raise
+        if isinstance(opened, Holder):  # given back to us while the connect backed off
+            self._opening -= 1
+            self._release_slot()
+            return opened
+        conn, limits = opened
         if self.closed:
             self._opening -= 1
             self.backend.abort(conn)
@@ -320,6 +325,45 @@ class Pool:
         if self.hooks.wants("connect"):
             self.hooks.emit(HookEvent("connect", self.alias, seconds=now - started))
         return holder
+
+    async def _rest(self, seconds: float, deadline: float) -> Holder | None:
+        """The backoff of a connect the server refused for now (too many connections), spent as a
+        waiter: a connection idle already, or one given back meanwhile (to the oldest waiter, this
+        one included), ends the backoff. None when the backoff ran out, or a slot (not a connection) came:
+        the connect is retried.
+
+        :raises AcquireTimeout: at the acquire deadline.
+        """
+        idle = self._pop_idle() if not self._waiters else None
+        if idle is not None:  # given back before this backoff began, with nobody waiting for it
+            if self._needs_ping(idle):
+                checked = await self._health_check(idle, deadline)
+                if checked is not True:
+                    if checked is False:
+                        self._release_slot()
+                    return None
+            return idle
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(seconds):
+                granted = await self._waiters.wait(loop, deadline)
+        except TimeoutError as exc:
+            if isinstance(exc, AcquireTimeout):
+                raise
+            return None
+        if granted is SLOT:  # a slot freed; this connect holds one already: pass it on
+            self._opening -= 1
+            self._release_slot()
+            return None
+        assert isinstance(granted, Holder)
+        now = granted.taken_at = monotonic()
+        reason = self._unusable_reason(granted, now)
+        if reason is not None:
+            granted.dropped(reason)
+            self.backend.abort(granted.conn)
+            self._release_slot()  # its slot: this connect holds one already
+            return None
+        return granted
 
     def _deadlines(self, limits: ServerLimits) -> tuple[float, float]:
         """``(close_at, idle_limit)`` of a connection opening now."""
