@@ -191,6 +191,8 @@ class Connections:
             raise
         self._housekeeper = Housekeeper(list(self._pools.values()))
         self._housekeeper.start()
+        for replicas in self._replica_sets.values():
+            self._check_replicas(replicas)  # in the background: a replica qualifies before its first read
         self._opened = True
 
     def _revive(self) -> bool:

@@ -6,8 +6,9 @@ A scope that took the alias' primary connection reads from it too
 (read-your-writes), and ``connections.scope(pin=key)`` keeps a key's reads on
 the primary for ``REPLICA_PIN_SECONDS`` after a scope with that key took it.
 Health and lag are checked in the background, at most once a second per
-replica, never on the scope path; with no healthy replica, reads go to the
-primary (counted in ``PoolStats.replica_fallbacks``).
+replica, never on the scope path, starting at ``open()``; with no healthy
+replica, reads go to the primary (counted in ``PoolStats.replica_fallbacks``).
+With ``MAX_REPLICA_LAG`` a replica serves reads only once a check qualified it.
 """
 
 from __future__ import annotations
@@ -50,8 +51,10 @@ class ReplicaSet:
         self.replicas = tuple(replicas)
         self.max_lag = max_lag
         self.pin_seconds = pin_seconds
-        #: replica -> usable now (reachable, and within MAX_REPLICA_LAG when set)
-        self.healthy: dict[str, bool] = dict.fromkeys(self.replicas, True)
+        #: replica -> usable now (reachable, and within MAX_REPLICA_LAG when set). With a lag
+        #: limit a replica starts unqualified: reads go to the primary until a check found it
+        #: within the limit (a replica whose replication stopped is never read unchecked)
+        self.healthy: dict[str, bool] = dict.fromkeys(self.replicas, max_lag is None)
         #: replica -> the lag seen at its last check (seconds; inf: replication stopped)
         self.lag: dict[str, float | None] = dict.fromkeys(self.replicas)
         self.next_check: dict[str, float] = dict.fromkeys(self.replicas, 0.0)

@@ -8,6 +8,7 @@
 | read-your-writes for a pinned key, for REPLICA_PIN_SECONDS | test_pinned_key_reads_the_primary |
 | a lagging (stopped) replica is skipped, counted, and used again | test_lagging_replica_skipped |
 | an unreachable replica is skipped with no error to the caller | test_dead_replica_skipped |
+| with MAX_REPLICA_LAG, a replica is read only after a check qualified it (checks start at open()) | test_stopped_replica_is_never_read_before_a_check |
 | routers name the alias when none is given | test_routers |
 """
 
@@ -128,9 +129,10 @@ async def test_pinned_key_reads_the_primary(servers: tuple[MariaDB, MariaDB], ma
 async def test_lagging_replica_skipped(servers: tuple[MariaDB, MariaDB], make: Any) -> None:
     _, replica = servers
     connections = make(databases(servers, MAX_REPLICA_LAG=5))
+    replicas = connections._replica_sets["default"]
+    await read_until(connections, lambda: all(replicas.healthy.values()))  # qualified by a check
     assert await server_id(connections, read_only=True) == 2
     replica.sql("STOP SLAVE SQL_THREAD")  # Seconds_Behind_Master: NULL, replication stopped
-    replicas = connections._replica_sets["default"]
     await read_until(connections, lambda: not any(replicas.healthy.values()))
     assert replicas.lag["replica"] == float("inf")
     assert await server_id(connections, read_only=True) == 1  # no healthy replica: the primary
@@ -143,6 +145,8 @@ async def test_lagging_replica_skipped(servers: tuple[MariaDB, MariaDB], make: A
 async def test_dead_replica_skipped(servers: tuple[MariaDB, MariaDB], make: Any) -> None:
     _, replica = servers
     connections = make(databases(servers, MAX_REPLICA_LAG=5))
+    replicas = connections._replica_sets["default"]
+    await read_until(connections, lambda: all(replicas.healthy.values()))
     assert await server_id(connections, read_only=True) == 2
     await asyncio.to_thread(replica.kill)
     for _ in range(3):  # no error reaches the caller: the reads go to the primary
@@ -150,7 +154,27 @@ async def test_dead_replica_skipped(servers: tuple[MariaDB, MariaDB], make: Any)
     assert connections.stats("default").replica_fallbacks >= 3
     await asyncio.to_thread(replica.start)
     replica.sql("START SLAVE")
+    await read_until(connections, lambda: all(replicas.healthy.values()))
+    assert await server_id(connections, read_only=True) == 2
+
+
+async def test_stopped_replica_is_never_read_before_a_check(servers: tuple[MariaDB, MariaDB], make: Any) -> None:
+    """Replication stopped before the handler opens: the checks start at open(), and reads go to
+    the primary until one qualifies the replica; the stopped one never qualifies."""
+    _, replica = servers
+    replica.sql("STOP SLAVE SQL_THREAD")
+    connections = make(databases(servers, MAX_REPLICA_LAG=1))
     replicas = connections._replica_sets["default"]
+    await connections.open()
+    assert await server_id(connections, read_only=True) == 1  # the very first read of the process
+    async with asyncio.timeout(10):  # the checks open() started report the stopped replication
+        while replicas.lag["replica"] is None or replicas.lag["replica2"] is None:
+            await asyncio.sleep(0.02)
+    assert replicas.lag["replica"] == float("inf") and not any(replicas.healthy.values())
+    for _ in range(3):
+        assert await server_id(connections, read_only=True) == 1
+    assert connections.stats("default").replica_fallbacks >= 4
+    replica.sql("START SLAVE SQL_THREAD")
     await read_until(connections, lambda: all(replicas.healthy.values()))
     assert await server_id(connections, read_only=True) == 2
 
@@ -223,12 +247,14 @@ async def test_postgresql_standby(pg_pair: tuple[Any, Any], make: Any, engine: s
                 await in_recovery(True)
                 await asyncio.sleep(0.05)
 
-    assert await in_recovery(True) is True  # the standby
+    replicas = connections._replica_sets["default"]
+    assert await in_recovery(True) is False  # unchecked yet: MAX_REPLICA_LAG reads the primary
+    await read_until(lambda: replicas.healthy["standby"])
+    assert await in_recovery(True) is True  # the standby, once a check qualified it
     assert await in_recovery(False) is False  # the primary
     async with connections.scope():  # read-your-writes in a scope
         writer = await connections.connection("default")
         assert await connections.connection("default", read_only=True) is writer
-    replicas = connections._replica_sets["default"]
     standby.sql("SELECT pg_wal_replay_pause()")
     try:
         primary.sql("INSERT INTO r VALUES (1)")  # received, not replayed: the standby falls behind
