@@ -8,7 +8,7 @@
 | read-your-writes for a pinned key, for REPLICA_PIN_SECONDS | test_pinned_key_reads_the_primary |
 | a lagging (stopped) replica is skipped, counted, and used again | test_lagging_replica_skipped |
 | an unreachable replica is skipped with no error to the caller | test_dead_replica_skipped |
-| with MAX_REPLICA_LAG, a replica is read only after a check qualified it (checks start at open()) | test_stopped_replica_is_never_read_before_a_check |
+| MAX_REPLICA_LAG: read only once a check qualified it | test_stopped_replica_is_never_read_before_a_check |
 | routers name the alias when none is given | test_routers |
 """
 
