@@ -103,7 +103,11 @@ async def check_alias(settings: Settings, workers: int) -> dict[str, Any]:
         verdicts = evaluate(settings, limits, workers) if settings.engine != "sqlite" else []
         if settings.engine in POSTGRESQL_ENGINES:
             detected = await _pgbouncer_version(settings)
-            report["pooler"] = {"configured": settings.pooler, "detected": detected}
+            how = "its admin console answered SHOW VERSION" if detected else None
+            if detected is None and not limits.session_id_verified:
+                detected = "a pooler (PgBouncer?)"
+                how = "the session's cancel key is not the server's pid (no admin rights needed)"
+            report["pooler"] = {"configured": settings.pooler, "detected": detected, "how": how}
             if detected and settings.pooler != "pgbouncer":
                 verdicts = [v for v in verdicts if v.rule != "POOLER"] + [
                     Verdict(
@@ -231,8 +235,9 @@ def render(reports: Sequence[dict[str, Any]], workers: int, out: TextIO) -> None
             print(f"  tls          {'on, ' + tls['cipher'] if tls['in_use'] else 'off'}", file=out)
         if "pooler" in report:
             pooler = report["pooler"]
-            print(f"  pooler       configured: {pooler['configured'] or '-'}, detected: {pooler['detected'] or '-'}",
-                  file=out)  # fmt: skip
+            how = f" ({pooler['how']})" if pooler["how"] else ""
+            shown = f"configured: {pooler['configured'] or '-'}, detected: {pooler['detected'] or '-'}{how}"
+            print(f"  pooler       {shown}", file=out)
         if "session_state" in report:
             print(f"  session      {report['session_state']}", file=out)
         if "journal_mode" in report:

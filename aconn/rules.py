@@ -45,7 +45,7 @@ def evaluate(settings: Settings, limits: ServerLimits, workers: int = 1) -> list
         _idle_rule(settings, limits),
         _budget_rule(settings, limits, workers),
         _cancel_rule(settings, limits),
-        _pooler_rule(settings),
+        _pooler_rule(settings, limits),
     ]
 
 
@@ -127,6 +127,13 @@ def _cancel_rule(settings: Settings, limits: ServerLimits) -> Verdict:
             f"behind {settings.pooler} a KILL id names no session of ours: aconn sends none; {bound}",
             "" if ok else "set STATEMENT_TIMEOUT so that the server bounds each statement itself",
         )
+    if not limits.session_id_verified and settings.engine in POSTGRESQL_ENGINES:
+        return Verdict(
+            "CANCEL_ON_SERVER",
+            True,
+            "a pooler sits in front of the server (the session's cancel key is not the server's pid): "
+            f"cancel requests go through it, which forwards them; {bound}",
+        )
     if not limits.session_id_verified:
         return Verdict(
             "CANCEL_ON_SERVER",
@@ -138,9 +145,18 @@ def _cancel_rule(settings: Settings, limits: ServerLimits) -> Verdict:
     return Verdict("CANCEL_ON_SERVER", True, f"statements of cancelled callers are stopped at the server; {bound}")
 
 
-def _pooler_rule(settings: Settings) -> Verdict:
+def _pooler_rule(settings: Settings, limits: ServerLimits) -> Verdict:
     """Behind a pooler: nothing that pins a server connection or leaks session state to other clients."""
     pooler = settings.pooler
+    if pooler is None and not limits.session_id_verified and settings.engine in POSTGRESQL_ENGINES:
+        return Verdict(
+            "POOLER",
+            False,
+            "a pooler sits in front of the server, seen at connect (the session's cancel key is not the "
+            "server's pid), but POOLER is not set: in transaction mode named prepared statements fail, "
+            "session settings leak to other clients, and a reset at release reaches theirs",
+            "set POOLER='pgbouncer' (or the pooler in use)",
+        )
     if pooler is None:
         return Verdict("POOLER", True, "none configured (POOLER)")
     if pooler == "pgbouncer" and settings.reset_on_release:

@@ -139,7 +139,9 @@ def test_check_detects_pgbouncer(bouncer: PgBouncer) -> None:
 
     base = bouncer.server.url().replace(f":{bouncer.server.port}/", f":{bouncer.port}/")
     unset = check(base)
-    assert unset["pooler"] == {"configured": None, "detected": "PgBouncer 1.18.0"}
+    assert unset["pooler"] == {
+        "configured": None, "detected": "PgBouncer 1.18.0", "how": "its admin console answered SHOW VERSION"
+    }  # fmt: skip
     pooler_rule = next(r for r in unset["rules"] if r["rule"] == "POOLER")
     assert not pooler_rule["ok"] and "POOLER='pgbouncer'" in pooler_rule["fix"]
     good = check(base + "?pooler=pgbouncer")

@@ -3,6 +3,7 @@
 | # | promise | tests |
 | --- | --- | --- |
 | 1 | a task backing off after a refused connect takes a connection given back meanwhile (FIFO) | test_backing_off_connect_takes_a_released_connection |
+| 2 | behind an undeclared PgBouncer, cancelled statements are stopped; the pooler is seen and named | test_cancel_through_an_undeclared_pooler |
 | 4 | every secret masked | test_settings::test_every_secret_is_masked |
 | 5 | STATEMENT_TIMEOUT range-checked per server | test_settings::test_statement_timeout_range |
 """
@@ -67,3 +68,41 @@ async def test_backing_off_connect_takes_a_released_connection(
     assert stats.connect_errors >= 1  # the server did refuse: the backoff path ran
     assert stats.opened <= 3
     assert_balanced(stats)
+
+
+@pytest.mark.postgresql
+@pytest.mark.pgbouncer
+@pytest.mark.parametrize("engine", ["postgresql", "asyncpg"])
+async def test_cancel_through_an_undeclared_pooler(
+    engine: str, bouncer: Any, pg: Any, make: Any
+) -> None:
+    """Behind PgBouncer (transaction mode) with POOLER unset: aconn tells the pooler from the
+    session keys (the key the pooler gave is not the server's pid), so a cancelled statement is
+    still stopped through it, and the server's sessions stay within PgBouncer's pool."""
+    from test_postgresql import cancel_storm
+
+    # MAX_CONNS=5 and 5 running before the cancellations, as test_pgbouncer's declared case: a cancel
+    # request that reaches PgBouncer before it linked the statement to a server connection is dropped
+    # (declared or not; docs/reliability.md)
+    connections = make({"default": {**bouncer.settings(ENGINE=engine, CONN_MAX_AGE=60, MAX_CONNS=5), "POOLER": None}})
+    await cancel_storm(connections, pg, tasks=20, running=5)
+    assert len(pg.app_backends()) <= 5  # MAX_CONNS: no server session left behind by a lost client
+    assert connections._pools["default"].limits.session_id_verified is False  # the pooler was seen
+
+
+@pytest.mark.postgresql
+@pytest.mark.pgbouncer
+async def test_check_sees_a_pooler_without_admin_rights(bouncer: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A user outside PgBouncer's admin_users: check still sees the pooler, and says how it knew."""
+    from aconn import check
+    from aconn.settings import parse_settings
+
+    async def no_admin_console(settings: Any) -> None:
+        return None
+
+    monkeypatch.setattr(check, "_pgbouncer_version", no_admin_console)
+    report = await check.check_alias(parse_settings("default", {**bouncer.settings(), "POOLER": None}), 1)
+    assert report["pooler"]["detected"] == "a pooler (PgBouncer?)"
+    assert "cancel key is not the server's pid" in report["pooler"]["how"]
+    rule = next(r for r in report["rules"] if r["rule"] == "POOLER")
+    assert not rule["ok"] and "POOLER='pgbouncer'" in rule["fix"]

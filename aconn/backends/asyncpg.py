@@ -35,7 +35,7 @@ _DRIVER_KEYS: Final = frozenset(inspect.signature(asyncpg.connect).parameters) -
 class _Connection(asyncpg.connection.Connection):
     """asyncpg's connection, with what aconn needs to cancel its statement once it is closed."""
 
-    __slots__ = ("aconn_cancelled", "aconn_pid", "aconn_secret")
+    __slots__ = ("aconn_cancelled", "aconn_pid", "aconn_pooled", "aconn_secret")
 
     def _cancel_current_command(self, waiter: Any, cancel_waiter: Any = None) -> None:
         # asyncpg's protocol calls this when the caller of a statement is cancelled: remember it,
@@ -101,7 +101,10 @@ class AsyncpgBackend(PostgresBackend):
         except BaseException:
             conn.terminate()
             raise
-        _, limits = limits_from_row(tuple(row), pooled=self.settings.pooler is not None)
+        _, limits = limits_from_row(
+            tuple(row), pooled=self.settings.pooler is not None, key_pid=conn._protocol.backend_pid
+        )
+        conn.aconn_pooled = not limits.session_id_verified
         # the key of the cancel request: the server's own, or the one a pooler gave (it forwards)
         conn.aconn_pid = conn._protocol.backend_pid
         conn.aconn_secret = conn._protocol.backend_secret  # gone with the protocol once it is closed
@@ -113,7 +116,7 @@ class AsyncpgBackend(PostgresBackend):
 
     def abort(self, conn: Any) -> None:
         pending = conn._cancellations
-        if pending and self.settings.pooler is not None:
+        if pending and self.pooled(conn):
             # a pooler forwards a cancel request only while the client connection that ran the
             # statement is open: let asyncpg's own cancel requests go out first
             waiting = asyncio.gather(*pending, return_exceptions=True)

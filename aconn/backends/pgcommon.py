@@ -64,13 +64,16 @@ def classify_sqlstate(state: str | None, message: str, *, connecting: bool) -> E
     return None
 
 
-def limits_from_row(row: Any, *, pooled: bool = False) -> tuple[int, ServerLimits]:
+def limits_from_row(row: Any, *, pooled: bool = False, key_pid: int | None = None) -> tuple[int, ServerLimits]:
     """The backend pid and :class:`ServerLimits` from a row of :data:`LIMITS_SQL`.
 
     Behind a pooler the pid is that of whichever server connection ran the query: not this
-    client's session (``session_id_verified`` False).
+    client's session (``session_id_verified`` False). ``key_pid`` is the process id of the
+    session's cancel key (BackendKeyData): a pooler that was not declared (``POOLER`` unset)
+    shows there, as a key of its own that is not the server's pid.
     """
     pid, version, idle_session, idle_in_tx, statement, max_conns, reserved = row
+    pooled = pooled or (key_pid is not None and key_pid != int(pid))
 
     def seconds(ms: Any) -> float | None:
         return float(ms) / 1000 if ms else None
@@ -136,6 +139,11 @@ class PostgresBackend(Backend):
 
     # -- shared ---------------------------------------------------------------------------
 
+    def pooled(self, conn: Any) -> bool:
+        """True if a pooler sits between this connection and the server: declared (``POOLER``),
+        or seen at connect (the cancel key's pid is not the server's)."""
+        return self.settings.pooler is not None or bool(getattr(conn, "aconn_pooled", False))
+
     def is_dead(self, conn: Any, *, peek: bool = True) -> bool:
         return self._flagged_dead(conn) or (peek and polled_dead(self._socket(conn)))
 
@@ -151,7 +159,7 @@ class PostgresBackend(Backend):
         or a side session outside the cap) until it is gone.
         """
         await self._cancel(conn)
-        if self.settings.pooler is not None:
+        if self.pooled(conn):
             return  # the pooler forwarded it; its server connection is not this session's to watch
         sql = SESSION_ALIVE_SQL.format(pid=self._pid(conn))
 

@@ -57,6 +57,8 @@ class _Connection(psycopg.AsyncConnection[Any]):
     aconn_pid: int = 0
     #: libpq's cancel handle, taken at connect (usable after the connection is closed)
     aconn_cancel: Any = None
+    #: a pooler sits between this connection and the server (seen at connect)
+    aconn_pooled: bool = False
 
 
 def _refuse_session_state(settings: Settings, options: dict[str, Any]) -> None:
@@ -151,7 +153,8 @@ class PsycopgBackend(PostgresBackend):
         except BaseException:
             await self._close_quietly(conn)
             raise
-        pid, limits = limits_from_row(row, pooled=self.settings.pooler is not None)
+        pid, limits = limits_from_row(row, pooled=self.settings.pooler is not None, key_pid=conn.pgconn.backend_pid)
+        conn.aconn_pooled = not limits.session_id_verified
         conn.aconn_pid = pid
         conn.aconn_cancel = conn.pgconn.get_cancel()
         return conn, limits
