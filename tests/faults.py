@@ -34,6 +34,8 @@ class Proxy:
         self.accepted = 0
         #: chunks that arrived while black-holed (the test can wait for traffic to be stuck)
         self.held = 0
+        #: the first chunk each client sent, per connection (what a protocol opens with)
+        self.openings: list[bytes] = []
         self._sockets: set[Any] = set()
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -64,7 +66,7 @@ class Proxy:
             return
         self._sockets.update((client_w, server_w))
         try:
-            await asyncio.gather(self._pump(client_r, server_w), self._pump(server_r, client_w))
+            await asyncio.gather(self._pump(client_r, server_w, record=True), self._pump(server_r, client_w))
         except (OSError, asyncio.CancelledError):
             pass
         finally:
@@ -72,9 +74,12 @@ class Proxy:
                 self._sockets.discard(writer)
                 writer.transport.abort()
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, record: bool = False) -> None:
         try:
             while data := await reader.read(65536):
+                if record:
+                    self.openings.append(data)
+                    record = False
                 if self.blackhole:
                     self.held += 1
                 while self.blackhole:

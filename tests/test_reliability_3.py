@@ -106,3 +106,73 @@ async def test_check_sees_a_pooler_without_admin_rights(bouncer: Any, monkeypatc
     assert "cancel key is not the server's pid" in report["pooler"]["how"]
     rule = next(r for r in report["rules"] if r["rule"] == "POOLER")
     assert not rule["ok"] and "POOLER='pgbouncer'" in rule["fix"]
+
+
+@pytest.fixture(scope="module")
+def tls_postgres(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A PostgreSQL that takes TCP clients over TLS only (hostssl in pg_hba.conf)."""
+    import shutil
+
+    from faults import make_certificates
+    from postgres import PostgreSQL
+
+    certs = make_certificates(tmp_path_factory.mktemp("pg-certs"))
+    server = PostgreSQL()
+    for name in ("cert", "key"):
+        target = server.dir / f"server-{name}.pem"
+        shutil.copy(certs[name], target)
+        target.chmod(0o600)
+        if server.run_as:
+            shutil.chown(target, server.run_as)
+    server.extra_args += [
+        "-c", "ssl=on", "-c", f"ssl_cert_file={server.dir / 'server-cert.pem'}",
+        "-c", f"ssl_key_file={server.dir / 'server-key.pem'}",
+    ]  # fmt: skip
+    server.start()
+    hba = server.datadir / "pg_hba.conf"
+    lines = [("hostssl" + line[4:]) if line.startswith("host ") else line for line in hba.read_text().splitlines()]
+    hba.write_text("\n".join(lines) + "\n")
+    server.sql("SELECT pg_reload_conf()")
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.mark.postgresql
+@pytest.mark.parametrize("engine", ["postgresql", "asyncpg"])
+async def test_cancel_request_goes_over_tls(engine: str, tls_postgres: Any, make: Any) -> None:
+    """A statement of a cancelled caller is stopped through the driver's own cancel path: over TLS
+    as the connection negotiated it (every connection through the recording proxy opens with an
+    SSLRequest, none with a CancelRequest in clear), to the address the connection reached."""
+    import struct
+
+    from faults import Proxy
+    from test_postgresql import sleeping
+
+    proxy = Proxy(tls_postgres.port).start()
+    try:
+        tls = {"sslmode": "require"} if engine == "postgresql" else {"ssl": "require"}
+        connections = make(
+            {"default": tls_postgres.settings(ENGINE=engine, PORT=proxy.port, CONN_MAX_AGE=60, OPTIONS=tls)}
+        )
+
+        async def sleeper() -> None:
+            async with connections.acquire() as conn:
+                await conn.execute("SELECT pg_sleep(30)")
+
+        task = asyncio.create_task(sleeper())
+        async with asyncio.timeout(10):
+            while not sleeping(tls_postgres):
+                await asyncio.sleep(0.01)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        async with asyncio.timeout(10):
+            while sleeping(tls_postgres):
+                await asyncio.sleep(0.01)
+        ssl_request, cancel_request = struct.pack("!ii", 8, 80877103), struct.pack("!ii", 16, 80877102)
+        assert len(proxy.openings) >= 2  # the connection, and at least one cancel request
+        assert all(opening.startswith(ssl_request) for opening in proxy.openings), proxy.openings
+        assert not any(cancel_request in opening for opening in proxy.openings)
+    finally:
+        proxy.close()

@@ -2,26 +2,28 @@
 
 ``OPTIONS`` are checked against ``asyncpg.connect()``'s parameters.
 
-Reads asyncpg's ``_protocol`` (``backend_pid``, ``backend_secret``),
-``_transport``, ``_cancellations`` and ``_top_xact`` (its record of the outermost
-``transaction()``), and overrides ``_cancel_current_command`` (which asyncpg's
-protocol calls when a caller is cancelled); ``tests/test_postgresql.py::test_liveness_reads_driver_internals``
-and the cancellation storm
-fails if the driver changes them.
+Reads asyncpg's ``_protocol`` (``backend_pid``, ``backend_secret``), ``_transport``,
+``_cancellations``, ``_addr`` and ``_params`` (for its own cancel request,
+``connect_utils._cancel``) and ``_top_xact`` (its record of the outermost
+``transaction()``), and overrides ``_cancel_current_command`` (which asyncpg's protocol
+calls when a caller is cancelled); ``tests/test_postgresql.py::test_liveness_reads_driver_internals``,
+the cancellation storm and ``tests/test_driver_transactions.py`` fail if the driver changes them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 from typing import Any, ClassVar, Final
 
 import asyncpg
+from asyncpg import connect_utils
 
 from ..errors import ConfigError
 from ..settings import DEFAULT_PORTS, Settings
 from .base import ErrorKind, ServerLimits, check_options, close_socket_of
-from .pgcommon import LIMITS_SQL, PostgresBackend, classify_sqlstate, limits_from_row, send_cancel_request
+from .pgcommon import LIMITS_SQL, PostgresBackend, classify_sqlstate, limits_from_row
 
 __all__ = ("AsyncpgBackend",)
 
@@ -29,6 +31,8 @@ _OWN_KEYS: Final = {
     "host": "HOST", "port": "PORT", "user": "USER", "password": "PASSWORD", "database": "NAME",
     "dsn": "the alias' own keys (or a URL)", "timeout": "CONNECT_TIMEOUT",
 }  # fmt: skip
+#: asyncpg's own cancel request (its stubs do not declare the private function)
+_driver_cancel: Any = getattr(connect_utils, "_cancel")  # noqa: B009
 _DRIVER_KEYS: Final = frozenset(inspect.signature(asyncpg.connect).parameters) - {"loop", "connection_class"}
 
 
@@ -196,7 +200,13 @@ class AsyncpgBackend(PostgresBackend):
         return int(conn.aconn_pid)
 
     async def _cancel(self, conn: Any) -> None:
-        await send_cancel_request(self._host, self._port, conn.aconn_pid, conn.aconn_secret)
+        # asyncpg's own cancel request: to the address the connection actually reached, with TLS
+        # as its sslmode says (what asyncpg does itself when a caller is cancelled)
+        with contextlib.suppress(ConnectionResetError):  # some servers reset it once they have the request
+            await _driver_cancel(
+                loop=asyncio.get_running_loop(), addr=conn._addr, params=conn._params,
+                backend_pid=conn.aconn_pid, backend_secret=conn.aconn_secret,
+            )  # fmt: skip
 
     def classify(self, exc: BaseException, *, connecting: bool = False) -> ErrorKind:
         if isinstance(exc, asyncpg.PostgresError):

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import math
-import struct
 from collections.abc import Callable
 from typing import Any, Final
 
 from .base import Backend, ErrorKind, ServerLimits, poll_liveness, polled_dead
 
-__all__ = ("LIMITS_SQL", "PostgresBackend", "classify_sqlstate", "limits_from_row", "send_cancel_request")
+__all__ = ("LIMITS_SQL", "PostgresBackend", "classify_sqlstate", "limits_from_row")
 
 #: one round trip per new connection; durations come from pg_settings in milliseconds
 #: (NULL where the server is too old to have the setting)
@@ -49,8 +48,6 @@ _RETRY_MESSAGES: Final = (
     "in recovery mode",
     "not yet accepting",
 )
-#: the cancel request's code in the startup packet (protocol 3)
-_CANCEL_REQUEST_CODE: Final = 80877102
 
 
 def classify_sqlstate(state: str | None, message: str, *, connecting: bool) -> ErrorKind | None:
@@ -86,23 +83,6 @@ def limits_from_row(row: Any, *, pooled: bool = False, key_pid: int | None = Non
         idle_in_transaction_timeout=seconds(idle_in_tx),
         session_id_verified=not pooled,
     )
-
-
-async def send_cancel_request(host: str, port: int, pid: int, secret: int) -> None:
-    """PostgreSQL's cancel request for session ``pid``, on a connection of its own.
-
-    The server answers nothing and closes the connection once it has handled it.
-    """
-    if host.startswith("/"):
-        reader, writer = await asyncio.open_unix_connection(f"{host}/.s.PGSQL.{port}")
-    else:
-        reader, writer = await asyncio.open_connection(host, port)
-    try:
-        writer.write(struct.pack("!iiii", 16, _CANCEL_REQUEST_CODE, pid, secret))
-        await writer.drain()
-        await reader.read()
-    finally:
-        writer.close()
 
 
 class PostgresBackend(Backend):

@@ -45,6 +45,8 @@ _ISOLATION: Final = {
     psycopg.IsolationLevel.REPEATABLE_READ: "repeatable read",
     psycopg.IsolationLevel.SERIALIZABLE: "serializable",
 }
+#: libpq 17's cancel connections (PQcancelCreate): TLS and the connected host, as psycopg's cancel_safe()
+_CANCEL_CONN: Final = psycopg.capabilities.has_cancel_safe()
 _IDLE: Final = pq.TransactionStatus.IDLE
 _ACTIVE: Final = pq.TransactionStatus.ACTIVE
 _BAD: Final = pq.ConnStatus.BAD
@@ -55,7 +57,7 @@ class _Connection(psycopg.AsyncConnection[Any]):
 
     #: the server's process id of this session
     aconn_pid: int = 0
-    #: libpq's cancel handle, taken at connect (usable after the connection is closed)
+    #: libpq's cancel connection or handle, taken at connect (usable after the connection is closed)
     aconn_cancel: Any = None
     #: a pooler sits between this connection and the server (seen at connect)
     aconn_pooled: bool = False
@@ -156,7 +158,9 @@ class PsycopgBackend(PostgresBackend):
         pid, limits = limits_from_row(row, pooled=self.settings.pooler is not None, key_pid=conn.pgconn.backend_pid)
         conn.aconn_pooled = not limits.session_id_verified
         conn.aconn_pid = pid
-        conn.aconn_cancel = conn.pgconn.get_cancel()
+        # libpq's cancel connection (libpq 17: TLS as the connection negotiated it, to the host it
+        # reached), else its legacy cancel handle; both outlive the connection they cancel for
+        conn.aconn_cancel = conn.pgconn.cancel_conn() if _CANCEL_CONN else conn.pgconn.get_cancel()
         return conn, limits
 
     @staticmethod
@@ -229,8 +233,13 @@ class PsycopgBackend(PostgresBackend):
 
     async def _cancel(self, conn: Any) -> None:
         cancel = conn.aconn_cancel
-        if cancel is not None:
-            await asyncio.to_thread(cancel.cancel)  # libpq's PQcancel: a blocking call, bounded by the caller
+        if cancel is None:
+            return
+        # blocking libpq calls, in a thread: bounded by the caller
+        if _CANCEL_CONN:
+            await asyncio.to_thread(cancel.blocking)  # PQcancelBlocking: raises if the request failed
+        else:
+            await asyncio.to_thread(cancel.cancel)  # PQcancel (libpq before 17: no TLS)
 
     def classify(self, exc: BaseException, *, connecting: bool = False) -> ErrorKind:
         if isinstance(exc, psycopg.Error):
