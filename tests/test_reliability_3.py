@@ -3,9 +3,12 @@
 | # | promise | tests |
 | --- | --- | --- |
 | 1 | a task backing off after a refused connect takes a connection given back meanwhile (FIFO) | test_backing_off_connect_takes_a_released_connection |
-| 2 | behind an undeclared PgBouncer, cancelled statements are stopped; the pooler is seen and named | test_cancel_through_an_undeclared_pooler |
+| 2 | behind an undeclared PgBouncer, cancelled statements are stopped; the pooler is seen and named | test_cancel_through_an_undeclared_pooler, test_check_sees_a_pooler_without_admin_rights |
+| 3 | the cancel request takes the driver's own path: TLS, the address connected | test_cancel_request_goes_over_tls |
 | 4 | every secret masked | test_settings::test_every_secret_is_masked |
 | 5 | STATEMENT_TIMEOUT range-checked per server | test_settings::test_statement_timeout_range |
+| 6 | with MAX_REPLICA_LAG a replica is read only once a check qualified it | test_replicas::test_stopped_replica_is_never_read_before_a_check |
+| 8 | a caller's timeout bounds its wait on every driver, psycopg during a black hole included | test_callers_timeout_bounds_its_wait_during_a_black_hole |
 """
 
 from __future__ import annotations
@@ -174,5 +177,42 @@ async def test_cancel_request_goes_over_tls(engine: str, tls_postgres: Any, make
         assert len(proxy.openings) >= 2  # the connection, and at least one cancel request
         assert all(opening.startswith(ssl_request) for opening in proxy.openings), proxy.openings
         assert not any(cancel_request in opening for opening in proxy.openings)
+    finally:
+        proxy.close()
+
+
+@pytest.mark.postgresql
+@pytest.mark.parametrize("engine", ["postgresql", "asyncpg"])
+async def test_callers_timeout_bounds_its_wait_during_a_black_hole(engine: str, pg: Any, make: Any) -> None:
+    """The network path goes silent mid-statement: the caller's asyncio.timeout(1) is its bound (psycopg
+    waited 5 s for its own cancel before), the scope exits at once, and the connection's stop runs in
+    the background with its slot held until it is done."""
+    import time
+
+    from faults import Proxy
+
+    proxy = Proxy(pg.port).start()
+    try:
+        connections = make({"default": pg.settings(ENGINE=engine, PORT=proxy.port, CONN_MAX_AGE=60, MAX_CONNS=2)})
+        async with connections.acquire() as conn:
+            await conn.execute("SELECT 1")
+            proxy.blackhole = True
+            started = time.monotonic()
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(1):
+                    await conn.execute("SELECT 1")
+            caller_waited = time.monotonic() - started
+        exited = time.monotonic() - started
+        assert caller_waited < 1.5, caller_waited
+        assert exited < 1.5, exited  # the scope's exit did not wait for the server either
+        stats = connections.stats()
+        assert stats.closing == 1 and stats.open == 1  # the slot waits for the stop, in the background
+        proxy.blackhole = False
+        async with asyncio.timeout(15):
+            while connections.stats().closing:
+                await asyncio.sleep(0.02)
+        assert_balanced(connections.stats())
+        async with connections.acquire() as conn:  # served again, by a fresh connection
+            await conn.execute("SELECT 1")
     finally:
         proxy.close()

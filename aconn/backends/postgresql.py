@@ -20,7 +20,8 @@ import inspect
 from typing import Any, ClassVar, Final
 
 import psycopg
-from psycopg import pq
+from psycopg import generators, pq
+from psycopg.waiting import wait_async, wait_conn_async
 
 from ..errors import ConfigError
 from ..settings import DEFAULT_PORTS, Settings
@@ -47,16 +48,57 @@ _ISOLATION: Final = {
 }
 #: libpq 17's cancel connections (PQcancelCreate): TLS and the connected host, as psycopg's cancel_safe()
 _CANCEL_CONN: Final = psycopg.capabilities.has_cancel_safe()
+#: psycopg's own bounds on a cancelled statement: the cancel request, then the statement's end
+DRAIN_TIMEOUT: Final = 5.0
+_WAIT_INTERVAL: Final = 0.1
 _IDLE: Final = pq.TransactionStatus.IDLE
 _ACTIVE: Final = pq.TransactionStatus.ACTIVE
 _BAD: Final = pq.ConnStatus.BAD
 
 
 class _Connection(psycopg.AsyncConnection[Any]):
-    """psycopg's connection, with what aconn needs to cancel its statement once it is closed."""
+    """psycopg's connection, with what aconn needs to cancel its statement once it is closed, and
+    a caller's cancellation that returns at once.
+
+    psycopg answers a cancelled caller by cancelling the statement and waiting for the server
+    (up to 5 s for the request, 5 s more for the statement) before the ``CancelledError`` goes
+    on: a caller's ``asyncio.timeout(2)`` returned after 5 s during a network black hole. Here
+    the same cancel-and-drain runs in a task of its own and the caller gets its error at its
+    deadline; the next command on the connection waits for that task first (the connection
+    stays usable, as psycopg's), and a scope that ends meanwhile leaves the stop to aconn, which
+    holds the slot until the server has let go of the session.
+    """
 
     #: the server's process id of this session
     aconn_pid: int = 0
+    #: the cancel-and-drain of a statement whose caller was cancelled, still running
+    aconn_draining: asyncio.Task[None] | None = None
+
+    async def wait(self, gen: Any, interval: float = _WAIT_INTERVAL, timeout: float | None = None) -> Any:
+        draining = self.aconn_draining
+        if draining is not None:
+            await asyncio.shield(draining)  # the cancelled statement's result is consumed first
+            self.aconn_draining = None
+        try:
+            return await wait_async(gen, self.pgconn.socket, interval=interval, timeout=timeout)
+        except asyncio.CancelledError:
+            if self.pgconn.transaction_status == _ACTIVE:
+                self.aconn_draining = asyncio.get_running_loop().create_task(self._aconn_drain(gen, interval))
+            raise
+
+    async def _aconn_drain(self, gen: Any, interval: float) -> None:
+        """psycopg's own answer to a cancelled caller, off the caller's path: cancel, then consume
+        the statement's end; a connection that does not get there is closed (as psycopg does)."""
+        try:
+            await self.cancel_safe(timeout=DRAIN_TIMEOUT)
+            await wait_async(gen, self.pgconn.socket, interval=interval, timeout=DRAIN_TIMEOUT)
+        except asyncio.CancelledError:
+            self.pgconn.finish()  # aborted by aconn meanwhile (its stop takes over)
+        except psycopg.errors.QueryCanceled:
+            pass  # as expected: the session is usable
+        except Exception:
+            self.pgconn.finish()  # not cancelled in time, or lost: its state is unknown
+
     #: libpq's cancel connection or handle, taken at connect (usable after the connection is closed)
     aconn_cancel: Any = None
     #: a pooler sits between this connection and the server (seen at connect)
@@ -174,6 +216,10 @@ class PsycopgBackend(PostgresBackend):
         await conn.close()  # a Terminate message: the server logs no lost client
 
     def abort(self, conn: Any) -> None:
+        draining = conn.aconn_draining
+        if draining is not None:
+            conn.aconn_draining = None
+            draining.cancel()  # aconn's own stop of the statement takes over
         conn.pgconn.finish()  # closes the socket at once, no I/O
 
     def forget(self, conn: Any) -> None:
@@ -235,11 +281,17 @@ class PsycopgBackend(PostgresBackend):
         cancel = conn.aconn_cancel
         if cancel is None:
             return
-        # blocking libpq calls, in a thread: bounded by the caller
         if _CANCEL_CONN:
-            await asyncio.to_thread(cancel.blocking)  # PQcancelBlocking: raises if the request failed
+            # libpq's non-blocking cancel connection, polled by the event loop (as psycopg's own
+            # cancel_safe does): bounded by the caller. Its blocking() would keep the GIL while a
+            # silent network path holds it up, stopping every thread of the process.
+            cancel.start()
+            try:
+                await wait_conn_async(generators.cancel(cancel), interval=_WAIT_INTERVAL)
+            finally:
+                cancel.finish()
         else:
-            await asyncio.to_thread(cancel.cancel)  # PQcancel (libpq before 17: no TLS)
+            await asyncio.to_thread(cancel.cancel)  # PQcancel (libpq before 17: no TLS), bounded by the caller
 
     def classify(self, exc: BaseException, *, connecting: bool = False) -> ErrorKind:
         if isinstance(exc, psycopg.Error):

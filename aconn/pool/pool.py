@@ -468,6 +468,9 @@ class Pool:
             reason = _ERROR
         elif not holder.alive():
             reason = _UNUSABLE
+        elif backend.left_running(conn):
+            # a statement still in flight, its caller timed out and went on: stopped in the background
+            reason = _ERROR
         elif exc is not None and (kind := backend.classify(exc)) in (ErrorKind.DISCONNECT, ErrorKind.READ_ONLY):
             if kind is ErrorKind.READ_ONLY:
                 # a demoted primary: the idle connections reach the same server; new ones, after a
