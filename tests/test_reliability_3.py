@@ -216,3 +216,67 @@ async def test_callers_timeout_bounds_its_wait_during_a_black_hole(engine: str, 
             await conn.execute("SELECT 1")
     finally:
         proxy.close()
+
+
+@pytest.mark.mysql
+async def test_side_session_lost_mid_kill_opens_no_second_one(db: Any, make: Any) -> None:
+    """The side session that stops a cancelled statement is lost mid-work (here: killed by an admin
+    while a slow network path holds its reply; in the soak: a proxy reset during a freeze). At the
+    server it may run on until its statement ends, so aconn opens no second side session: the stop
+    goes on over a connection of the pool, inside the cap, which also waits until the lost one is
+    gone. Before, a replacement opened at once: MAX_CONNS + 2 sessions in that moment."""
+    from faults import Proxy
+    from mariadb import SessionSampler
+
+    proxy = Proxy(db.port).start()
+    try:
+        connections = make({"default": db.settings(PORT=proxy.port, CONN_MAX_AGE=60, MAX_CONNS=2)})
+        backend = connections._pools["default"].backend
+        release_b = asyncio.Event()
+        b_ready = asyncio.Event()
+
+        async def holds_b() -> None:
+            async with connections.acquire() as conn:
+                await fetch(conn, "SELECT 1")
+                b_ready.set()
+                await release_b.wait()
+
+        async def runs_x() -> None:
+            async with connections.acquire() as conn:
+                await fetch(conn, "SELECT SLEEP(30)")
+
+        task_b = asyncio.create_task(holds_b())
+        await b_ready.wait()
+        with SessionSampler(db) as sampler:
+            task_x = asyncio.create_task(runs_x())
+            async with asyncio.timeout(10):
+                while "SELECT SLEEP(30)" not in [r[0] for r in db.sql("SELECT INFO FROM information_schema.PROCESSLIST")]:
+                    await asyncio.sleep(0.01)
+            assert proxy.accepted == 2
+            proxy.latency = 0.3  # every reply slow from here: the side session is caught mid-work
+            task_x.cancel()
+            await asyncio.gather(task_x, return_exceptions=True)
+            async with asyncio.timeout(15):  # the side session opened, and is at work
+                while backend._side is None:
+                    await asyncio.sleep(0.01)
+            side_id = backend._side.server_thread_id[0]
+            await asyncio.to_thread(db.kill_sessions, side_id)
+            async with asyncio.timeout(15):  # the loss seen by aconn (the side session aborted)
+                while backend._side is not None:
+                    await asyncio.sleep(0.01)
+            release_b.set()  # the stop's retry takes B's connection, inside the cap
+            await task_b
+            async with asyncio.timeout(15):
+                while connections.stats().closing:
+                    await asyncio.sleep(0.02)
+            proxy.latency = 0.0
+        stats = connections.stats()
+        assert proxy.accepted == 3  # X's, B's and the one side session: no second side session
+        assert (stats.server_cancels, stats.server_cancels_failed) == (1, 0)
+        assert backend.side_sessions_lost == 1 and backend._lingering is None
+        assert sampler.max_sessions <= 2 + 1, sampler.busiest
+        assert_balanced(stats)
+        async with connections.acquire() as conn:  # the pool serves on
+            assert await fetch(conn, "SELECT 2") == [(2,)]
+    finally:
+        proxy.close()

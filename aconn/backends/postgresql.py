@@ -219,6 +219,11 @@ class PsycopgBackend(PostgresBackend):
         draining = conn.aconn_draining
         if draining is not None:
             conn.aconn_draining = None
+            if self.pooled(conn) and not draining.done():
+                # a pooler forwards a cancel request only while the client connection that ran the
+                # statement is open: psycopg's own cancel goes out first (bounded), then the close
+                draining.add_done_callback(lambda _: conn.pgconn.finish())
+                return
             draining.cancel()  # aconn's own stop of the statement takes over
         conn.pgconn.finish()  # closes the socket at once, no I/O
 
@@ -273,6 +278,9 @@ class PsycopgBackend(PostgresBackend):
         # psycopg cancels a cancelled caller's statement itself and waits for the server before
         # the CancelledError goes on; a statement is left only when that was cut short
         return bool(conn.pgconn.transaction_status == _ACTIVE or (conn.pgconn.status == _BAD and conn.aconn_pid != 0))
+
+    def _backend_pid(self, conn: Any) -> int:
+        return int(conn.pgconn.backend_pid)
 
     def _pid(self, conn: Any) -> int:
         return int(conn.aconn_pid)
