@@ -292,6 +292,8 @@ class SessionSampler:
         #: the sessions of the busiest sample: (statement, ms, id, command, state) each, to tell what they were
         self.busiest: list[tuple[Any, ...]] = []
         self.max_statement_ms = 0.0
+        #: the session of the longest-running sample of ``statement``: (statement, ms, id, command, state)
+        self.longest: tuple[Any, ...] = ()
         self.samples = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="aconn-session-sampler")
@@ -322,9 +324,10 @@ class SessionSampler:
                 self.samples += 1
                 if len(rows) > self.max_sessions:
                     self.max_sessions, self.busiest = len(rows), [tuple(row) for row in rows]
-                for info, time_ms, *_ in rows:
-                    if self.statement and info and self.statement in info:
-                        self.max_statement_ms = max(self.max_statement_ms, float(time_ms))
+                for row in rows:
+                    info, time_ms = row[0], row[1]
+                    if self.statement and info and self.statement in info and float(time_ms) > self.max_statement_ms:
+                        self.max_statement_ms, self.longest = float(time_ms), tuple(row)
             self._stop.wait(self.interval)
         if conn is not None:
             conn.close()

@@ -90,7 +90,7 @@ async def test_cancellation_storm_holds_the_cap_on_the_server(db: MariaDB) -> No
     assert cancelled > 100 and sampler.samples > 50
     assert sampler.max_sessions <= 11, sampler.max_sessions
     # cancelled after at most 0.2 s of running: none may still run 1 s later
-    assert sampler.max_statement_ms < 1200, sampler.max_statement_ms
+    assert sampler.max_statement_ms < 1200, (sampler.max_statement_ms, sampler.longest, stats)
     assert stats.server_cancels > 50 and stats.server_cancels_failed == 0, stats
     assert left_running == []  # aclose() waited for the server to let go
     assert db.wait_app_threads(lambda ids: not ids, timeout=5) == []
