@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 from ..errors import ConfigError
 from ..settings import Settings
 from .base import Backend, ErrorKind, ServerLimits, check_options, close_socket_of, poll_liveness, polled_dead
-from .nesting import block_entered, block_left, forget_blocks
+from .nesting import CountsBlocks, forget_blocks
 
 __all__ = ("MySQLProtocolBackend", "cleartext_refused", "tls_not_offered")
 
@@ -143,7 +143,7 @@ def _skip_tls_shutdown(transport: Any) -> None:
             transport.abort()
 
 
-class MySQLProtocolBackend(Backend):
+class MySQLProtocolBackend(CountsBlocks, Backend):
     """The MySQL / MariaDB backend, less the driver: a subclass names its driver and reads its internals.
 
     The connection class a subclass builds carries three attributes of aconn's own:
@@ -370,14 +370,6 @@ class MySQLProtocolBackend(Backend):
     async def execute(self, conn: Any, sql: str) -> None:
         async with conn.cursor() as cur:
             await cur.execute(sql)
-
-    async def begin_block(self, conn: Any, savepoint: str | None) -> Any:
-        token = await super().begin_block(conn, savepoint)
-        block_entered(conn)
-        return token
-
-    def left_block(self, conn: Any) -> None:
-        block_left(conn)
 
     async def replica_lag(self, conn: Any) -> float | None:
         """``Seconds_Behind_Master`` (MariaDB; ``_Source`` on MySQL 8): needs REPLICATION CLIENT

@@ -26,7 +26,14 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-__all__ = ("NestingBeginConnection", "NestingConnection", "block_entered", "block_left", "forget_blocks")
+__all__ = (
+    "CountsBlocks",
+    "NestingBeginConnection",
+    "NestingConnection",
+    "block_entered",
+    "block_left",
+    "forget_blocks",
+)
 
 #: savepoint names of the driver's nested begin(), unique in the process
 _NAMES = itertools.count(1)
@@ -73,6 +80,19 @@ class NestingBeginConnection(NestingConnection):
         name = f"aconn_begin_{next(_NAMES)}"
         await self.aconn_statement(f"SAVEPOINT {name}")
         self.aconn_savepoints += (name,)
+
+
+class CountsBlocks:
+    """Mixed in before :class:`~aconn.backends.base.Backend` by the backends whose connections
+    are a :class:`NestingConnection`: keeps the count of aconn's blocks on the connection."""
+
+    async def begin_block(self, conn: Any, savepoint: str | None) -> Any:
+        token = await super().begin_block(conn, savepoint)  # type: ignore[misc]
+        block_entered(conn)
+        return token
+
+    def left_block(self, conn: Any) -> None:
+        block_left(conn)
 
 
 def block_entered(conn: Any) -> None:

@@ -18,7 +18,7 @@ import aiosqlite
 from ..errors import ConfigError
 from ..settings import Settings
 from .base import Backend, ErrorKind, ServerLimits, check_options
-from .nesting import NestingConnection, block_entered, block_left, forget_blocks
+from .nesting import CountsBlocks, NestingConnection, forget_blocks
 
 __all__ = ("SQLiteBackend",)
 
@@ -43,7 +43,7 @@ class _Connection(NestingConnection, aiosqlite.Connection):
         await cursor.close()
 
 
-class SQLiteBackend(Backend):
+class SQLiteBackend(CountsBlocks, Backend):
     """aiosqlite connections to a file, or to an in-memory database shared by the alias.
 
     ``NAME=':memory:'`` gives every connection of the alias the same in-memory
@@ -124,14 +124,6 @@ class SQLiteBackend(Backend):
     async def rollback(self, conn: Any) -> None:
         forget_blocks(conn)  # the driver's rollback() is then its own
         await conn.rollback()
-
-    async def begin_block(self, conn: Any, savepoint: str | None) -> Any:
-        token = await super().begin_block(conn, savepoint)
-        block_entered(conn)
-        return token
-
-    def left_block(self, conn: Any) -> None:
-        block_left(conn)
 
     async def execute(self, conn: Any, sql: str) -> None:
         cursor = await conn.execute(sql)
