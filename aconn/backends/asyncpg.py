@@ -196,9 +196,6 @@ class AsyncpgBackend(PostgresBackend):
         # statement known stopped: aconn sends one again, then waits for the session to go
         return bool(conn.aconn_cancelled)
 
-    def _backend_pid(self, conn: Any) -> int:
-        return int(conn._protocol.backend_pid)
-
     def _pid(self, conn: Any) -> int:
         return int(conn.aconn_pid)
 

@@ -22,7 +22,6 @@ __all__ = (
     "Backend",
     "ErrorKind",
     "ServerLimits",
-    "SideSessionLost",
     "check_options",
     "close_socket_of",
     "pending_events",
@@ -106,17 +105,6 @@ def check_options(
             raise ConfigError(alias, f"OPTIONS.{key}", f"{what}: {peer}" if peer else what)
 
 
-class SideSessionLost(Exception):
-    """The backend's side session was lost mid-work (a network reset): at the server it may run on
-    until its statement ends. No other side session opens until a connection of the pool has seen
-    it gone (the "+1" of ``CANCEL_ON_SERVER``'s bound): the pool retries the work over one of its
-    own connections, inside the cap."""
-
-    def __init__(self, session_id: int) -> None:
-        super().__init__(f"the side session {session_id} was lost; it may linger at the server")
-        self.session_id = session_id
-
-
 class ErrorKind(enum.Enum):
     """How the pool should treat an exception raised by the driver."""
 
@@ -172,10 +160,9 @@ class Backend:
         self._side: Any = None
         self._side_lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
         self._side_users = 0
-        #: side sessions lost mid-work (a network reset)
+        #: side sessions lost mid-work (a network reset): the server may hold each until it has
+        #: torn it down, one session above the "+1" of CANCEL_ON_SERVER's bound meanwhile
         self.side_sessions_lost = 0
-        #: the session id of a side session lost mid-work, until a pool connection saw it gone
-        self._lingering: int | None = None
         if settings.reset_on_release:
             # every connection needs I/O to go back (the reset): none is reusable as it is, and
             # backends without the setting pay nothing for it at each release
@@ -215,30 +202,21 @@ class Backend:
         raise NotImplementedError
 
     async def _on_another_session(self, via: Any, work: Callable[[Any], Awaitable[None]]) -> None:
-        """Run ``work(conn)`` on ``via`` (a connection of the pool), else on the side session.
+        """Run ``work(conn)`` on ``via`` (an idle connection of the pool), else on the side session.
 
         The side session is one per backend, outside the cap, opened on demand and closed when
         the last user is done (one per burst of cancellations: no session kept for it). It is
-        opened again when a connect is refused or lost (a server restarting), until the caller's
-        time bound ends the retries. Once lost mid-work, though, it may linger at the server
-        until its statement ends: then :class:`SideSessionLost` is raised, here and for every
-        later caller without ``via``, until work over ``via`` has seen that session gone.
+        opened again when it is lost or refused (a network reset, a server restarting), until
+        the caller's time bound ends the retries; any other error is raised.
         """
-        lingering = self._lingering
         if via is not None:
             try:
                 await work(via)
-                if lingering is not None:
-                    await self._wait_session_gone(via, lingering)
-                    if self._lingering == lingering:
-                        self._lingering = None  # side sessions may open again
                 return
             except Exception as exc:
-                if self.classify(exc) is not ErrorKind.DISCONNECT or self._lingering is not None:
+                if self.classify(exc) is not ErrorKind.DISCONNECT:
                     raise
                 # that connection was lost too (the pool closes it at release): use the side session
-        if self._lingering is not None:
-            raise SideSessionLost(self._lingering)
         loop = asyncio.get_running_loop()
         if self._side_lock is None or self._side_lock[0] is not loop:
             self._side_lock = (loop, asyncio.Lock())
@@ -247,8 +225,6 @@ class Backend:
             async with self._side_lock[1]:
                 backoff = 0.01
                 while True:
-                    if self._lingering is not None:  # lost by the user before us
-                        raise SideSessionLost(self._lingering)
                     side = self._side
                     try:
                         if side is None or self.is_dead(side, peek=False):
@@ -261,10 +237,6 @@ class Backend:
                         if side is not None:
                             self.side_sessions_lost += 1
                             self.abort(side)
-                            session_id = self._side_session_id(side)
-                            if session_id is not None and self.classify(exc) is ErrorKind.DISCONNECT:
-                                self._lingering = session_id
-                                raise SideSessionLost(session_id) from exc
                         if self.classify(exc, connecting=True) is ErrorKind.OTHER:
                             raise
                     await asyncio.sleep(backoff)
@@ -274,21 +246,6 @@ class Backend:
             if self._side_users == 0 and self._side is not None:
                 side, self._side = self._side, None
                 await self.close(side)
-
-    def _side_session_id(self, side: Any) -> int | None:
-        """The server's id of a side session (known after it is closed), None if unknown."""
-        return None
-
-    async def _session_alive(self, over: Any, session_id: int) -> bool:
-        """True while the server still shows session ``session_id`` (asked over ``over``)."""
-        raise NotImplementedError
-
-    async def _wait_session_gone(self, over: Any, session_id: int) -> None:
-        """Poll over ``over`` until the server no longer shows ``session_id``; the caller bounds it."""
-        delay = 0.002
-        while await self._session_alive(over, session_id):
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.05)
 
     def is_dead(self, conn: Any, *, peek: bool = True) -> bool:
         """Cheap liveness: True if the connection is known unusable. No round trip.

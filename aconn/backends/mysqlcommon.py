@@ -10,6 +10,7 @@ private attributes: the transport, the flags that say the stream is gone, the ha
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import os
@@ -123,13 +124,17 @@ def _shown(value: Any) -> str:
 
 
 async def _kill(errors: ModuleType, conn: Any, session_id: int) -> None:
-    """KILL CONNECTION ``session_id`` over ``conn`` (the wait until it is gone is the caller's)."""
+    """KILL CONNECTION ``session_id`` over ``conn`` and wait until the server has dropped it."""
     async with conn.cursor() as cur:
         try:
             await cur.execute("KILL CONNECTION %s", (session_id,))
         except errors.OperationalError as exc:
             if not exc.args or exc.args[0] != _UNKNOWN_THREAD:
                 raise
+        delay = 0.002
+        while await cur.execute(_SESSION_ALIVE_SQL, (session_id,)):
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
 
 
 def _skip_tls_shutdown(transport: Any) -> None:
@@ -415,21 +420,11 @@ class MySQLProtocolBackend(CountsBlocks, Backend):
 
         async def kill(over: Any) -> None:
             await _kill(errors, over, session_id)
-            await self._wait_session_gone(over, session_id)
 
         await self._on_another_session(via, kill)
 
     async def _open_side(self) -> Any:
-        side = await self._open()
-        side.aconn_session_id = side.server_thread_id[0]  # the handshake's: kept for after a loss
-        return side
-
-    def _side_session_id(self, side: Any) -> int | None:
-        return side.aconn_session_id  # type: ignore[no-any-return]
-
-    async def _session_alive(self, over: Any, session_id: int) -> bool:
-        async with over.cursor() as cur:
-            return bool(await cur.execute(_SESSION_ALIVE_SQL, (session_id,)))
+        return await self._open()
 
     def classify(self, exc: BaseException, *, connecting: bool = False) -> ErrorKind:
         errors = self.errors

@@ -7,6 +7,7 @@ a cancel request, then a wait until the server has let go of the session.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Callable
 from typing import Any, Final
@@ -140,30 +141,24 @@ class PostgresBackend(Backend):
         await self._cancel(conn)
         if self.pooled(conn):
             return  # the pooler forwarded it; its server connection is not this session's to watch
-        pid = self._pid(conn)
+        sql = SESSION_ALIVE_SQL.format(pid=self._pid(conn))
 
         async def wait_gone(over: Any) -> None:
-            await self._wait_session_gone(over, pid)
+            await self._wait_gone(over, sql)
 
         await self._on_another_session(via, wait_gone)
 
     async def _open_side(self) -> Any:
-        side = await self._open()
-        side.aconn_pid = self._backend_pid(side)  # kept for after a loss
-        return side
-
-    def _backend_pid(self, conn: Any) -> int:
-        """The server's process id of an open connection, as its driver knows it."""
-        raise NotImplementedError
-
-    def _side_session_id(self, side: Any) -> int | None:
-        return int(side.aconn_pid) or None
-
-    async def _session_alive(self, over: Any, session_id: int) -> bool:
-        return await self._fetch_one(over, SESSION_ALIVE_SQL.format(pid=session_id)) is not None
+        return await self._open()
 
     async def replica_lag(self, conn: Any) -> float | None:
         """0 on a primary; on a standby, the age of the last transaction replayed, or 0 when it has
         replayed everything it received (an idle primary writes nothing to be behind on)."""
         row = await self._fetch_one(conn, REPLICA_LAG_SQL)
         return float(row[0]) if row and row[0] is not None else math.inf
+
+    async def _wait_gone(self, conn: Any, sql: str) -> None:
+        delay = 0.002
+        while await self._fetch_one(conn, sql) is not None:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)

@@ -279,9 +279,6 @@ class PsycopgBackend(PostgresBackend):
         # the CancelledError goes on; a statement is left only when that was cut short
         return bool(conn.pgconn.transaction_status == _ACTIVE or (conn.pgconn.status == _BAD and conn.aconn_pid != 0))
 
-    def _backend_pid(self, conn: Any) -> int:
-        return int(conn.pgconn.backend_pid)
-
     def _pid(self, conn: Any) -> int:
         return int(conn.aconn_pid)
 

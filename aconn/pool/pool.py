@@ -20,7 +20,7 @@ from time import monotonic
 from typing import Any, Final
 
 from .._asyncio import run_shielded
-from ..backends.base import Backend, ErrorKind, ServerLimits, SideSessionLost
+from ..backends.base import Backend, ErrorKind, ServerLimits
 from ..errors import AconnError, AcquireTimeout, ClosedError, PoolOverloaded
 from ..hooks import HookEvent, Hooks
 from ..rules import evaluate, idle_limit_from_server
@@ -570,16 +570,7 @@ class Pool:
         via_exc: BaseException | None = None
         try:
             async with asyncio.timeout(CLEANUP_TIMEOUT):
-                try:
-                    await self.backend.cancel_on_server(holder.conn, via.conn if via else None)
-                except SideSessionLost:
-                    if via is not None:
-                        raise
-                    # the backend's side session was lost mid-work and may linger at the server:
-                    # no second one meanwhile; the stop goes on over a connection of the pool,
-                    # inside the cap, which also waits until the lost one is gone
-                    via = await self.acquire(None)
-                    await self.backend.cancel_on_server(holder.conn, via.conn)
+                await self.backend.cancel_on_server(holder.conn, via.conn if via else None)
             self.counters.server_cancels += 1
             self._stops_failing = False
         except Exception as exc:
