@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import difflib
 import functools
 import logging
 import os
@@ -658,7 +659,14 @@ class Connections:
         try:
             return self._pools[alias]
         except KeyError:
-            raise ConfigError(alias, None, f"no such alias; configured: {', '.join(map(repr, self._pools))}") from None
+            pools = self._pools
+            hint = [a for a in pools if a.lower() == str(alias).lower()] or difflib.get_close_matches(
+                str(alias), list(pools), n=1
+            )
+            suggestion = f"did you mean {hint[0]!r}? " if hint else ""
+            raise ConfigError(
+                alias, None, f"no such alias; {suggestion}configured: {', '.join(map(repr, pools))}"
+            ) from None
 
     # -- frameworks -----------------------------------------------------------------------
 

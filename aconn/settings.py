@@ -32,6 +32,10 @@ ENGINE_ALIASES: Mapping[str, str] = {
     "django.db.backends.postgresql": "postgresql",
     "asyncpg": "asyncpg",
     "asyncmy": "asyncmy",
+    # every driver by its own name
+    "aiomysql": "mysql",
+    "psycopg": "postgresql",
+    "aiosqlite": "sqlite",
 }
 
 #: the engines that speak MySQL's protocol (aiomysql, asyncmy) and PostgreSQL's (psycopg, asyncpg)
@@ -220,6 +224,10 @@ def parse_databases(databases: Mapping[str, Any]) -> dict[str, Settings]:
     for alias, entry in databases.items():
         if not isinstance(alias, str) or not alias:
             raise ConfigError(str(alias), None, "an alias must be a non-empty string")
+        if alias != "default" and alias.lower() == "default" and "default" not in databases:
+            raise ConfigError(
+                alias, None, "did you mean 'default'? connection() and atomic() use the alias 'default' by default"
+            )
         out[alias] = parse_settings(alias, entry)
     _check_replicas(out)
     return out
@@ -307,7 +315,7 @@ def reset_by_default(engine: str, pooler: str | None) -> bool:
 def _engine(alias: str, value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigError(alias, "ENGINE", f"must be a string such as 'mysql' or 'sqlite', got {value!r}")
-    engine = ENGINE_ALIASES.get(value)
+    engine = ENGINE_ALIASES.get(value) or _URL_SCHEMES.get(value.lower())  # the URL spellings too
     if engine is not None:
         return engine
     if ("." in value or ":" in value) and not value.startswith("django.db.backends."):
@@ -335,9 +343,18 @@ def _pooler(alias: str, value: Any, engine: str) -> str | None:
 
 
 def unsupported_engine(value: str) -> str:
-    """The message for an engine aconn does not serve: the supported ones and the closest match."""
+    """The message for an engine aconn does not serve: the supported ones and the closest match
+    (a ``+driver`` spelling suggests the driver's name; a database aconn does not serve suggests
+    nothing: its last dotted name is compared, not the shared ``django.db.backends.`` prefix)."""
     known = sorted(ENGINE_ALIASES)
-    hint = difflib.get_close_matches(value, known, n=1, cutoff=0.8)
+    driver = value.rpartition("+")[2]
+    prefix, _, name = value.rpartition(".")
+    same_prefix = [k for k in known if k.rpartition(".")[0] == prefix] or known
+    by_name = {k.rpartition(".")[2]: k for k in same_prefix}
+    if "+" in value and driver in ENGINE_ALIASES:
+        hint = [driver]
+    else:
+        hint = [by_name[m] for m in difflib.get_close_matches(name, sorted(by_name), n=1, cutoff=0.8)]
     suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
     return (
         f"unsupported engine {value!r}{suggestion}; aconn serves {', '.join(known)}, "

@@ -282,3 +282,45 @@ def test_statement_timeout_range(engine: str, value: float, fragment: str) -> No
     assert fragment in str(caught.value) and "'db'" in str(caught.value)
     lowest = parse_settings("db", {"ENGINE": engine, "NAME": "app", "STATEMENT_TIMEOUT": 0.001})
     assert lowest.statement_timeout == 0.001
+
+
+@pytest.mark.parametrize(
+    ("engine", "canonical"),
+    [
+        ("aiomysql", "mysql"),
+        ("asyncmy", "asyncmy"),
+        ("psycopg", "postgresql"),
+        ("asyncpg", "asyncpg"),
+        ("aiosqlite", "sqlite"),
+        ("postgresql+asyncpg", "asyncpg"),
+        ("mysql+asyncmy", "asyncmy"),
+        ("django.db.backends.postgresql", "postgresql"),
+    ],
+)
+def test_every_driver_by_its_own_name(engine: str, canonical: str) -> None:
+    """Driver names, Django's ENGINE names and the URL schemes, from one table."""
+    assert parse_settings("db", {"ENGINE": engine, "NAME": "app.db"}).engine == canonical
+
+
+@pytest.mark.parametrize(
+    ("engine", "expected"),
+    [
+        ("django.db.backends.oracle", "unsupported engine 'django.db.backends.oracle'; aconn serves"),
+        ("mssql+aiomysql", "(did you mean 'aiomysql'?)"),
+        ("asyncpgg", "(did you mean 'asyncpg'?)"),
+    ],
+)
+def test_engine_suggestions(engine: str, expected: str) -> None:
+    with pytest.raises(aconn.ConfigError) as caught:
+        parse_settings("db", {"ENGINE": engine, "NAME": "x"})
+    assert expected in str(caught.value)
+
+
+def test_alias_typos_are_caught_with_a_suggestion() -> None:
+    with pytest.raises(aconn.ConfigError, match="did you mean 'default'"):
+        aconn.Connections({"Default": {"ENGINE": "sqlite", "NAME": ":memory:"}})
+    handler = aconn.Connections({"default": {"ENGINE": "sqlite", "NAME": ":memory:"}, "reports": "sqlite:///r.db"})
+    with pytest.raises(aconn.ConfigError, match="did you mean 'reports'"):
+        handler.stats("Reports")
+    with pytest.raises(aconn.ConfigError, match="did you mean 'reports'"):
+        handler.acquire("report")
