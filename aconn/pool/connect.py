@@ -52,8 +52,12 @@ class Connector:
         deadline: float,
         timed_out: Callable[[], AcquireTimeout],
         rest: Callable[[float, float], Awaitable[Holder | None]] | None = None,
+        background: bool = False,
     ) -> tuple[Any, ServerLimits] | Holder:
         """A new driver connection and the server's limits.
+
+        :param background: the connect is the pool's own (``MIN_CONNS``): when its caller is
+            cancelled (the handler closing), it finishes instead of being cut mid-handshake.
 
         :param rest: how to spend a backoff after a refusal, ``rest(seconds, deadline)``: the pool
             queues the caller as a waiter meanwhile, and a connection given back to it ends the
@@ -72,12 +76,11 @@ class Connector:
                 counters.acquire_timeouts += 1
                 raise timed_out()
             bound = min(remaining, settings.connect_timeout)
-            attempt = loop.create_task(self._attempt(bound))
             try:
-                conn, limits = await asyncio.shield(attempt)
-            except asyncio.CancelledError:
-                self._abandon(attempt)
-                raise
+                if background:
+                    conn, limits = await self._finished_if_cancelled(loop, bound)
+                else:
+                    conn, limits = await self._attempt(bound)
             except TimeoutError:
                 counters.connect_errors += 1
                 counters.acquire_timeouts += 1
@@ -119,9 +122,17 @@ class Connector:
         async with asyncio.timeout(bound):
             return await self.backend.connect()
 
+    async def _finished_if_cancelled(self, loop: asyncio.AbstractEventLoop, bound: float) -> tuple[Any, ServerLimits]:
+        attempt = loop.create_task(self._attempt(bound))
+        try:
+            return await asyncio.shield(attempt)
+        except asyncio.CancelledError:
+            self._abandon(attempt)
+            raise
+
     def _abandon(self, attempt: asyncio.Task[tuple[Any, ServerLimits]]) -> None:
-        """The caller of a connect was cancelled (an acquire given up, the handler closing): the
-        attempt is not cut short mid-handshake, where drivers leave futures and half-open TLS
+        """The caller of a background connect was cancelled (the handler closing): the attempt is
+        not cut short mid-handshake, where drivers leave futures and half-open TLS
         sessions behind (asyncpg logged "Future exception was never retrieved"); it finishes
         within its bound, the pool's close waiting for it, and what it opened is closed."""
         backend = self.backend

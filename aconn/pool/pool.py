@@ -296,11 +296,12 @@ class Pool:
             f"held by tasks: {shown or 'none'})"
         )
 
-    async def _open(self, deadline: float) -> Holder:
-        """Open a connection in a slot already counted in ``size`` and ``opening``."""
+    async def _open(self, deadline: float, background: bool = False) -> Holder:
+        """Open a connection in a slot already counted in ``size`` and ``opening``; ``background``:
+        for the pool itself (``MIN_CONNS``), finished even if the caller is cancelled."""
         started = monotonic()
         try:
-            opened = await self._connector.connect(deadline, self._timed_out, self._rest)
+            opened = await self._connector.connect(deadline, self._timed_out, self._rest, background)
         except BaseException:
             self._opening -= 1
             self._release_slot()
@@ -687,7 +688,7 @@ class Pool:
         self._size += 1
         self._opening += 1
         loop = asyncio.get_running_loop()
-        self._put_back(await self._open(loop.time() + self.settings.connect_timeout))
+        self._put_back(await self._open(loop.time() + self.settings.connect_timeout, background=True))
 
     async def close_old(self) -> None:
         """Sweep the idle set now and wait for the closes it started."""
