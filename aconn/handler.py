@@ -623,10 +623,7 @@ class Connections:
     @contextlib.asynccontextmanager
     async def _acquire(self, alias: str, expected: type[Any] | None) -> AsyncIterator[Any]:
         async with Scope(self._scopes):
-            conn = await self.connection(alias)
-            if expected is not None and not isinstance(conn, expected):
-                raise _not_expected(alias, conn, expected)
-            yield conn
+            yield await (self.connection(alias) if expected is None else self.connection(alias, expected))
 
     def each(self, source: AsyncIterable[T] | Iterable[T]) -> Jobs[T]:
         """Handle each item of ``source`` in a scope of its own (worker loops).

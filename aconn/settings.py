@@ -89,25 +89,23 @@ _KNOWN = frozenset(
     }
 )  # fmt: skip
 
+_PEER_POOL_OPTIONS: Mapping[str, tuple[str, ...]] = {
+    "aconn's is MIN_CONNS (connections kept open by housekeeping)": ("min_size", "minsize"),
+    "aconn's is MAX_CONNS (the cap per alias per process)": ("max_size", "maxsize", "pool_size"),
+    "aconn has no overflow: MAX_CONNS is the whole cap": ("max_overflow",),
+    "aconn's is IDLE_TIMEOUT (seconds idle before closing)": ("max_inactive_connection_lifetime", "max_idle"),
+    "aconn's is CONN_MAX_AGE (seconds before a connection is replaced)": ("max_lifetime", "pool_recycle"),
+    "aconn has none: connections are replaced by age (CONN_MAX_AGE)": ("max_queries",),
+    "aconn's is ACQUIRE_TIMEOUT (and CONNECT_TIMEOUT for one connect)": ("timeout",),
+    "aconn's is ACQUIRE_TIMEOUT (seconds to wait for a connection)": ("pool_timeout",),
+    "aconn's is MAX_WAITING (tasks that may wait; beyond, PoolOverloaded)": ("max_waiting",),
+    "aconn's is CONN_HEALTH_CHECKS (a ping only when idle > 0.5 s)": ("pool_pre_ping",),
+    "aconn's is RESET_ON_RELEASE": ("reset",),
+}
 #: options of the pools aconn replaces (asyncpg.Pool, aiomysql/asyncmy pools, psycopg_pool,
 #: SQLAlchemy), given in OPTIONS or a URL: what aconn does instead
 PEER_POOL_OPTIONS: Mapping[str, str] = {
-    "min_size": "a pool option; aconn's is MIN_CONNS (connections kept open by housekeeping)",
-    "minsize": "a pool option; aconn's is MIN_CONNS (connections kept open by housekeeping)",
-    "max_size": "a pool option; aconn's is MAX_CONNS (the cap per alias per process)",
-    "maxsize": "a pool option; aconn's is MAX_CONNS (the cap per alias per process)",
-    "pool_size": "a pool option; aconn's is MAX_CONNS (the cap per alias per process)",
-    "max_overflow": "a pool option; aconn has no overflow: MAX_CONNS is the whole cap",
-    "max_inactive_connection_lifetime": "a pool option; aconn's is IDLE_TIMEOUT (seconds idle before closing)",
-    "max_idle": "a pool option; aconn's is IDLE_TIMEOUT (seconds idle before closing)",
-    "max_lifetime": "a pool option; aconn's is CONN_MAX_AGE (seconds before a connection is replaced)",
-    "pool_recycle": "a pool option; aconn's is CONN_MAX_AGE (seconds before a connection is replaced)",
-    "max_queries": "a pool option; aconn has none: connections are replaced by age (CONN_MAX_AGE)",
-    "timeout": "a pool option; aconn's is ACQUIRE_TIMEOUT (and CONNECT_TIMEOUT for one connect)",
-    "pool_timeout": "a pool option; aconn's is ACQUIRE_TIMEOUT (seconds to wait for a connection)",
-    "max_waiting": "a pool option; aconn's is MAX_WAITING (tasks that may wait; beyond, PoolOverloaded)",
-    "pool_pre_ping": "a pool option; aconn's is CONN_HEALTH_CHECKS (a ping only when idle > 0.5 s)",
-    "reset": "a pool option; aconn's is RESET_ON_RELEASE",
+    key: f"a pool option; {what}" for what, keys in _PEER_POOL_OPTIONS.items() for key in keys
 }
 
 #: Keys of OPTIONS whose values are secrets and are never shown, beside any key whose name

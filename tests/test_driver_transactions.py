@@ -58,27 +58,24 @@ async def _mysql_ids(conn: Any) -> list[int]:
         return [r[0] for r in await cur.fetchall()]
 
 
-@contextlib.asynccontextmanager
-async def _begin_commit(conn: Any) -> AsyncIterator[Any]:
-    """aiomysql's and asyncmy's begin(), then commit() or rollback()."""
-    await conn.begin()
-    try:
-        yield conn
-    except BaseException:
-        await conn.rollback()
-        raise
-    await conn.commit()
+def _ended_by_commit(
+    begin: Callable[[Any], Awaitable[Any]] | None,
+) -> Callable[[Any], contextlib.AbstractAsyncContextManager[Any]]:
+    """The driver's transaction as apps write it: ``begin`` (if any), then ``commit()``, or
+    ``rollback()`` on an error. aiomysql's and asyncmy's ``begin()``; aiosqlite's statements."""
 
+    @contextlib.asynccontextmanager
+    async def transaction(conn: Any) -> AsyncIterator[Any]:
+        if begin is not None:
+            await begin(conn)
+        try:
+            yield conn
+        except BaseException:
+            await conn.rollback()
+            raise
+        await conn.commit()
 
-@contextlib.asynccontextmanager
-async def _commit_or_rollback(conn: Any) -> AsyncIterator[Any]:
-    """aiosqlite's: statements, then commit() or rollback()."""
-    try:
-        yield conn
-    except BaseException:
-        await conn.rollback()
-        raise
-    await conn.commit()
+    return transaction
 
 
 async def _sqlite_run(conn: Any, sql: str) -> None:
@@ -114,24 +111,10 @@ async def _asyncpg_leave_open(conn: Any) -> None:
     await conn.transaction().start()
 
 
-def _begun_by_hand(driver: Driver) -> Callable[[Any], contextlib.AbstractAsyncContextManager[Any]]:
-    @contextlib.asynccontextmanager
-    async def transaction(conn: Any) -> AsyncIterator[Any]:
-        await driver.run(conn, "BEGIN")
-        try:
-            yield conn
-        except BaseException:
-            await conn.rollback()
-            raise
-        await conn.commit()
-
-    return transaction
-
-
 DRIVERS = {
-    "sqlite": Driver("sqlite", _sqlite_run, _sqlite_ids, _commit_or_rollback, lambda c: _sqlite_run(c, "BEGIN"), False),
-    "aiomysql": Driver("aiomysql", _mysql_run, _mysql_ids, _begin_commit, lambda c: c.begin()),
-    "asyncmy": Driver("asyncmy", _mysql_run, _mysql_ids, _begin_commit, lambda c: c.begin()),
+    "sqlite": Driver("sqlite", _sqlite_run, _sqlite_ids, _ended_by_commit(None), lambda c: _sqlite_run(c, "BEGIN"), False),
+    "aiomysql": Driver("aiomysql", _mysql_run, _mysql_ids, _ended_by_commit(lambda c: c.begin()), lambda c: c.begin()),
+    "asyncmy": Driver("asyncmy", _mysql_run, _mysql_ids, _ended_by_commit(lambda c: c.begin()), lambda c: c.begin()),
     "psycopg": Driver("psycopg", _mysql_run, _psycopg_ids, lambda c: c.transaction(), _psycopg_leave_open),
     "asyncpg": Driver("asyncpg", _asyncpg_run, _asyncpg_ids, lambda c: c.transaction(), _asyncpg_leave_open),
 }
@@ -180,7 +163,6 @@ async def test_driver_transaction_inside_atomic(setup: tuple[aconn.Connections, 
             async with driver.transaction(conn):
                 await driver.run(conn, f"INSERT INTO {TABLE} VALUES (3)")
                 1 / 0  # noqa: B018
-        assert connections.settings().alias == "default"
     # the driver's commit did not end aconn's transaction early; its rollback undid its own part only
     assert await ids_now(connections, driver) == ([1, 2] if driver.nests else [1, 2, 3])
     with pytest.raises(KeyError):
@@ -195,7 +177,7 @@ async def test_driver_transaction_inside_atomic(setup: tuple[aconn.Connections, 
 async def test_atomic_inside_driver_transaction(setup: tuple[aconn.Connections, Driver]) -> None:
     connections, driver = setup
     # aiosqlite has no begin(): its own transaction is a BEGIN sent by hand, committed with commit()
-    outer = driver.transaction if driver.nests else _begun_by_hand(driver)
+    outer = driver.transaction if driver.nests else _ended_by_commit(lambda c: driver.run(c, "BEGIN"))
     async with connections.acquire() as conn:
         async with outer(conn):
             await driver.run(conn, f"INSERT INTO {TABLE} VALUES (1)")

@@ -17,7 +17,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from helpers import assert_balanced, fetch
+from helpers import assert_balanced, eventually, fetch
 
 LIMITED_PASSWORD = "limited-pw"
 
@@ -165,14 +165,10 @@ async def test_cancel_request_goes_over_tls(engine: str, tls_postgres: Any, make
                 await conn.execute("SELECT pg_sleep(30)")
 
         task = asyncio.create_task(sleeper())
-        async with asyncio.timeout(10):
-            while not sleeping(tls_postgres):
-                await asyncio.sleep(0.01)
+        await eventually(lambda: sleeping(tls_postgres))
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-        async with asyncio.timeout(10):
-            while sleeping(tls_postgres):
-                await asyncio.sleep(0.01)
+        await eventually(lambda: not sleeping(tls_postgres))
         ssl_request, cancel_request = struct.pack("!ii", 8, 80877103), struct.pack("!ii", 16, 80877102)
         assert len(proxy.openings) >= 2  # the connection, and at least one cancel request
         assert all(opening.startswith(ssl_request) for opening in proxy.openings), proxy.openings
@@ -208,9 +204,7 @@ async def test_callers_timeout_bounds_its_wait_during_a_black_hole(engine: str, 
         stats = connections.stats()
         assert stats.closing == 1 and stats.open == 1  # the slot waits for the stop, in the background
         proxy.blackhole = False
-        async with asyncio.timeout(15):
-            while connections.stats().closing:
-                await asyncio.sleep(0.02)
+        await eventually(lambda: connections.stats().closing == 0, timeout=15)
         assert_balanced(connections.stats())
         async with connections.acquire() as conn:  # served again, by a fresh connection
             await conn.execute("SELECT 1")

@@ -56,12 +56,11 @@ class Connector:
     ) -> tuple[Any, ServerLimits] | Holder:
         """A new driver connection and the server's limits.
 
-        :param background: the connect is the pool's own (``MIN_CONNS``): when its caller is
-            cancelled (the handler closing), it finishes instead of being cut mid-handshake.
-
         :param rest: how to spend a backoff after a refusal, ``rest(seconds, deadline)``: the pool
             queues the caller as a waiter meanwhile, and a connection given back to it ends the
             backoff and is returned instead (None: slept out).
+        :param background: the connect is the pool's own (``MIN_CONNS``): when its caller is
+            cancelled (the handler closing), it finishes instead of being cut mid-handshake.
         :raises AcquireTimeout: at the deadline, or when one attempt outlives ``CONNECT_TIMEOUT``.
         :raises Exception: the driver's error, for a refusal that retrying will not lift.
         """
@@ -123,29 +122,24 @@ class Connector:
             return await self.backend.connect()
 
     async def _finished_if_cancelled(self, loop: asyncio.AbstractEventLoop, bound: float) -> tuple[Any, ServerLimits]:
+        """:meth:`_attempt`, not cut short mid-handshake when the caller is cancelled (the handler
+        closing), where drivers leave futures and half-open TLS sessions behind (asyncpg logged
+        "Future exception was never retrieved"): it finishes within its bound, the pool's close
+        waiting for it, and what it opened is closed."""
         attempt = loop.create_task(self._attempt(bound))
         try:
             return await asyncio.shield(attempt)
         except asyncio.CancelledError:
-            self._abandon(attempt)
+            backend, background = self.backend, self._background
+
+            def finished(task: asyncio.Task[tuple[Any, ServerLimits]]) -> None:
+                background.discard(task)
+                if not task.cancelled() and task.exception() is None:  # retrieved: a failure is nobody's
+                    backend.abort(task.result()[0])
+
+            background.add(attempt)
+            attempt.add_done_callback(finished)
             raise
-
-    def _abandon(self, attempt: asyncio.Task[tuple[Any, ServerLimits]]) -> None:
-        """The caller of a background connect was cancelled (the handler closing): the attempt is
-        not cut short mid-handshake, where drivers leave futures and half-open TLS
-        sessions behind (asyncpg logged "Future exception was never retrieved"); it finishes
-        within its bound, the pool's close waiting for it, and what it opened is closed."""
-        backend = self.backend
-
-        def finished(task: asyncio.Task[tuple[Any, ServerLimits]]) -> None:
-            self._background.discard(task)
-            if task.cancelled():
-                return
-            if task.exception() is None:  # retrieved: a failure is nobody's to report
-                backend.abort(task.result()[0])
-
-        self._background.add(attempt)
-        attempt.add_done_callback(finished)
 
     def _budget_message(self, exc: BaseException, attempts: int) -> str:
         limit = self.limits.max_connections if self.limits else None

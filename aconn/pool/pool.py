@@ -114,17 +114,10 @@ class Pool:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.acquire_timeout
         waiters = self._waiters
-        while not waiters and self._idle:
-            holder = self._pop_idle()
-            if holder is None:
-                break
-            if self._needs_ping(holder):
-                checked = await self._health_check(holder, deadline)
-                if checked is not True:
-                    if checked is False:  # dropped, its slot left to us: free it
-                        self._release_slot()
-                    continue  # try the next idle one
-            return self._taken(holder, task)
+        if not waiters and self._idle:
+            holder = await self._checked_idle(deadline)
+            if holder is not None:
+                return self._taken(holder, task)
         # nothing idle (or tasks already waiting): open in a free slot, else queue
         if not waiters and self._size < self.settings.max_conns:
             self._size += 1
@@ -153,6 +146,22 @@ class Pool:
             # None: its slot waits for the server to drop the session; queue again
         self._opening += 1  # the slot of the connection just dropped is this waiter's: open in it
         return self._taken(await self._open(deadline), task)
+
+    async def _checked_idle(self, deadline: float) -> Holder | None:
+        """While nobody waits: the most recent usable idle connection, pinged if due (within the
+        acquire ``deadline``); None when none is left. Unusable ones are closed on the way."""
+        while not self._waiters and self._idle:
+            holder = self._pop_idle()
+            if holder is None:
+                break
+            if self._needs_ping(holder):
+                checked = await self._health_check(holder, deadline)
+                if checked is not True:
+                    if checked is False:  # dropped, its slot left to us: free it
+                        self._release_slot()
+                    continue  # try the next idle one
+            return holder
+        return None
 
     def take_idle(self, task: asyncio.Task[Any] | None) -> Holder | None:
         """The common case of :meth:`acquire`, with no await: the top idle connection, if it passes.
@@ -335,14 +344,8 @@ class Pool:
 
         :raises AcquireTimeout: at the acquire deadline.
         """
-        idle = self._pop_idle() if not self._waiters else None
+        idle = await self._checked_idle(deadline)
         if idle is not None:  # given back before this backoff began, with nobody waiting for it
-            if self._needs_ping(idle):
-                checked = await self._health_check(idle, deadline)
-                if checked is not True:
-                    if checked is False:
-                        self._release_slot()
-                    return None
             return idle
         loop = asyncio.get_running_loop()
         try:
