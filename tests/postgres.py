@@ -223,6 +223,16 @@ class PostgreSQL:
         rows = self.sql(f"SELECT query FROM pg_stat_activity WHERE usename = '{user}' AND state = 'active'")
         return [str(r[0]) for r in rows]
 
+    def sleeping_statements(self, user: str = APP_USER) -> list[str]:
+        """Queries of ``user`` now inside ``pg_sleep()``. Narrower than :meth:`running_statements`:
+        a session is 'active' already while it parses the statement (asyncpg prepares it first),
+        and a caller cancelled at that point leaves no statement running to stop."""
+        rows = self.sql(
+            f"SELECT query FROM pg_stat_activity WHERE usename = '{user}' AND state = 'active' "
+            "AND wait_event = 'PgSleep'"
+        )
+        return [str(r[0]) for r in rows]
+
     def open_transactions(self, user: str = APP_USER) -> int:
         """Sessions of ``user`` inside a transaction (idle in transaction, or running one)."""
         rows = self.sql(

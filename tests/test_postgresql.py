@@ -139,7 +139,8 @@ async def cancel_storm(connections: aconn.Connections, pg: PostgreSQL, *, tasks:
             await rows(await connections.connection(), "SELECT pg_sleep(30)")
 
     sleepers = [asyncio.create_task(sleeper()) for _ in range(tasks)]
-    await eventually(lambda: len(sleeping(pg)) >= running)
+    # inside pg_sleep, not merely 'active' parsing it: every one of them is a statement to stop
+    await eventually(lambda: len(pg.sleeping_statements()) >= running)
     for task in sleepers:
         task.cancel()
     await asyncio.gather(*sleepers, return_exceptions=True)

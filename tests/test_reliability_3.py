@@ -165,7 +165,7 @@ async def test_cancel_request_goes_over_tls(engine: str, tls_postgres: Any, make
                 await conn.execute("SELECT pg_sleep(30)")
 
         task = asyncio.create_task(sleeper())
-        await eventually(lambda: sleeping(tls_postgres))
+        await eventually(lambda: tls_postgres.sleeping_statements())
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await eventually(lambda: not sleeping(tls_postgres))
