@@ -143,6 +143,24 @@ class ServerLimits:
     idle_in_transaction_timeout: float | None = None
 
 
+class _Backoff:
+    """Pauses between the steps of a wait: 2 ms, doubling up to 50 ms."""
+
+    def __init__(self) -> None:
+        self._delay = 0.002
+
+    async def sleep(self) -> None:
+        await asyncio.sleep(self._delay)
+        self._delay = min(self._delay * 2, 0.05)
+
+
+async def _until_done(step: Callable[[Any], Awaitable[bool]], conn: Any) -> None:
+    """Call ``step(conn)`` until it returns True, with :class:`_Backoff` pauses between."""
+    pause = _Backoff()
+    while not await step(conn):
+        await pause.sleep()
+
+
 class Backend:
     """Base class of backends. Subclasses override every method.
 
@@ -201,17 +219,20 @@ class Backend:
         """A connection for the side session: through the handshake, no setup needed."""
         raise NotImplementedError
 
-    async def _on_another_session(self, via: Any, work: Callable[[Any], Awaitable[None]]) -> None:
-        """Run ``work(conn)`` on ``via`` (an idle connection of the pool), else on the side session.
+    async def _on_another_session(self, via: Any, step: Callable[[Any], Awaitable[bool]]) -> None:
+        """Call ``step(conn)`` until it returns True (done), on ``via`` (an idle connection of the
+        pool), else on the side session; a short backoff between calls.
 
         The side session is one per backend, outside the cap, opened on demand and closed when
-        the last user is done (one per burst of cancellations: no session kept for it). It is
-        opened again when it is lost or refused (a network reset, a server restarting), until
-        the caller's time bound ends the retries; any other error is raised.
+        the last user is done (one per burst of cancellations: no session kept for it). Each
+        user holds it for one step (a round trip or two), not for its whole wait: in a storm,
+        the KILL or the check of one stop never queues behind another's wait until its session
+        is gone. It is opened again when it is lost or refused (a network reset, a server
+        restarting), until the caller's time bound ends the retries; any other error is raised.
         """
         if via is not None:
             try:
-                await work(via)
+                await _until_done(step, via)
                 return
             except Exception as exc:
                 if self.classify(exc) is not ErrorKind.DISCONNECT:
@@ -220,27 +241,29 @@ class Backend:
         loop = asyncio.get_running_loop()
         if self._side_lock is None or self._side_lock[0] is not loop:
             self._side_lock = (loop, asyncio.Lock())
+        lock = self._side_lock[1]
         self._side_users += 1
         try:
-            async with self._side_lock[1]:
-                backoff = 0.01
-                while True:
+            pause = _Backoff()
+            while True:
+                async with lock:
                     side = self._side
                     try:
                         if side is None or self.is_dead(side, peek=False):
                             side = None
                             side = self._side = await self._open_side()
-                        await work(side)
-                        return
+                        if await step(side):
+                            return
                     except Exception as exc:
-                        self._side = None
+                        if self._side is side:
+                            self._side = None
                         if side is not None:
                             self.side_sessions_lost += 1
                             self.abort(side)
                         if self.classify(exc, connecting=True) is ErrorKind.OTHER:
                             raise
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 0.05)  # a refused connect is cheap; recover fast
+                        pause = _Backoff()  # a refused connect is cheap: try again soon
+                await pause.sleep()  # outside the lock: the other stops take their steps meanwhile
         finally:
             self._side_users -= 1
             if self._side_users == 0 and self._side is not None:

@@ -10,13 +10,12 @@ private attributes: the transport, the flags that say the stream is gone, the ha
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import math
 import os
 import ssl
 import struct
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from types import ModuleType
 from typing import Any, ClassVar
 
@@ -123,18 +122,24 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-async def _kill(errors: ModuleType, conn: Any, session_id: int) -> None:
-    """KILL CONNECTION ``session_id`` over ``conn`` and wait until the server has dropped it."""
-    async with conn.cursor() as cur:
-        try:
-            await cur.execute("KILL CONNECTION %s", (session_id,))
-        except errors.OperationalError as exc:
-            if not exc.args or exc.args[0] != _UNKNOWN_THREAD:
-                raise
-        delay = 0.002
-        while await cur.execute(_SESSION_ALIVE_SQL, (session_id,)):
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.05)
+def _kill_step(errors: ModuleType, session_id: int) -> Callable[[Any], Awaitable[bool]]:
+    """One step of stopping ``session_id``: ``KILL CONNECTION`` it (once it went out, not
+    again), then say whether the server has dropped it."""
+    killed = False
+
+    async def step(conn: Any) -> bool:
+        nonlocal killed
+        async with conn.cursor() as cur:
+            if not killed:
+                try:
+                    await cur.execute("KILL CONNECTION %s", (session_id,))
+                except errors.OperationalError as exc:
+                    if not exc.args or exc.args[0] != _UNKNOWN_THREAD:
+                        raise
+                killed = True
+            return not await cur.execute(_SESSION_ALIVE_SQL, (session_id,))
+
+    return step
 
 
 def _skip_tls_shutdown(transport: Any) -> None:
@@ -415,13 +420,7 @@ class MySQLProtocolBackend(CountsBlocks, Backend):
         session at once rolls back its transaction and releases its locks. KILL returns
         before the killed thread ends, so the processlist is read until it is gone.
         """
-        session_id = conn.aconn_session_id
-        errors = self.errors
-
-        async def kill(over: Any) -> None:
-            await _kill(errors, over, session_id)
-
-        await self._on_another_session(via, kill)
+        await self._on_another_session(via, _kill_step(self.errors, conn.aconn_session_id))
 
     async def _open_side(self) -> Any:
         return await self._open()

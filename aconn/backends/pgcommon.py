@@ -7,7 +7,6 @@ a cancel request, then a wait until the server has let go of the session.
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import Callable
 from typing import Any, Final
@@ -143,10 +142,10 @@ class PostgresBackend(Backend):
             return  # the pooler forwarded it; its server connection is not this session's to watch
         sql = SESSION_ALIVE_SQL.format(pid=self._pid(conn))
 
-        async def wait_gone(over: Any) -> None:
-            await self._wait_gone(over, sql)
+        async def gone(over: Any) -> bool:
+            return await self._fetch_one(over, sql) is None
 
-        await self._on_another_session(via, wait_gone)
+        await self._on_another_session(via, gone)
 
     async def _open_side(self) -> Any:
         return await self._open()
@@ -156,9 +155,3 @@ class PostgresBackend(Backend):
         replayed everything it received (an idle primary writes nothing to be behind on)."""
         row = await self._fetch_one(conn, REPLICA_LAG_SQL)
         return float(row[0]) if row and row[0] is not None else math.inf
-
-    async def _wait_gone(self, conn: Any, sql: str) -> None:
-        delay = 0.002
-        while await self._fetch_one(conn, sql) is not None:
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.05)
