@@ -13,12 +13,10 @@ import weakref
 from asyncio import get_running_loop
 from collections.abc import (
     AsyncGenerator,
-    AsyncIterable,
     AsyncIterator,
     Awaitable,
     Callable,
     Hashable,
-    Iterable,
     Mapping,
     Sequence,
 )
@@ -31,7 +29,7 @@ from .backends import load_backend
 from .errors import AconnError, ClosedError, ConfigError, ScopeError
 from .hooks import HookEvent, Hooks
 from .housekeeping import Housekeeper
-from .iteration import Jobs
+from .iteration import Jobs, Source
 from .pool import Holder, Pool
 from .routing import ReplicaSet, Router, route
 from .scope import Scope, ScopeState
@@ -625,9 +623,11 @@ class Connections:
         async with Scope(self._scopes):
             yield await (self.connection(alias) if expected is None else self.connection(alias, expected))
 
-    def each(self, source: AsyncIterable[T] | Iterable[T]) -> Jobs[T]:
+    def each(self, source: Source[T]) -> Jobs[T]:
         """Handle each item of ``source`` in a scope of its own (worker loops).
 
+        ``source``: an ``asyncio.Queue`` (ends at a ``None`` put on it; ``task_done()``
+        after each job's scope), an async iterable or an iterable.
         ``async with connections.each(source) as jobs: async for job in jobs: ...``;
         see :class:`aconn.iteration.Jobs`. Use it outside any scope: inside one
         (in the same task) every job would join that scope.

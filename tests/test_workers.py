@@ -146,3 +146,86 @@ def test_example_worker_stops_on_sigterm_without_losing_jobs(db: MariaDB) -> Non
     assert "cut short and returned to the queue: 3" in out
     assert db.sql("SELECT status, count(*) FROM aconn_test.jobs GROUP BY status") == [("pending", 5)]
     assert db.wait_app_threads(lambda t: not t) == []
+
+
+async def test_each_from_an_asyncio_queue(sqlite_path: str, make: Any) -> None:
+    """Workers over an asyncio.Queue as docs/workers.md starts them: a job per scope, task_done()
+    after each scope's exit (so queue.join() waits for the commits), a None per worker to stop."""
+    connections = make({"default": f"sqlite:///{sqlite_path}?conn_max_age=60"})
+    async with connections.scope():
+        await (await connections.connection()).execute("CREATE TABLE done (n INTEGER)")
+    queue: asyncio.Queue[int | None] = asyncio.Queue()
+
+    async def worker() -> None:
+        async with connections.each(queue) as jobs:
+            async for n in jobs:
+                async with connections.atomic():
+                    conn = await connections.connection()
+                    await conn.execute("INSERT INTO done VALUES (?)", (n,))
+
+    workers = [asyncio.create_task(worker()) for _ in range(3)]
+    for n in range(30):
+        queue.put_nowait(n)
+    async with asyncio.timeout(10):
+        await queue.join()  # returns once every job's scope has exited, its commit included
+    async with connections.scope():
+        assert await fetch(await connections.connection(), "SELECT count(*) FROM done") == [(30,)]
+    for _ in workers:
+        queue.put_nowait(None)
+    async with asyncio.timeout(10):
+        await asyncio.gather(*workers)
+        await queue.join()  # the stop signs were counted done too
+    assert_balanced(connections.stats())
+    assert connections.stats().in_use == 0
+
+
+async def test_each_cancelled_while_waiting_on_a_queue(sqlite_path: str, make: Any) -> None:
+    connections = make({"default": f"sqlite:///{sqlite_path}?conn_max_age=60"})
+    queue: asyncio.Queue[int | None] = asyncio.Queue()
+    handled: list[int] = []
+
+    async def worker() -> None:
+        async with connections.each(queue) as jobs:
+            async for n in jobs:
+                await connections.connection()
+                handled.append(n)
+
+    task = asyncio.create_task(worker())
+    queue.put_nowait(1)
+    async with asyncio.timeout(10):
+        await queue.join()
+    task.cancel()  # waiting in queue.get(), between scopes
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert handled == [1]
+    stats = connections.stats()
+    assert stats.in_use == 0 and stats.closed_error == 0  # nothing was held while it waited
+
+
+async def test_each_errors_are_logged_not_swallowed(
+    sqlite_path: str, make: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker task nobody awaits (started at lifespan, say) still says why it stopped."""
+    connections = make({"default": f"sqlite:///{sqlite_path}?conn_max_age=60"})
+    with pytest.raises(TypeError, match=r"each\(\) takes an asyncio.Queue, an async iterable or an iterable, not int"):
+        async with connections.each(42) as jobs:  # type: ignore[arg-type]
+            async for _ in jobs:
+                pass
+    assert "each() ends with TypeError" in caplog.text
+
+    caplog.clear()
+
+    async def worker() -> None:
+        async with connections.each(range(3)) as jobs:
+            async for n in jobs:
+                await connections.connection()
+                if n == 1:
+                    raise LookupError("job 1 is broken")
+
+    task = asyncio.create_task(worker())  # never awaited, as a fire-and-forget worker
+    async with asyncio.timeout(10):
+        await asyncio.wait([task])
+    assert "each() ends with LookupError: job 1 is broken" in caplog.text
+    assert "Traceback" in caplog.text or caplog.records[-1].exc_info is not None
+    assert isinstance(task.exception(), LookupError)  # and it still propagates
+    assert connections.stats().in_use == 0
