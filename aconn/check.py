@@ -273,9 +273,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             print(f"invalid settings: {exc}", file=sys.stderr)
         return UNREACHABLE
+    warnings: list[str] = []
+    if args.django:
+        from .django import serving_warnings
+
+        warnings = serving_warnings()
     status, reports = run_check(databases, args.workers)
     if args.json:
-        print(json.dumps({"status": status, "workers": args.workers, "aliases": reports}, indent=2))
+        report = {"status": status, "workers": args.workers, "aliases": reports, "warnings": warnings}
+        print(json.dumps(report, indent=2))
     else:
         render(reports, args.workers, sys.stdout)
+        for warning in warnings:
+            print(f"warning: {warning}")
     return status

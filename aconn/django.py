@@ -26,7 +26,7 @@ from .errors import AconnError, ConfigError
 from .handler import Connections
 from .settings import parse_settings
 
-__all__ = ("asgi_application", "connections", "databases_from_django", "run", "scope_middleware")
+__all__ = ("asgi_application", "connections", "databases_from_django", "run", "scope_middleware", "serving_warnings")
 
 #: where scope_middleware is named in settings.MIDDLEWARE
 MIDDLEWARE_PATH = "aconn.django.scope_middleware"
@@ -73,12 +73,44 @@ def databases_from_django(
     return served
 
 
+#: the ScopeError's advice in a Django project served over ASGI
+_ASGI_ADVICE = (
+    f"add {MIDDLEWARE_PATH!r} to settings.MIDDLEWARE (a scope per request), or wrap the "
+    "unit of work in `async with connections.scope():` (aconn.django.run() from sync code)"
+)
+#: ... and served over WSGI, where the middleware cannot open a scope
+WSGI_ADVICE = (
+    "Django is serving this request over WSGI (`manage.py runserver` without daphne, gunicorn "
+    f"without an ASGI worker), where {MIDDLEWARE_PATH!r} passes requests through: an async view "
+    "runs in an event loop of its own per request, with no scope. Serve the project's ASGI "
+    "application instead (`uvicorn mysite.asgi:application --reload` in development, or daphne "
+    "in INSTALLED_APPS for runserver), or wrap the work in `async with connections.scope():`"
+)
+
+
 def connections() -> Connections:
     """The project's aconn handler, built on first use from ``settings.DATABASES``; one per process."""
     global _handler
     if _handler is None:
         _handler = Connections(databases_from_django())
+        _handler.outside_scope_advice = _ASGI_ADVICE
     return _handler
+
+
+def serving_warnings() -> list[str]:
+    """What in the project's settings keeps aconn's scopes from working (for ``check --django``)."""
+    from django.conf import settings
+
+    warnings = []
+    if MIDDLEWARE_PATH not in settings.MIDDLEWARE:
+        warnings.append(f"{MIDDLEWARE_PATH!r} is not in settings.MIDDLEWARE: async views get no scope")
+    if "daphne" not in settings.INSTALLED_APPS:
+        warnings.append(
+            "`manage.py runserver` serves this project over WSGI (daphne is not in INSTALLED_APPS), where "
+            "aconn's middleware passes requests through and connection() raises ScopeError; in "
+            "development serve the ASGI application (`uvicorn PROJECT.asgi:application --reload`)"
+        )
+    return warnings
 
 
 def scope_middleware(get_response: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -86,13 +118,18 @@ def scope_middleware(get_response: Callable[[Any], Any]) -> Callable[[Any], Any]
 
     Add ``"aconn.django.scope_middleware"`` to ``MIDDLEWARE``. Django's ASGI handler runs
     the middleware chain and the view in a task of its own, so the scope is entered here,
-    not around the ASGI call. Under WSGI (no event loop) it passes requests through.
+    not around the ASGI call. Under WSGI (no event loop) it passes requests through, and
+    a ``connection()`` call from an async view raises a ``ScopeError`` that says so.
     """
     from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 
-    if not iscoroutinefunction(get_response):
-        return get_response  # a synchronous stack: aconn serves async code only
     handler = connections()
+    if not iscoroutinefunction(get_response):
+        # a synchronous stack (WSGI): no scope can be entered in the task that runs an async
+        # view; say so when such a view asks for a connection
+        handler.outside_scope_advice = WSGI_ADVICE
+        return get_response
+    handler.outside_scope_advice = _ASGI_ADVICE
 
     async def middleware(request: Any) -> Any:
         async with handler.scope():

@@ -92,6 +92,12 @@ class Connections:
         self._replica_checks: set[asyncio.Task[None]] = set()
         if self._routers or self._replica_sets:
             self.connection = self._routed_connection  # type: ignore[method-assign]
+        #: the end of the ScopeError raised outside a scope: how to give the code one (an
+        #: integration that knows better, aconn.django under WSGI say, replaces it)
+        self.outside_scope_advice = (
+            "wrap the unit of work in `async with connections.scope():` (or decorate it with "
+            "@connections.scoped, or add aconn.asgi.ConnectionsMiddleware to the app)"
+        )
         self._hooks = Hooks()
         self._hooks.on_first_use = self._observe_use
         self._pools: dict[str, Pool] = self._new_pools()
@@ -467,9 +473,7 @@ class Connections:
             alias = "default"  # (routers and replicas: _routed_connection stands in for this method)
         if scope is None:
             raise ScopeError(
-                f"connections.connection({alias!r}) was called outside a scope: wrap the unit "
-                "of work in `async with connections.scope():` (or decorate it with "
-                "@connections.scoped, or add aconn.asgi.ConnectionsMiddleware to the app)"
+                f"connections.connection({alias!r}) was called outside a scope: {self.outside_scope_advice}"
             )
         task = task_of(get_running_loop())
         if scope.task is not task:

@@ -10,9 +10,12 @@ import asyncio
 import json
 import logging
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -66,30 +69,73 @@ def test_check_reads_the_project_settings(db: MariaDB) -> None:
     assert alias["alias"] == "default" and alias["reachable"]
     budget = next(r for r in alias["rules"] if r["rule"] == "MAX_CONNS")
     assert not budget["ok"] and "40 process(es) x MAX_CONNS=4 = 160" in budget["message"]
+    # the example has no daphne: runserver would serve it over WSGI, where aconn's scopes cannot work
+    assert any("serves this project over WSGI" in w for w in report["warnings"]), report["warnings"]
     assert_no_password(result.stdout, result.stderr)
 
 
+def example_commands() -> dict[str, list[str]]:
+    """The commands docs/django.md gives to run the example, by program (python, uvicorn, ...)."""
+    text = (ROOT / "docs" / "django.md").read_text()
+    block = text.split("<!-- the example's commands")[1].split("```sh\n")[1].split("```")[0]
+    commands = {}
+    for line in block.splitlines():
+        words = shlex.split(line, comments=True)
+        commands[" ".join(words[:2]) if words[0] == "python" else words[0]] = words
+    return commands
+
+
+def test_the_example_needs_only_its_extra() -> None:
+    """The docs install the example with `pip install -e '.[django]'`: that extra names all it imports."""
+    commands = example_commands()
+    assert commands["pip"] == ["pip", "install", "-e", ".[django]"]
+    assert commands["cd"] == ["cd", PROJECT.relative_to(ROOT).as_posix()]
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["django"]
+    assert {re.split("[<>=]", requirement)[0] for requirement in extra} == {"django", "pymysql", "uvicorn"}
+    assert set(commands) == {"pip", "cd", "export", "python manage.py", "python -m", "uvicorn"}
+    documented_env = {word.split("=")[0] for word in commands["export"][1:]}  # what project_env() sets
+    assert documented_env == {"DB_NAME", "DB_USER", "DB_PASSWORD", "DB_HOST", "DB_PORT"}
+
+
+def documented(program: str) -> list[str]:
+    """That command, run by this interpreter (`python`, and `uvicorn` as `python -m uvicorn`)."""
+    words = example_commands()[program]
+    return [sys.executable, *words[1:]] if words[0] == "python" else [sys.executable, "-m", *words]
+
+
+def run_documented(db: MariaDB, program: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        documented(program), cwd=PROJECT, env=project_env(db), capture_output=True, text=True, timeout=60
+    )
+
+
+@pytest.fixture
+def migrated(db: MariaDB) -> None:
+    """A database the example has never seen, then `python manage.py migrate` as documented."""
+    db.sql(f"DROP TABLE IF EXISTS {DATABASE}.django_items", f"DROP TABLE IF EXISTS {DATABASE}.django_migrations")
+    result = run_documented(db, "python manage.py")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Applying mysite.0001_initial... OK" in result.stdout
+
+
 @pytest.mark.mysql
-def test_job_from_synchronous_code(db: MariaDB) -> None:
-    db.sql(f"CREATE TABLE IF NOT EXISTS {DATABASE}.django_items (id INT AUTO_INCREMENT PRIMARY KEY, name TEXT)")
-    db.sql(f"DELETE FROM {DATABASE}.django_items", f"INSERT INTO {DATABASE}.django_items (name) VALUES ('a'), ('b')")
-    result = subprocess.run(
-        [sys.executable, "-m", "mysite.jobs"], cwd=PROJECT, env=project_env(db), capture_output=True, text=True,
-        timeout=60,
-    )  # fmt: skip
+def test_job_from_synchronous_code(db: MariaDB, migrated: None) -> None:
+    result = run_documented(db, "python -m")
     assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "items: 0"  # what the docs say it prints
+    db.sql(f"INSERT INTO {DATABASE}.django_items (name) VALUES ('a'), ('b')")
+    result = run_documented(db, "python -m")
     assert result.stdout.strip() == "items: 2"
     assert "WARNING" not in result.stderr  # closed before its loop ended
 
 
 @pytest.fixture
-def served(db: MariaDB) -> Iterator[tuple[str, subprocess.Popen[str]]]:
-    """The example project under uvicorn (lifespan auto), on a free port."""
-    db.sql(f"CREATE TABLE IF NOT EXISTS {DATABASE}.django_items (id INT AUTO_INCREMENT PRIMARY KEY, name TEXT)")
-    db.sql(f"DELETE FROM {DATABASE}.django_items", f"INSERT INTO {DATABASE}.django_items (name) VALUES ('x')")
+def served(db: MariaDB, migrated: None) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """The example project under uvicorn as documented (lifespan auto), on a free port."""
+    db.sql(f"INSERT INTO {DATABASE}.django_items (name) VALUES ('x')")
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "mysite.asgi:application", "--port", str(port), "--log-level", "info"],
+        [*documented("uvicorn"), "--port", str(port), "--log-level", "info"],
         cwd=PROJECT, env=project_env(db), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
@@ -148,3 +194,20 @@ def test_asgi_application_asks_for_the_scope_middleware() -> None:
         [sys.executable, "-c", code], cwd=PROJECT, env=env, capture_output=True, text=True, timeout=60
     )
     assert "add 'aconn.django.scope_middleware' to settings.MIDDLEWARE" in result.stdout, result.stderr
+
+
+def test_a_view_served_over_wsgi_is_told_why_it_has_no_scope() -> None:
+    """Under WSGI (Django's test Client, runserver) scope_middleware cannot open a scope: the
+    ScopeError says that, not "add the middleware" (which is already there)."""
+    code = (
+        "import django; django.setup()\n"
+        "from django.test import Client\n"
+        "try:\n    Client().get('/aconn/')\nexcept Exception as exc:\n    print(type(exc).__name__, exc)\n"
+    )
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "mysite.settings", "PYTHONPATH": str(PROJECT)}
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=PROJECT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.stdout.startswith("ScopeError"), result.stdout + result.stderr
+    assert "over WSGI" in result.stdout and "uvicorn mysite.asgi:application" in result.stdout
+    assert "add aconn.asgi.ConnectionsMiddleware" not in result.stdout
