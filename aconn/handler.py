@@ -361,7 +361,8 @@ class Connections:
             logger.warning(
                 "aconn: the event loop is ending with %d connection(s) of this handler open: closing "
                 "them now. Close the handler before its loop ends: `async with connections:`, "
-                "`await connections.aclose()`, or the ASGI lifespan",
+                "`await connections.aclose()`, or the ASGI lifespan; in tests, a fixture that "
+                "opens and closes it (`async with connections: yield connections`, see docs/testing.md)",
                 still_open,
             )
         if self._housekeeper is not None:
