@@ -137,9 +137,11 @@ class ConnectionsMiddleware:
         try:
             await self.connections.open()
         except BaseException as exc:
+            # the notes say which alias and host:port; the server prints the message (uvicorn
+            # logs it, test clients raise the error itself), so aconn does not log it again
+            where = "; ".join(getattr(exc, "__notes__", ()))
             message = f"aconn could not open the database connections: {type(exc).__name__}: {exc}"
-            logger.error("%s", message)
-            await send({"type": "lifespan.startup.failed", "message": message})
+            await send({"type": "lifespan.startup.failed", "message": f"{message} ({where})" if where else message})
             raise
 
     async def _lifespan(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
