@@ -35,7 +35,7 @@ from .routing import ReplicaSet, Router, route
 from .scope import Scope, ScopeState
 from .settings import Settings, parse_databases
 from .stats import PoolStats
-from .transactions import Atomic, PinnedConnection
+from .transactions import Atomic, OnCommit, PinnedConnection, on_commit
 
 __all__ = ("Connections",)
 
@@ -407,12 +407,14 @@ class Connections:
         self._sources[alias] = source if source is not None else self._pools[alias]
 
     @overload
-    def atomic(self, alias: str = "default") -> Atomic: ...
+    def atomic(self, alias: str = "default", *, durable: bool = False) -> Atomic: ...
 
     @overload
     def atomic(self, alias: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]: ...
 
-    def atomic(self, alias: str | Callable[P, Awaitable[R]] = "default") -> Atomic | Callable[P, Awaitable[R]]:
+    def atomic(
+        self, alias: str | Callable[P, Awaitable[R]] = "default", *, durable: bool = False
+    ) -> Atomic | Callable[P, Awaitable[R]]:
         """A transaction, Django's ``atomic``: ``async with connections.atomic("default") as conn:``.
 
         The outermost block begins a transaction and commits it at exit, or rolls it back
@@ -420,13 +422,33 @@ class Connections:
         or a scope of its own when none is open. As a decorator, ``@connections.atomic`` or
         ``@connections.atomic("alias")``, each call runs in a block.
 
+        ``durable=True`` (Django's): the block must be the outermost, so that leaving it
+        commits; entered inside another block it raises ``TransactionError``.
+
         :raises TransactionError: on misuse: the transaction ended by hand inside the block,
-            the block left in another task or out of order.
+            the block left in another task or out of order, a durable block nested.
         :raises ConfigError: for an unknown alias.
         """
         if callable(alias):
             return Atomic(self, "default")(alias)
-        return Atomic(self, alias)
+        return Atomic(self, alias, durable)
+
+    async def on_commit(self, callback: OnCommit, alias: str = "default", *, robust: bool = False) -> None:
+        """Call ``callback()`` (awaited if it returns an awaitable) once the transaction of the
+        current ``atomic()`` block on ``alias`` commits; Django's ``transaction.on_commit``.
+
+        Callbacks run after the outermost block's COMMIT, in the order registered, in the task
+        that committed; a block rolled back drops the callbacks registered inside it (those of
+        a savepoint rolled back, only its own). With no block open, the callback runs now.
+        Inside a test's transaction (``aconn_db``) they are kept, not run: see the
+        ``aconn_on_commit`` fixture. ``robust=True`` logs a callback's exception and goes on
+        with the next; otherwise it propagates from the block's exit (the data is committed).
+
+        :raises TransactionError: inside a transaction the app opened itself (the driver's
+            API, ``BEGIN`` by hand): aconn cannot tell when it commits.
+        :raises ConfigError: for an unknown alias.
+        """
+        await on_commit(self, self._scopes.var.get(None), callback, alias, robust)
 
     def _sweep(self) -> None:
         """Close expired idle connections: run on scope entry, at most every ``SWEEP_INTERVAL``."""

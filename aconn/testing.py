@@ -10,8 +10,9 @@ Active once aconn is installed (the ``pytest11`` entry point ``aconn``); no
     from myapp.db import connections
 
     @pytest.fixture
-    def aconn_connections():
-        return connections
+    async def aconn_connections():
+        async with connections:      # opened and closed around each test
+            yield connections
 
     # test_items.py
     async def test_add(aconn_db):
@@ -20,6 +21,8 @@ Active once aconn is installed (the ``pytest11`` entry point ``aconn``); no
 Inside the test every scope of the handler, in any task of the test's event
 loop, shares one connection per alias, in a transaction that is rolled back
 when the test ends; the app's own ``atomic()`` blocks are savepoints in it.
+``connections.on_commit()`` callbacks are kept, never run (the transaction never
+commits): ``aconn_on_commit`` lists them and runs them on demand.
 See ``docs/testing.md`` for what cannot be rolled back.
 """
 
@@ -32,7 +35,10 @@ import pytest
 from .handler import Connections
 from .transactions import TestTransaction
 
-__all__ = ("TestTransaction", "aconn_connections", "aconn_db")
+__all__ = ("TestTransaction", "aconn_connections", "aconn_db", "aconn_on_commit")
+
+#: where aconn_db keeps the test's transaction, for aconn_on_commit
+_TRANSACTION = pytest.StashKey[TestTransaction[Connections]]()
 
 try:
     import pytest_asyncio
@@ -57,7 +63,7 @@ def aconn_connections() -> Connections:
 if pytest_asyncio is not None:
 
     @pytest_asyncio.fixture
-    async def aconn_db(aconn_connections: Connections) -> AsyncIterator[Connections]:
+    async def aconn_db(aconn_connections: Connections, request: pytest.FixtureRequest) -> AsyncIterator[Connections]:
         """The test's writes on every alias of ``aconn_connections`` are rolled back at its end.
 
         Runs in the event loop of the fixture loop scope pytest-asyncio is configured with
@@ -68,10 +74,22 @@ if pytest_asyncio is not None:
                 f"the aconn_connections fixture returned {type(aconn_connections).__name__}, not an aconn.Connections",
                 pytrace=False,
             )
-        async with TestTransaction(aconn_connections) as connections:
+        transaction = TestTransaction(aconn_connections)
+        request.node.stash[_TRANSACTION] = transaction
+        async with transaction as connections:
             yield connections
 
-else:
+
+@pytest.fixture
+def aconn_on_commit(aconn_db: Connections, request: pytest.FixtureRequest) -> TestTransaction[Connections]:
+    """The test's transaction, for its ``on_commit()`` callbacks (pytest-django's
+    ``django_capture_on_commit_callbacks``): ``aconn_on_commit.on_commit_callbacks()`` lists
+    those whose blocks succeeded, ``await aconn_on_commit.run_on_commit()`` runs them."""
+    transaction: TestTransaction[Connections] = request.node.stash[_TRANSACTION]
+    return transaction
+
+
+if pytest_asyncio is None:
 
     @pytest.fixture
     def aconn_db(aconn_connections: object) -> None:

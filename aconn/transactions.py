@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import itertools
 import logging
 from collections.abc import Awaitable, Callable
@@ -31,7 +32,7 @@ from .pool import CLEANUP_TIMEOUT, Holder, HolderState, Pool
 from .scope import Scope
 from .settings import Settings
 
-__all__ = ("Atomic", "PinnedConnection", "TestTransaction")
+__all__ = ("Atomic", "OnCommit", "PinnedConnection", "TestTransaction")
 
 logger = logging.getLogger("aconn")
 
@@ -67,14 +68,20 @@ class Handler(Protocol):
 
     def _route(self, alias: str, source: PinnedConnection | None) -> None: ...
 
+    @property
+    def _sources(self) -> dict[str, Pool | PinnedConnection]: ...
+
 
 H = TypeVar("H", bound=Handler)
+
+#: a callback given to ``connections.on_commit()``: called with no argument; awaited if it returns an awaitable
+OnCommit = Callable[[], Any]
 
 
 class _Block:
     """One entered ``atomic()`` block."""
 
-    __slots__ = ("holder", "owns_scope", "savepoint", "scope", "task", "token")
+    __slots__ = ("holder", "on_commit", "owns_scope", "savepoint", "scope", "task", "token")
 
     def __init__(
         self,
@@ -91,6 +98,8 @@ class _Block:
         self.savepoint = savepoint  # None: the outermost block, a transaction of its own
         self.token = token  # what the backend's end_block() needs (asyncpg: its transaction object)
         self.task = task
+        #: on_commit() callbacks registered inside the block (its savepoints' too, once released)
+        self.on_commit: list[tuple[OnCommit, bool]] = []
 
 
 def _task_name(task: asyncio.Task[Any] | None) -> str:
@@ -105,19 +114,24 @@ class Atomic:
     savepoint, released or rolled back to, the outer block going on. The block
     uses the current scope of the task, or enters one of its own when none is
     open. Also a decorator: each call of the function runs in a block.
+
+    ``durable=True``: the block must be the outermost, so that its exit is the COMMIT (a
+    ``TransactionError`` when entered inside another block or a transaction the app opened;
+    allowed directly inside a test's transaction, as Django's ``TestCase`` allows it).
     """
 
-    def __init__(self, handler: Handler, alias: str) -> None:
+    def __init__(self, handler: Handler, alias: str, durable: bool = False) -> None:
         self._handler = handler
         self._alias = alias
+        self._durable = durable
         self._blocks: list[_Block] = []  # one object entered again while in use (recursion)
 
     def __call__(self, func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
-        handler, alias = self._handler, self._alias
+        handler, alias, durable = self._handler, self._alias, self._durable
 
         @functools.wraps(func)
         async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-            async with Atomic(handler, alias):
+            async with Atomic(handler, alias, durable):
                 return await func(*args, **kwargs)
 
         return wrapper
@@ -138,7 +152,15 @@ class Atomic:
             backend = holder.pool.backend
             # inside another block, a test's transaction, or a transaction the app opened with the
             # driver's API (or by hand): a savepoint, which that transaction commits or rolls back
-            nested = stack or holder.state is HolderState.PINNED or backend.in_transaction(conn)
+            pinned = holder.state is HolderState.PINNED
+            if self._durable and (stack or (not pinned and backend.in_transaction(conn))):
+                raise TransactionError(
+                    f"aconn alias {alias!r}: a durable atomic() block was entered inside "
+                    + ("another atomic() block" if stack else "a transaction the app opened itself")
+                    + " (ATOMIC_REQUESTS included): its exit would not be the COMMIT. Enter it outside any "
+                    "transaction, or drop durable=True"
+                )
+            nested = stack or pinned or backend.in_transaction(conn)
             savepoint = f"aconn_sp_{next(_SAVEPOINTS)}" if nested else None
             token = await backend.begin_block(conn, savepoint)
         except BaseException as exc:
@@ -212,6 +234,61 @@ class Atomic:
         except BaseException as end_exc:
             await _undo(block, end_exc)
             raise
+        if not block.on_commit:
+            return
+        if stack:  # a savepoint released: its callbacks wait for the enclosing block's outcome
+            stack[-1].on_commit.extend(block.on_commit)
+        elif block.savepoint is None:  # the COMMIT
+            await _run_on_commit(alias, block.on_commit)
+        else:  # the outermost block of a test's transaction: kept for the test (aconn_on_commit)
+            source = self._handler._sources.get(alias)
+            if isinstance(source, PinnedConnection):
+                source.on_commit.extend(block.on_commit)
+
+
+async def on_commit(handler: Handler, scope: Scope | None, callback: OnCommit, alias: str, robust: bool) -> None:
+    """``connections.on_commit()``: see there. ``scope`` is the context's current scope, if any."""
+    if not callable(callback):
+        raise TypeError(f"on_commit() takes a callable, not {type(callback).__name__}")
+    handler.settings(alias)  # ConfigError for an unknown alias
+    task = task_of(asyncio.get_running_loop())
+    stack: list[_Block] = []
+    if scope is not None and scope.task is task:
+        stack = scope._blocks(alias)  # type: ignore[assignment]
+    if stack:
+        outermost = stack[0]
+        if outermost.savepoint is not None and outermost.holder.state is not HolderState.PINNED:
+            raise TransactionError(
+                f"aconn alias {alias!r}: on_commit() inside a transaction the app opened itself (the "
+                "driver's API, or BEGIN by hand): aconn cannot tell when it commits. Open it with atomic()"
+            )
+        stack[-1].on_commit.append((callback, robust))
+        return
+    holder = scope.held.get(alias) if scope is not None and scope.task is task else None
+    if (
+        holder is not None
+        and holder.state is not HolderState.PINNED
+        and holder.pool.backend.in_transaction(holder.conn)
+    ):
+        raise TransactionError(
+            f"aconn alias {alias!r}: on_commit() inside a transaction the app opened itself (the driver's "
+            "API, or BEGIN by hand; or AUTOCOMMIT off): aconn cannot tell when it commits. Open it with atomic()"
+        )
+    await _run_on_commit(alias, [(callback, robust)])  # no transaction: now, as Django does
+
+
+async def _run_on_commit(alias: str, callbacks: list[tuple[OnCommit, bool]]) -> None:
+    """Call each callback in order, awaiting what it returns if awaitable. A robust one's exception
+    is logged and the next runs; any other's propagates (the transaction is committed already)."""
+    for callback, robust in callbacks:
+        try:
+            result = callback()
+            if inspect.isawaitable(result):
+                await result
+        except Exception as exc:
+            if not robust:
+                raise
+            logger.error("aconn alias %r: the on_commit callback %r raised %r", alias, callback, exc, exc_info=exc)
 
 
 async def _undo(block: _Block, exc: BaseException | None) -> None:
@@ -254,6 +331,9 @@ class PinnedConnection:
         self.savepoint = savepoint
         #: why the test's transaction did not last the whole test, if it did not
         self.lost: str | None = None
+        #: on_commit() callbacks of the app's outermost blocks: never run by themselves (the test's
+        #: transaction never commits); see TestTransaction.run_on_commit()
+        self.on_commit: list[tuple[OnCommit, bool]] = []
 
     def take_idle(self, task: asyncio.Task[Any] | None) -> Holder | None:
         holder = self.holder
@@ -316,6 +396,23 @@ class TestTransaction(Generic[H]):
             await self._end()
             raise
         return handler
+
+    def on_commit_callbacks(self, alias: str = "default") -> list[OnCommit]:
+        """The ``on_commit()`` callbacks of ``alias`` whose blocks "committed" in the test (their
+        outermost block succeeded), in order, not yet run: a test's transaction never commits."""
+        source = self._pinned.get(alias)
+        return [callback for callback, _ in source.on_commit] if source is not None else []
+
+    async def run_on_commit(self, alias: str = "default") -> int:
+        """Run the callbacks :meth:`on_commit_callbacks` lists (and those they register in turn),
+        as the commit would have; how many ran."""
+        source = self._pinned.get(alias)
+        ran = 0
+        while source is not None and source.on_commit:
+            callbacks, source.on_commit = source.on_commit, []
+            ran += len(callbacks)
+            await _run_on_commit(alias, callbacks)
+        return ran
 
     async def __aexit__(
         self,

@@ -1,4 +1,4 @@
-"""``connections.atomic()`` and ``ATOMIC_REQUESTS``, on SQLite files and on the real MariaDB.
+"""``connections.atomic()``, ``ATOMIC_REQUESTS``, ``on_commit()``, on SQLite files and on the real MariaDB.
 
 | promise | test |
 |---|---|
@@ -14,6 +14,14 @@
 | a cancelled request leaves no transaction on the server | test_cancelled_block_leaves_no_transaction (MariaDB) |
 | a test's transaction covers every task, job and request | test_test_transaction_rolls_back_every_task_and_request |
 | a test's transaction lost is reported, not hidden | test_test_transaction_lost_is_reported, ..._to_implicit_commit |
+| outside a transaction a callback runs at once, sync or async | test_outside_a_block_runs_now |
+| after the outermost COMMIT, in order; a rollback drops them | test_runs_after_the_commit_in_order |
+| a savepoint rolled back drops its own callbacks only | test_savepoint_rolled_back_drops_its_own |
+| robust: logged, the next runs; else it propagates, data committed | test_robust_and_failing_callbacks |
+| refused inside a transaction the app opened itself | test_refused_in_a_transaction_the_app_opened |
+| ATOMIC_REQUESTS: after the request's COMMIT | test_atomic_requests_run_them_after_commit |
+| a durable block nested is refused; inside a test's transaction it is allowed | test_durable |
+| the test's transaction keeps them; aconn_on_commit runs them | test_aconn_on_commit_fixture |
 """
 
 from __future__ import annotations
@@ -414,3 +422,191 @@ async def test_test_transaction_reads_the_primary_of_an_alias_with_replicas(make
         async with connections.scope():  # another scope, reading
             conn = await connections.connection("default", read_only=True)
             assert [r[0] for r in await fetch(conn, f"SELECT id FROM {TABLE}")] == [2]
+
+
+# -- on_commit() and durable blocks (Django's) -------------------------------------------
+
+
+def in_transaction(connections: aconn.Connections, conn: Any) -> bool:
+    return bool(connections._pools["default"].backend.in_transaction(conn))
+
+
+async def test_outside_a_block_runs_now(conns: aconn.Connections) -> None:
+    ran: list[str] = []
+
+    async def later() -> None:
+        ran.append("async")
+
+    await conns.on_commit(lambda: ran.append("no scope"))
+    async with conns.scope():
+        await conns.connection()
+        await conns.on_commit(later)
+        await conns.on_commit(lambda: ran.append("sync"))
+        assert ran == ["no scope", "async", "sync"]
+    with pytest.raises(TypeError, match="takes a callable"):
+        await conns.on_commit("not callable")  # type: ignore[arg-type]
+    with pytest.raises(aconn.ConfigError, match="nope"):
+        await conns.on_commit(lambda: None, "nope")
+
+
+async def test_runs_after_the_commit_in_order(conns: aconn.Connections) -> None:
+    seen: list[tuple[str, bool, list[int]]] = []
+
+    async def record(name: str) -> None:
+        # after the COMMIT: no transaction open, and another scope (another connection) sees the row
+        conn = await conns.connection()
+        seen.append((name, in_transaction(conns, conn), await ids(conns)))
+
+    async with conns.scope():
+        async with conns.atomic():
+            await insert(conns, 1)
+            await conns.on_commit(lambda: record("first"))
+            async with conns.atomic():  # a savepoint released: its callback waits for the COMMIT
+                await conns.on_commit(lambda: record("second"))
+            assert seen == []
+        assert seen == [("first", False, [1]), ("second", False, [1])]
+
+        with pytest.raises(ZeroDivisionError):
+            async with conns.atomic():
+                await insert(conns, 2)
+                await conns.on_commit(lambda: record("rolled back"))
+                1 / 0  # noqa: B018
+    assert [name for name, *_ in seen] == ["first", "second"]
+
+
+async def test_savepoint_rolled_back_drops_its_own(conns: aconn.Connections) -> None:
+    ran: list[str] = []
+    async with conns.atomic():
+        await conns.on_commit(lambda: ran.append("outer"))
+        with pytest.raises(LookupError):
+            async with conns.atomic():
+                await conns.on_commit(lambda: ran.append("inner"))
+                raise LookupError
+        await conns.on_commit(lambda: ran.append("outer again"))
+    assert ran == ["outer", "outer again"]
+
+
+async def test_robust_and_failing_callbacks(conns: aconn.Connections, caplog: pytest.LogCaptureFixture) -> None:
+    ran: list[str] = []
+
+    def broken() -> None:
+        raise RuntimeError("the mail server is down")
+
+    async with conns.atomic():
+        await insert(conns, 1)
+        await conns.on_commit(broken, robust=True)
+        await conns.on_commit(lambda: ran.append("next"))
+    assert ran == ["next"] and "the mail server is down" in caplog.text
+
+    with pytest.raises(RuntimeError, match="the mail server is down"):
+        async with conns.atomic():
+            await insert(conns, 2)
+            await conns.on_commit(broken)
+            await conns.on_commit(lambda: ran.append("never"))
+    assert ran == ["next"]
+    assert await ids(conns) == [1, 2]  # committed before the callback ran
+    assert conns.stats().in_use == 0
+
+
+async def test_refused_in_a_transaction_the_app_opened(conns: aconn.Connections) -> None:
+    async with conns.scope():
+        conn = await conns.connection()
+        await fetch(conn, "BEGIN")
+        with pytest.raises(aconn.TransactionError, match="opened itself"):
+            await conns.on_commit(lambda: None)
+        async with conns.atomic():  # a savepoint of the app's transaction
+            with pytest.raises(aconn.TransactionError, match="cannot tell when it commits"):
+                await conns.on_commit(lambda: None)
+        await fetch(conn, "ROLLBACK")
+
+
+async def test_atomic_requests_run_them_after_commit(make: Any, tmp_path: Any) -> None:
+    """A job queued inside an ATOMIC_REQUESTS request runs once the request's write is committed."""
+    connections = make({"default": {"ENGINE": "sqlite", "NAME": str(tmp_path / "r.db"), "ATOMIC_REQUESTS": True}})
+    async with connections.scope():
+        await fetch(await connections.connection(), f"CREATE TABLE {TABLE} (id INTEGER PRIMARY KEY)")
+    queued: list[tuple[int, bool]] = []
+
+    async def add(request: Request) -> PlainTextResponse:
+        n = int(request.query_params["n"])
+        conn = await connections.connection()
+        await fetch(conn, f"INSERT INTO {TABLE} VALUES ({n})")
+        await connections.on_commit(lambda: queued.append((n, in_transaction(connections, conn))))
+        if request.query_params.get("fail"):
+            raise RuntimeError("the request fails after queueing")
+        return PlainTextResponse("ok")
+
+    app = Starlette(
+        routes=[Route("/add", add, methods=["POST"])],
+        middleware=[Middleware(ConnectionsMiddleware, connections=connections)],
+    )
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+        assert (await client.post("/add?n=1")).status_code == 200
+        assert (await client.post("/add?n=2&fail=1")).status_code == 500
+    assert queued == [(1, False)]  # after the COMMIT; the failed request's job was dropped with its rollback
+    assert await ids(connections) == [1]
+
+
+async def test_durable(conns: aconn.Connections) -> None:
+    async with conns.atomic(durable=True):
+        await insert(conns, 1)
+        with pytest.raises(aconn.TransactionError, match="durable atomic\\(\\) block was entered inside another"):
+            async with conns.atomic(durable=True):
+                pass
+    assert await ids(conns) == [1]
+    assert conns.stats().in_use == 0
+
+    @conns.atomic
+    async def outer() -> None:
+        await inner()
+
+    async def inner() -> None:
+        async with conns.atomic(durable=True):
+            pass
+
+    with pytest.raises(aconn.TransactionError, match="durable"):
+        await outer()
+
+    async with TestTransaction(conns):  # directly inside a test's transaction: allowed, as Django's TestCase
+        async with conns.atomic(durable=True):
+            await insert(conns, 2)
+        assert await ids(conns) == [1, 2]
+    assert await ids(conns) == [1]
+
+
+async def test_test_transaction_keeps_them(conns: aconn.Connections) -> None:
+    ran: list[str] = []
+    async with TestTransaction(conns) as connections:
+        await connections.on_commit(lambda: ran.append("no block: now"))
+        async with connections.atomic():
+            await insert(connections, 1)
+            await connections.on_commit(lambda: ran.append("committed"))
+        with pytest.raises(LookupError):
+            async with connections.atomic():
+                await connections.on_commit(lambda: ran.append("rolled back"))
+                raise LookupError
+        assert ran == ["no block: now"]
+    assert ran == ["no block: now"]  # the test's transaction never commits: nothing ran at its end either
+
+
+@pytest.fixture
+async def aconn_connections(conns: aconn.Connections) -> AsyncIterator[aconn.Connections]:
+    yield conns
+
+
+async def test_aconn_on_commit_fixture(aconn_db: aconn.Connections, aconn_on_commit: Any) -> None:
+    """pytest-django's django_capture_on_commit_callbacks, for aconn: kept, listed, run on demand."""
+    ran: list[str] = []
+
+    async def notify() -> None:
+        ran.append("notified")
+        await aconn_db.on_commit(lambda: ran.append("registered by a callback"))  # runs now: no block
+
+    async with aconn_db.atomic():
+        await insert(aconn_db, 1)
+        await aconn_db.on_commit(notify)
+    assert ran == [] and aconn_on_commit.on_commit_callbacks() == [notify]
+    assert await aconn_on_commit.run_on_commit() == 1
+    assert ran == ["notified", "registered by a callback"]
+    assert aconn_on_commit.on_commit_callbacks() == []
