@@ -9,16 +9,24 @@ from __future__ import annotations
 
 from .errors import AconnError, AcquireTimeout, ClosedError, ConfigError, PoolOverloaded, ScopeError, TransactionError
 from .handler import Connections
+from .hooks import HookEvent
+from .iteration import Jobs
 from .scope import Scope
 from .settings import Settings
 from .stats import PoolStats
+from .transactions import Atomic
+from .typed import Alias
 
 __all__ = (
     "AconnError",
     "AcquireTimeout",
+    "Alias",
+    "Atomic",
     "ClosedError",
     "ConfigError",
     "Connections",
+    "HookEvent",
+    "Jobs",
     "PoolOverloaded",
     "PoolStats",
     "Scope",

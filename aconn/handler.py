@@ -36,6 +36,7 @@ from .scope import Scope, ScopeState
 from .settings import Settings, parse_databases
 from .stats import PoolStats
 from .transactions import Atomic, OnCommit, PinnedConnection, on_commit
+from .typed import Alias
 
 __all__ = ("Connections",)
 
@@ -623,6 +624,15 @@ class Connections:
                 return await func(*args, **kwargs)
 
         return wrapper
+
+    def alias(self, name: str, connection_class: type[T]) -> Alias[T]:
+        """``name``'s connections declared, once, to be ``connection_class`` (the driver's):
+        ``db = connections.alias("default", asyncpg.Connection)``, then ``await db.connection()``,
+        ``db.acquire()``, ``db.atomic()`` are typed for mypy, with no class at each call.
+
+        :raises ConfigError: for an unknown alias.
+        """
+        return Alias(self, name, connection_class)
 
     @overload
     def acquire(self, alias: str = "default") -> contextlib.AbstractAsyncContextManager[Any]: ...

@@ -43,7 +43,7 @@ from .hooks import HookEvent
 from .settings import MYSQL_ENGINES, POSTGRESQL_ENGINES
 from .stats import PoolStats
 
-__all__ = ("instrument",)
+__all__ = ("Instrumentation", "instrument")
 
 POOL = "db.client.connection.pool.name"
 STATE = "db.client.connection.state"

@@ -14,7 +14,7 @@ errors say where, settings mistakes are explained, the connection can be typed.
 | ATOMIC_REQUESTS=True: served since, see test_transactions.py | test_atomic_requests_settings |
 | no false wait_timeout alarm | test_check::test_wait_timeout_5_warns_only_where_it_can_fail |
 | ScopeError for a scope entered by another task | test_scope_entered_by_another_task (here) |
-| a typed connection | test_typed_connection_for_mypy (here) |
+| a typed connection | test_typed_connection_for_mypy, test_alias_declared_once_is_typed_for_mypy (here) |
 | MAX_WAITING, 503 + Retry-After | test_pool::test_max_waiting_refuses_at_once, test_asgi::test_no_connection_free_is_a_503_with_retry_after |
 """
 
@@ -206,6 +206,67 @@ def test_typed_connection_for_mypy(tmp_path: Path) -> None:
     assert result.returncode == 1, result.stdout + result.stderr
     errors = [line for line in result.stdout.splitlines() if ": error:" in line]
     assert len(errors) == 1 and '"Connection" has no attribute "executee"' in errors[0], result.stdout
+
+
+def test_alias_declared_once_is_typed_for_mypy(tmp_path: Path) -> None:
+    """``connections.alias(name, cls)``: the class named once, every call typed (mypy --strict)."""
+    code = textwrap.dedent(
+        """
+        import aiosqlite
+        import asyncmy
+        import aconn
+
+        connections = aconn.Connections({"default": "sqlite:///x.db", "my": "mysql+asyncmy://u@h/d"})
+        db = connections.alias("default", aiosqlite.Connection)
+        my = connections.alias("my", asyncmy.Connection)
+
+        async def job() -> int:
+            async with connections.scope():
+                conn = await db.connection()
+                await conn.execute("SELECT 1")
+                await conn.executee("SELECT 1")
+            async with db.acquire() as conn2:
+                await conn2.commit()
+            async with my.atomic() as conn3:
+                await conn3.ping()
+                await conn3.pingg()
+            await db.on_commit(lambda: None)
+            return 0
+        """
+    )
+    (tmp_path / "typed_alias.py").write_text(code)
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", str(tmp_path / "typed_alias.py")],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )  # fmt: skip
+    errors = [line for line in result.stdout.splitlines() if ": error:" in line]
+    assert len(errors) == 2, result.stdout + result.stderr
+    assert '"Connection" has no attribute "executee"' in errors[0]
+    assert '"Connection" has no attribute "pingg"' in errors[1]
+
+
+async def test_alias_checks_what_it_declares(make: Any, tmp_path: Path) -> None:
+    connections = make({"default": f"sqlite:///{tmp_path / 't.db'}?conn_max_age=60"})
+    db = connections.alias("default", aiosqlite.Connection)
+    assert repr(db) == "<aconn.Alias 'default' of aiosqlite.core.Connection>" and db.name == "default"
+    async with db.acquire() as conn:
+        assert isinstance(conn, aiosqlite.Connection)
+        assert await db.connection() is conn  # the scope's connection
+    async with db.atomic() as conn:
+        await conn.execute("CREATE TABLE t (n INTEGER)")
+        ran: list[int] = []
+        await db.on_commit(lambda: ran.append(1))
+        assert ran == []
+    assert ran == [1]
+    wrong = connections.alias("default", pymysql.connections.Connection)
+    async with connections.scope():
+        with pytest.raises(TypeError, match=r"hands out aiosqlite\.core\.Connection, not"):
+            await wrong.connection()
+    with pytest.raises(aconn.ConfigError, match="did you mean 'default'"):
+        connections.alias("defualt", aiosqlite.Connection)
+    with pytest.raises(TypeError, match="takes the connection class"):
+        connections.alias("default", "aiosqlite.Connection")  # type: ignore[arg-type]
+    assert connections.stats().in_use == 0
 
 
 async def test_typed_connection_checked_at_run_time(make: Any, tmp_path: Path) -> None:

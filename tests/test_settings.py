@@ -170,6 +170,10 @@ def test_public_names_exported() -> None:
         "ScopeError",
         "AcquireTimeout",
         "ClosedError",
+        "Alias",  # what users meet by name: connections.alias(), atomic(), each(), hooks' events
+        "Atomic",
+        "Jobs",
+        "HookEvent",
     }
     for cls in (aconn.ConfigError, aconn.ScopeError, aconn.AcquireTimeout, aconn.ClosedError):
         assert issubclass(cls, aconn.AconnError)

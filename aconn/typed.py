@@ -1,0 +1,63 @@
+"""``connections.alias(name, DriverConnection)``: one alias, its driver's connection class declared once.
+
+::
+
+    db = connections.alias("default", asyncpg.Connection)
+
+    async def get_user(user_id: int) -> asyncpg.Record | None:
+        conn = await db.connection()            # an asyncpg.Connection to mypy
+        return await conn.fetchrow("SELECT * FROM users WHERE id = $1", user_id)
+
+Every method is the handler's own, for that alias, typed with that class; the
+connection is checked with ``isinstance`` when it is handed out, so a wrong
+declaration fails at the first use, not at some later attribute.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+
+if TYPE_CHECKING:
+    from .handler import Connections
+
+__all__ = ("Alias",)
+
+T = TypeVar("T")
+
+
+class Alias(Generic[T]):
+    """One alias of a handler, whose connections are declared to be ``T``. Built by
+    :meth:`aconn.Connections.alias`; cheap, immutable, fine as a module-level name."""
+
+    __slots__ = ("_connection_class", "_handler", "name")
+
+    def __init__(self, handler: Connections, name: str, connection_class: type[T]) -> None:
+        handler.settings(name)  # ConfigError (with a "did you mean") for an unknown alias, now
+        if not isinstance(connection_class, type):
+            raise TypeError(f"aconn alias {name!r}: alias() takes the connection class, not {connection_class!r}")
+        self._handler = handler
+        #: the alias's name
+        self.name = name
+        self._connection_class = connection_class
+
+    def __repr__(self) -> str:
+        cls = self._connection_class
+        return f"<aconn.Alias {self.name!r} of {cls.__module__}.{cls.__qualname__}>"
+
+    async def connection(self, *, read_only: bool = False, hints: Mapping[str, Any] | None = None) -> T:
+        """:meth:`Connections.connection` for this alias, typed ``T`` (checked with ``isinstance``)."""
+        return await self._handler.connection(self.name, self._connection_class, read_only=read_only, hints=hints)
+
+    def acquire(self) -> contextlib.AbstractAsyncContextManager[T]:
+        """:meth:`Connections.acquire` for this alias: ``async with db.acquire() as conn:``."""
+        return self._handler.acquire(self.name, self._connection_class)
+
+    def atomic(self, *, durable: bool = False) -> contextlib.AbstractAsyncContextManager[T]:
+        """:meth:`Connections.atomic` for this alias: ``async with db.atomic() as conn:``."""
+        return cast("contextlib.AbstractAsyncContextManager[T]", self._handler.atomic(self.name, durable=durable))
+
+    async def on_commit(self, callback: Any, *, robust: bool = False) -> None:
+        """:meth:`Connections.on_commit` for this alias."""
+        await self._handler.on_commit(callback, self.name, robust=robust)
