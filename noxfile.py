@@ -1,7 +1,10 @@
-"""Project tasks: `nox -s demo`, `nox -s tests`, `nox -s lint typecheck`, `nox -s bench`, `nox -s soak`,
-`nox -s reliability`."""
+"""Project tasks: `nox -s demo`, `nox -s tests`, `nox -s lint typecheck`, `nox -s build`, `nox -s bench`,
+`nox -s soak`, `nox -s reliability`."""
 
 from __future__ import annotations
+
+import shutil
+from pathlib import Path
 
 import nox
 
@@ -21,6 +24,33 @@ def tests(session: nox.Session) -> None:
     """The whole suite: SQLite, and MariaDB through a throwaway server the tests start."""
     session.install("-e", ".[test]")
     session.run("pytest", *session.posargs)
+
+
+@nox.session
+def build(session: nox.Session) -> None:
+    """The sdist and the wheel: built, their metadata checked, the wheel installed in a fresh
+    virtual environment, and the quickstart run on it (from outside the checkout)."""
+    session.install("build>=1.2", "twine>=5")
+    work = Path(session.create_tmp()).resolve()
+    dist = work / "dist"
+    shutil.rmtree(dist, ignore_errors=True)
+    session.run("python", "-m", "build", "--outdir", str(dist))
+    built = sorted(dist.iterdir())
+    session.run("twine", "check", "--strict", *map(str, built))
+    wheel = next(path for path in built if path.suffix == ".whl")
+    venv = work / "wheel-venv"
+    session.run("python", "-m", "venv", "--clear", str(venv))
+    python = str(venv / "bin" / "python")
+    session.run(python, "-m", "pip", "install", "--quiet", str(wheel), external=True)
+    probe = (
+        "import aconn, pathlib, sys; here = pathlib.Path(aconn.__file__).parent; "
+        "assert 'site-packages' in str(here), here; assert (here / 'py.typed').exists(); "
+        "assert not (here.parent / 'tests').exists(); print('installed aconn', aconn.__version__, 'from', here)"
+    )
+    quickstart = str(Path("examples", "quickstart.py").resolve())
+    session.chdir(str(work))  # not the checkout: aconn comes from the wheel
+    session.run(python, "-c", probe, external=True)
+    session.run(python, quickstart, external=True)
 
 
 @nox.session
