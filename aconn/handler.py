@@ -689,6 +689,15 @@ class Connections:
         """
         return self._pool(alias).stats()
 
+    def pool(self, alias: str = "default") -> Pool:
+        """The pool of ``alias``, for diagnostics and tests: read its ``limits`` (what the server
+        said at the last connect), ``backend``, ``size``, ``waiting``; :meth:`stats` for the
+        counters. Its methods that take and give back connections are the handler's to call.
+
+        :raises ConfigError: for an unknown alias (with a "did you mean").
+        """
+        return self._pool(alias)
+
     def _pool(self, alias: str) -> Pool:
         try:
             return self._pools[alias]

@@ -58,7 +58,7 @@ def _system(connections: Connections, alias: str) -> str:
     if engine in POSTGRESQL_ENGINES:
         return "postgresql"
     if engine in MYSQL_ENGINES:
-        limits = connections._pools[alias].limits
+        limits = connections.pool(alias).limits
         return "mariadb" if limits is not None and "mariadb" in limits.version.lower() else "mysql"
     return engine
 
@@ -93,7 +93,7 @@ def instrument(connections: Connections, meter_provider: Any = None, *, use_time
         found = cached.get(alias)
         if found is None:
             found = {POOL: alias, SYSTEM: _system(connections, alias)}
-            if connections._pools[alias].limits is not None or connections.settings(alias).engine not in MYSQL_ENGINES:
+            if connections.pool(alias).limits is not None or connections.settings(alias).engine not in MYSQL_ENGINES:
                 cached[alias] = found  # final once the server said what it is
         return found
 

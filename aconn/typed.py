@@ -17,14 +17,31 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+from typing import Any, Generic, Protocol, TypeVar, cast
 
-if TYPE_CHECKING:
-    from .handler import Connections
+from .settings import Settings
 
 __all__ = ("Alias",)
 
 T = TypeVar("T")
+
+
+class _Handler(Protocol):
+    """What an :class:`Alias` uses of :class:`aconn.Connections` (which imports this module)."""
+
+    def settings(self, alias: str = "default") -> Settings: ...
+
+    async def connection(
+        self, alias: str | None, expected: type[T], read_only: bool = False, hints: Mapping[str, Any] | None = None
+    ) -> T: ...
+
+    def acquire(self, alias: str, expected: type[T]) -> contextlib.AbstractAsyncContextManager[T]: ...
+
+    def atomic(
+        self, alias: str = "default", *, durable: bool = False
+    ) -> contextlib.AbstractAsyncContextManager[Any]: ...
+
+    async def on_commit(self, callback: Any, alias: str = "default", *, robust: bool = False) -> None: ...
 
 
 class Alias(Generic[T]):
@@ -33,7 +50,7 @@ class Alias(Generic[T]):
 
     __slots__ = ("_connection_class", "_handler", "name")
 
-    def __init__(self, handler: Connections, name: str, connection_class: type[T]) -> None:
+    def __init__(self, handler: _Handler, name: str, connection_class: type[T]) -> None:
         handler.settings(name)  # ConfigError (with a "did you mean") for an unknown alias, now
         if not isinstance(connection_class, type):
             raise TypeError(f"aconn alias {name!r}: alias() takes the connection class, not {connection_class!r}")

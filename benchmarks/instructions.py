@@ -56,7 +56,7 @@ async def measure(settings: dict[str, Any], part: str, n: int) -> None:
         provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
         aconn.otel.instrument(handler, provider, use_time=part == "scope-otel")
     await handler.open()
-    pool = handler._pools["default"]
+    pool = handler.pool("default")
     holder = pool._idle[-1]
     kwargs = driver_kwargs(settings)
     aiomysql_pool = await aiomysql.create_pool(minsize=1, maxsize=10, **kwargs)

@@ -275,7 +275,7 @@ async def workload_connect(c: Contenders, ops: int, rounds: int) -> Table:
             await conn.ensure_closed()
 
     def with_limits(handler: aconn.Connections) -> Bench:
-        backend = handler._pools["default"].backend
+        backend = handler.pool("default").backend
 
         async def bench(k: int) -> None:
             for _ in range(k):

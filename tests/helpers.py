@@ -41,7 +41,7 @@ async def eventually(predicate: Callable[[], object], timeout: float = 10.0) -> 
 
 def age_idle(connections: aconn.Connections, seconds: float, alias: str = "default") -> None:
     """Make every idle connection of ``alias`` look idle for ``seconds`` more (no sleep)."""
-    for holder in connections._pools[alias]._idle:
+    for holder in connections.pool(alias)._idle:
         holder.last_used -= seconds
 
 

@@ -222,7 +222,7 @@ async def soak(
         await connections.close_old()  # background work (statements being stopped) done
         stats = connections.stats()
         summary.server_cancels, summary.server_cancels_failed = stats.server_cancels, stats.server_cancels_failed
-        summary.side_sessions_lost = connections._pools["default"].backend.side_sessions_lost
+        summary.side_sessions_lost = connections.pool("default").backend.side_sessions_lost
         summary.balanced = (
             stats.open == stats.idle + stats.in_use + stats.opening + stats.closing
             and stats.in_use == 0 and stats.waiting == 0 and stats.open <= stats.max_conns

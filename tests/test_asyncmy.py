@@ -53,7 +53,7 @@ async def test_url_and_engine_name_asyncmy(db: MariaDB, make: Any) -> None:
     for alias in ("default", "engine"):
         assert connections.settings(alias).engine == "asyncmy"
         assert await in_scope(connections, "SELECT 41 + 1", alias) == 42
-    assert type(connections._pools["default"].backend).__name__ == "AsyncmyBackend"
+    assert type(connections.pool("default").backend).__name__ == "AsyncmyBackend"
 
 
 def test_unknown_option_names_the_driver() -> None:

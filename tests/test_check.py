@@ -41,7 +41,7 @@ async def test_wait_timeout_5_warns_only_where_it_can_fail(
     db = short_wait_timeout
     connections = make({"default": db.settings(CONN_MAX_AGE=None, MAX_CONNS=2)})
     first = await in_scope(connections, "SELECT CONNECTION_ID()")
-    pool = connections._pools["default"]
+    pool = connections.pool("default")
     assert pool.limits is not None and pool.limits.idle_timeout == 5
     assert pool._idle[-1].idle_limit < 5
     age_idle(connections, 6)  # idle for 6 s (shifted, rather than slept)

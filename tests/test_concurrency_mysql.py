@@ -78,7 +78,7 @@ async def test_random_cancellations_against_the_server(db: MariaDB, make: Any) -
         outcomes += await asyncio.gather(*(one(n) for n in range(batch, batch + 20)), return_exceptions=True)
     assert all(o is None or isinstance(o, TimeoutError) for o in outcomes), {repr(o) for o in outcomes if o}
     assert sum(o is None for o in outcomes) > 0 and sum(isinstance(o, TimeoutError) for o in outcomes) > 0
-    await asyncio.gather(*connections._pools["default"]._background)
+    await asyncio.gather(*connections.pool("default")._background)
     stats = connections.stats()
     assert_balanced(stats)
     assert stats.in_use == 0 and stats.waiting == 0

@@ -259,7 +259,7 @@ async def test_liveness_reads_driver_internals(db: MariaDB, make: Any) -> None:
             assert conn._connect_timeout is None  # set by the backend: no wait_for around the TCP open
         assert conn.aconn_session_id == conn.thread_id()
         assert conn.aconn_dropped is False
-    backend = connections._pools["default"].backend
+    backend = connections.pool("default").backend
     assert backend.is_dead(conn) is False
     db.kill_sessions(conn.thread_id())
     assert backend.is_dead(conn) is True  # seen by the socket peek, before the loop noticed

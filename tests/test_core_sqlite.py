@@ -78,7 +78,7 @@ async def test_max_age_deadline_replaces_connection(sqlite_path: str, make: Any)
     connections = make({"default": {"ENGINE": "sqlite", "NAME": sqlite_path, "CONN_MAX_AGE": 30}})
     async with connections.scope():
         first = await connections.connection()
-    pool = connections._pools["default"]
+    pool = connections.pool("default")
     assert 30 * 0.95 <= pool._idle[-1].close_at - pool._idle[-1].opened_at <= 30  # jittered down by up to 5%
     pool._idle[-1].close_at = 0  # its deadline has passed
     async with connections.scope():
@@ -170,7 +170,7 @@ async def test_liveness_reads_aiosqlite_internals(tmp_path: Path, make: Any) -> 
     async with connections.scope():
         conn = await connections.connection()
         assert isinstance(conn._connection, sqlite3.Connection) and conn._running is True
-    backend = connections._pools["default"].backend
+    backend = connections.pool("default").backend
     assert backend.is_dead(conn) is False
     await conn.close()
     assert conn._connection is None and conn._running is False

@@ -265,7 +265,7 @@ async def test_health_check_never_reconnects(db: MariaDB, make: Any) -> None:
         again = await connections.connection()
         assert again.thread_id() == thread and await scalar(again, "SELECT @mine") == 1
     assert connections.stats().health_checks == 1
-    backend = connections._pools["default"].backend
+    backend = connections.pool("default").backend
     db.kill_sessions(thread)
     with pytest.raises(Exception):  # noqa: B017 - the driver's error for a closed session, whichever
         await backend.ping(again)
@@ -350,8 +350,8 @@ def test_killed_idle_connection_under_uvloop(db: MariaDB) -> None:
         connections = aconn.Connections({"default": db.settings(CONN_MAX_AGE=60)})
         try:
             first = await in_scope(connections, "SELECT CONNECTION_ID()")
-            backend = connections._pools["default"].backend
-            assert backend.is_dead(connections._pools["default"]._idle[-1].conn) is False
+            backend = connections.pool("default").backend
+            assert backend.is_dead(connections.pool("default")._idle[-1].conn) is False
             db.kill_sessions(first)
             assert await in_scope(connections, "SELECT CONNECTION_ID()") != first
             assert connections.stats().closed_unusable == 1

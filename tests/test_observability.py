@@ -81,7 +81,7 @@ async def test_metrics_after_a_known_workload(db: MariaDB, make: Any) -> None:
     await asyncio.gather(*holders)
 
     db.kill_sessions(db.app_threads()[0])  # one idle connection killed on the server
-    pool = connections._pools["default"]
+    pool = connections.pool("default")
     # the server drops the session from its list a moment before its FIN reaches the client
     await eventually(lambda: any(pool.backend.is_dead(h.conn) for h in pool._idle))
     assert await in_scope(connections, "SELECT 2") == 2
@@ -110,7 +110,7 @@ async def test_metrics_after_a_known_workload(db: MariaDB, make: Any) -> None:
 async def test_hooks(make: Any, tmp_path: Any, aconn_logs: pytest.LogCaptureFixture) -> None:
     connections: aconn.Connections = make({"default": {"ENGINE": "sqlite", "NAME": str(tmp_path / "h.db")}})
     events: list[HookEvent] = []
-    pool = connections._pools["default"]
+    pool = connections.pool("default")
     assert "release" not in pool.__dict__  # nobody listens to "use": the scope path is untouched
     remove = connections.on("use", events.append)
     assert "release" in pool.__dict__
@@ -157,6 +157,6 @@ def test_use_time_off_leaves_the_scope_path_alone(tmp_path: Any) -> None:
     connections = aconn.Connections({"default": {"ENGINE": "sqlite", "NAME": str(tmp_path / "u.db")}})
     reader = InMemoryMetricReader()
     aconn.otel.instrument(connections, MeterProvider(metric_readers=[reader], shutdown_on_exit=False), use_time=False)
-    assert "release" not in connections._pools["default"].__dict__  # release not wrapped
+    assert "release" not in connections.pool("default").__dict__  # release not wrapped
     found = points(reader)
     assert "db.client.connection.use_time" not in found and "db.client.connection.count" in found

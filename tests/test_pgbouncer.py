@@ -125,7 +125,7 @@ def test_session_state_refused(bouncer: PgBouncer) -> None:
         aconn.Connections({"default": {"ENGINE": "mysql", "NAME": "x", "POOLER": "pgbouncer"}})
     assert info.value.key == "POOLER"
     handler = aconn.Connections({"default": bouncer.settings()})
-    assert handler._pools["default"].backend._kwargs["prepare_threshold"] is None  # type: ignore[attr-defined]
+    assert handler.pool("default").backend._kwargs["prepare_threshold"] is None  # type: ignore[attr-defined]
 
 
 def test_check_detects_pgbouncer(bouncer: PgBouncer) -> None:

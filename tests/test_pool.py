@@ -50,7 +50,7 @@ async def use(connections: aconn.Connections, n: int, *, delay: float = 0) -> in
 def check(connections: aconn.Connections) -> aconn.PoolStats:
     stats = connections.stats()
     assert_balanced(stats)
-    live = connections._pools["default"].backend.server.live()  # type: ignore[attr-defined]
+    live = connections.pool("default").backend.server.live()  # type: ignore[attr-defined]
     assert len(live) == stats.open - stats.opening, (stats, live)
     return stats
 
@@ -207,7 +207,7 @@ async def test_cancel_at_each_await_point(server: FakeServer, fake: Any, point: 
         await use(connections, 0)  # an idle connection to ping / roll back / close
         age_idle(connections, 1)  # past the ping bypass window
     if point == "close":
-        connections._pools["default"]._idle[-1].close_at = 0  # expired: closed at the next acquire
+        connections.pool("default")._idle[-1].close_at = 0  # expired: closed at the next acquire
     if point == "wait":
         async with holding(connections, n=2):
             victim = asyncio.create_task(scope_body())
@@ -333,7 +333,7 @@ async def test_idle_limit_from_the_server(server: FakeServer, fake: Any) -> None
     server.idle_timeout = 10.0
     connections = fake(CONN_MAX_AGE=None)
     await use(connections, 1)
-    holder = connections._pools["default"]._idle[-1]
+    holder = connections.pool("default")._idle[-1]
     assert holder.idle_limit == 8.0
     age_idle(connections, 9)
     await use(connections, 2)

@@ -91,7 +91,7 @@ async def test_idle_session_timeout_never_surfaces(pg: PostgreSQL, make: Any, en
     }  # fmt: skip
     connections = make({"default": pg.settings(ENGINE=engine, CONN_MAX_AGE=None, OPTIONS=options)})
     assert await value(connections, "SELECT 1") == 1
-    pool = connections._pools["default"]
+    pool = connections.pool("default")
     assert pool.limits is not None and pool.limits.idle_timeout == 1.0
     assert pool._idle[-1].idle_limit < 1.0  # aconn's limit is below the server's
     await asyncio.sleep(1.3)  # the server really ends the idle session: no shifted clock can show that
@@ -212,7 +212,7 @@ async def test_statement_timeout(pg: PostgreSQL, make: Any, engine: str) -> None
         with pytest.raises(Exception, match="statement timeout"):
             await rows(conn, "SELECT pg_sleep(5)")
         assert (await rows(conn, "SELECT 7"))[0][0] == 7  # the session is still usable
-    assert connections._pools["default"].limits.max_statement_time == 0.2  # type: ignore[union-attr]
+    assert connections.pool("default").limits.max_statement_time == 0.2  # type: ignore[union-attr]
     assert connections.stats().opened == 1
 
 
@@ -269,8 +269,8 @@ async def test_liveness_reads_driver_internals(pg: PostgreSQL, make: Any, engine
     async with connections.scope():
         conn = await connections.connection()
         pid = (await rows(conn, "SELECT pg_backend_pid()"))[0][0]
-    backend = connections._pools["default"].backend
-    holder = connections._pools["default"]._idle[-1]
+    backend = connections.pool("default").backend
+    holder = connections.pool("default")._idle[-1]
     assert holder.alive() and not backend.is_dead(conn)
     if engine == "postgresql":
         assert conn.pgconn.socket > 0 and conn.aconn_pid == pid and conn.aconn_cancel is not None
@@ -296,7 +296,7 @@ def test_postgresql_settings() -> None:
     }  # fmt: skip
     handler = aconn.Connections({"default": django})
     assert handler.settings().engine == "postgresql"
-    kwargs = handler._pools["default"].backend._kwargs  # type: ignore[attr-defined]
+    kwargs = handler.pool("default").backend._kwargs  # type: ignore[attr-defined]
     assert kwargs["options"] == "-c search_path=app -c default_transaction_isolation=serializable"
     with pytest.raises(aconn.ConfigError, match="aconn is the pool") as info:
         aconn.Connections({"default": {**django, "OPTIONS": {"pool": True}}})

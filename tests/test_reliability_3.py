@@ -90,7 +90,7 @@ async def test_cancel_through_an_undeclared_pooler(
     connections = make({"default": {**bouncer.settings(ENGINE=engine, CONN_MAX_AGE=60, MAX_CONNS=5), "POOLER": None}})
     await cancel_storm(connections, pg, tasks=20, running=5)
     assert len(pg.app_backends()) <= 5  # MAX_CONNS: no server session left behind by a lost client
-    assert connections._pools["default"].limits.session_id_verified is False  # the pooler was seen
+    assert connections.pool("default").limits.session_id_verified is False  # the pooler was seen
 
 
 @pytest.mark.postgresql

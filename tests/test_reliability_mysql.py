@@ -270,7 +270,7 @@ async def test_max_user_connections_is_retried_within_the_deadline(db: MariaDB, 
     assert await waiter == 42
     assert "refused or dropped a new connection" in aconn_logs.text and "1226" in aconn_logs.text
     error = db.errors.OperationalError(1226, "User 'limited' has exceeded the 'max_user_connections' resource")
-    assert ours._pools["default"].backend.classify(error, connecting=True) is ErrorKind.RETRYABLE
+    assert ours.pool("default").backend.classify(error, connecting=True) is ErrorKind.RETRYABLE
 
 
 # -- 4. hand-offs checked ----------------------------------------------------------------

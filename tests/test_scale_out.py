@@ -196,7 +196,7 @@ async def test_behind_a_mysql_pooler_no_kill_is_sent(db: MariaDB, pooler: str) -
         with pytest.raises(asyncio.CancelledError):
             await task
         assert connections.stats().server_cancels == 0 and connections.stats().server_cancels_failed == 0
-        limits = connections._pools["default"].limits
+        limits = connections.pool("default").limits
         assert limits is not None
         verdicts = {v.rule: v for v in evaluate(connections.settings(), limits)}
         assert verdicts["CANCEL_ON_SERVER"].ok  # STATEMENT_TIMEOUT bounds the statements

@@ -157,7 +157,7 @@ def test_backend_class_path() -> None:
     entry = {"ENGINE": "fakebackend.FakeBackend", "NAME": "x", "OPTIONS": {"server": server}}
     handler = aconn.Connections({"default": entry})
     assert handler.settings().engine == "fakebackend.FakeBackend"
-    assert handler._pools["default"].backend.server is server  # type: ignore[attr-defined]
+    assert handler.pool("default").backend.server is server  # type: ignore[attr-defined]
 
 
 def test_public_names_exported() -> None:
@@ -233,12 +233,12 @@ def test_tls_django_form_and_context(tmp_path: Path) -> None:
 
     certs = make_certificates(tmp_path)
     handler = aconn.Connections({"default": {"ENGINE": "mysql", "OPTIONS": {"ssl": {"ca": certs["ca"]}}}})
-    context = handler._pools["default"].backend._kwargs["ssl"]
+    context = handler.pool("default").backend._kwargs["ssl"]
     assert isinstance(context, ssl.SSLContext)
     assert context.check_hostname and context.verify_mode is ssl.CERT_REQUIRED
     given = ssl.create_default_context()
     handler = aconn.Connections({"default": {"ENGINE": "mysql", "OPTIONS": {"ssl": given}}})
-    assert handler._pools["default"].backend._kwargs["ssl"] is given
+    assert handler.pool("default").backend._kwargs["ssl"] is given
 
 
 def test_new_keys_from_urls() -> None:

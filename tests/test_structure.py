@@ -112,6 +112,16 @@ def test_state_changes_only_through_transitions() -> None:
     assert "_IDLE" in writes[1][1]
 
 
+def test_pools_read_through_the_public_accessor() -> None:
+    """Tests, benchmarks, examples and aconn.otel read a pool with ``connections.pool(alias)``,
+    never the handler's private mapping."""
+    root = PACKAGE.parent
+    needle = "._" + "pools"
+    files = [PACKAGE / "otel.py", *(root / "tests").glob("*.py"), *(root / "benchmarks").glob("*.py")]
+    files += list((root / "examples").rglob("*.py"))
+    assert [path.name for path in files if needle in path.read_text()] == []
+
+
 # -- the decide steps, on a pool of the fake backend, no event loop work -------------------------
 
 

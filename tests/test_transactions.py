@@ -84,7 +84,7 @@ async def ids(connections: aconn.Connections) -> list[int]:
 
 
 def assert_no_transaction_left(connections: aconn.Connections) -> None:
-    pool = connections._pools["default"]
+    pool = connections.pool("default")
     assert all(not pool.backend.in_transaction(h.conn) for h in pool._idle)
     assert_balanced(connections.stats())
 
@@ -126,7 +126,7 @@ async def test_block_enters_or_joins_a_scope(conns: aconn.Connections) -> None:
         async with conns.atomic() as conn:
             assert conn is outer  # joined the task's scope
             await insert(conns, 2)
-        assert not conns._pools["default"].backend.in_transaction(outer)  # committed at block exit
+        assert not conns.pool("default").backend.in_transaction(outer)  # committed at block exit
     assert await ids(conns) == [1, 2]
 
 
@@ -172,7 +172,7 @@ async def test_block_inside_a_transaction_begun_by_hand_is_a_savepoint(conns: ac
                 1 / 0  # noqa: B018
         async with conns.atomic():
             await insert(conns, 3)
-        assert conns._pools["default"].backend.in_transaction(conn)  # the hand-begun transaction goes on
+        assert conns.pool("default").backend.in_transaction(conn)  # the hand-begun transaction goes on
         assert [r[0] for r in await fetch(conn, f"SELECT id FROM {TABLE} ORDER BY id")] == [1, 3]
     assert await ids(conns) == []  # the scope's exit rolled the hand-begun transaction back, blocks and all
     assert conns.stats().rollbacks == 1
@@ -185,13 +185,13 @@ async def test_block_exited_in_another_task_is_rolled_back(conns: aconn.Connecti
         await insert(conns, 1)
         with pytest.raises(aconn.TransactionError, match=r"entered by task .* was exited by task"):
             await asyncio.create_task(block.__aexit__(None, None, None))
-        assert not conns._pools["default"].backend.in_transaction(await conns.connection())
+        assert not conns.pool("default").backend.in_transaction(await conns.connection())
     assert await ids(conns) == []
 
 
 async def test_rollback_that_fails_discards_the_connection(conns: aconn.Connections) -> None:
     """A block whose rollback fails aborts its connection: the scope's release closes it."""
-    pool = conns._pools["default"]
+    pool = conns.pool("default")
     backend = pool.backend
     real = backend.rollback
 
@@ -252,7 +252,7 @@ async def test_atomic_requests_hold_the_response_until_commit(make: Any, tmp_pat
         sent.append(("app returned", conns_in_transaction(conn)))
 
     def conns_in_transaction(conn: Any) -> bool:
-        return bool(connections._pools["default"].backend.in_transaction(conn))
+        return bool(connections.pool("default").backend.in_transaction(conn))
 
     async def send(message: Any) -> None:
         sent.append((message["type"] + ("+more" if message.get("more_body") else ""), False))
@@ -428,7 +428,7 @@ async def test_test_transaction_reads_the_primary_of_an_alias_with_replicas(make
 
 
 def in_transaction(connections: aconn.Connections, conn: Any) -> bool:
-    return bool(connections._pools["default"].backend.in_transaction(conn))
+    return bool(connections.pool("default").backend.in_transaction(conn))
 
 
 async def test_outside_a_block_runs_now(conns: aconn.Connections) -> None:
