@@ -145,38 +145,38 @@ class ConnectionsMiddleware:
             raise
 
     async def _lifespan(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
-        state = {"startup_seen": False, "closed": False, "startup_failed": False}
+        lifespan = _Lifespan()
 
         async def wrapped_receive() -> Message:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                state["startup_seen"] = True
+                lifespan.startup_seen = True
                 try:
                     await self._open(send)
                 except BaseException:
-                    state["startup_failed"] = True
+                    lifespan.startup_failed = True
                     raise
             return message
 
         async def wrapped_send(message: Message) -> None:
             if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
                 await self.connections.aclose(self.shutdown_timeout)
-                state["closed"] = True
+                lifespan.closed = True
             await send(message)
 
         try:
             await self.app(scope, wrapped_receive, wrapped_send)
         except BaseException as exc:
-            if state["startup_failed"]:
+            if lifespan.startup_failed:
                 raise  # already reported as lifespan.startup.failed; nothing was left open
-            if state["startup_seen"]:
+            if lifespan.startup_seen:
                 await self.connections.aclose(self.shutdown_timeout)
                 raise
             if not isinstance(exc, Exception):
                 raise
             # the wrapped app does not speak lifespan: handle it ourselves
-        if state["startup_seen"]:
-            if not state["closed"]:
+        if lifespan.startup_seen:
+            if not lifespan.closed:
                 await self.connections.aclose(self.shutdown_timeout)
             return
         await self._own_lifespan(receive, send)
@@ -191,3 +191,14 @@ class ConnectionsMiddleware:
                 await self.connections.aclose(self.shutdown_timeout)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+class _Lifespan:
+    """Where a wrapped app's lifespan got to, as the middleware saw its messages pass."""
+
+    __slots__ = ("closed", "startup_failed", "startup_seen")
+
+    def __init__(self) -> None:
+        self.startup_seen = False  # the server sent lifespan.startup, and the app received it
+        self.startup_failed = False  # aconn's open() failed there (reported as startup.failed)
+        self.closed = False  # the handler was closed as the app reported its shutdown

@@ -11,6 +11,7 @@ __all__ = (
     "AcquireTimeout",
     "ClosedError",
     "ConfigError",
+    "InternalError",
     "PoolOverloaded",
     "ScopeError",
     "TransactionError",
@@ -51,3 +52,13 @@ class TransactionError(AconnError, RuntimeError):
     """An ``atomic()`` block was misused (ended by hand, left in another task, exited out of order),
     or a test's transaction was lost before its rollback.
     """
+
+
+class InternalError(RuntimeError):
+    """An invariant of aconn itself broke: a bug to report, never a condition of the database or
+    of the app's use. Deliberately not an :class:`AconnError`, so that an app's
+    ``except AconnError`` (a busy pool, a closed handler) never swallows one.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"{message} (an internal error of aconn: please report it)")

@@ -18,6 +18,7 @@ import pytest
 from fakebackend import FakeBackend, FakeConn, FakeServer
 
 import aconn
+from aconn.errors import InternalError
 from aconn.pool import PING_BYPASS, Holder, HolderState, Pool
 from aconn.pool.holder import SLOT
 from aconn.settings import parse_settings
@@ -188,12 +189,13 @@ async def test_release_fast_path_agrees_with_put_back() -> None:
 def test_illegal_transition_names_both_states() -> None:
     pool = make_pool()
     holder = idle_holder(pool, since=0.0, age_left=60)
-    with pytest.raises(aconn.AconnError, match="moved from 'idle' to 'idle'"):
+    with pytest.raises(InternalError, match="moved from 'idle' to 'idle'"):
         holder.idled()
-    with pytest.raises(aconn.AconnError, match="moved from 'idle' to 'pinned'"):
+    with pytest.raises(InternalError, match="moved from 'idle' to 'pinned'"):
         holder.pinned()
-    with pytest.raises(aconn.AconnError, match="moved from 'idle' to 'closed'"):
+    with pytest.raises(InternalError, match="moved from 'idle' to 'closed'") as info:
         holder.closed()
+    assert not isinstance(info.value, aconn.AconnError)  # an app's `except AconnError` never swallows a bug
     assert gauges(pool) == (1, 1, 0, 0, 0)  # a refused move changes nothing
 
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Final, Protocol
 
 from ..backends.base import Backend
-from ..errors import AconnError
+from ..errors import InternalError
 
 __all__ = ("SLOT", "CloseReason", "Holder", "HolderState", "SlotOwner")
 
@@ -128,10 +128,9 @@ class Holder:
     def __repr__(self) -> str:
         return f"<Holder {self.state.value} conn={type(self.conn).__name__}@{id(self.conn):#x}>"
 
-    def _illegal(self, to: HolderState) -> AconnError:
-        return AconnError(
-            f"aconn alias {self.pool.alias!r}: internal error, a connection moved from "
-            f"{self.state.value!r} to {to.value!r}"
+    def _illegal(self, to: HolderState) -> InternalError:
+        return InternalError(
+            f"aconn alias {self.pool.alias!r}: a connection moved from {self.state.value!r} to {to.value!r}"
         )
 
     # -- transitions: each moves the pool's gauges with the state -------------------------

@@ -11,6 +11,7 @@ them. The waiting tasks live in :mod:`.waiters`, connecting with backoff in
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import math
 import random
@@ -21,7 +22,7 @@ from typing import Any, Final
 
 from .._asyncio import run_shielded
 from ..backends.base import Backend, ErrorKind, ServerLimits
-from ..errors import AconnError, AcquireTimeout, ClosedError, PoolOverloaded
+from ..errors import AcquireTimeout, ClosedError, InternalError, PoolOverloaded
 from ..hooks import HookEvent, Hooks
 from ..rules import evaluate, idle_limit_from_server
 from ..settings import Settings
@@ -45,6 +46,21 @@ _IDLE, _IN_USE, _PINNED = HolderState.IDLE, HolderState.IN_USE, HolderState.PINN
 _MAX_AGE, _IDLE_LIMIT, _UNUSABLE, _ERROR, _SHUTDOWN = (
     CloseReason.MAX_AGE, CloseReason.IDLE, CloseReason.UNUSABLE, CloseReason.ERROR, CloseReason.SHUTDOWN
 )  # fmt: skip
+
+
+class HealthCheck(enum.Enum):
+    """What a health check (a ping before hand-out) came to."""
+
+    #: the connection answered: hand it out
+    PASSED = "passed"
+    #: it failed and was closed; its slot is the caller's, to open a connection in or free
+    DROPPED = "dropped"
+    #: it failed while its session may live on at the server (a ping cut short on a frozen
+    #: server): the slot waits, in the background, until the server has dropped the session
+    STOPPING = "stopping"
+
+
+_PASSED, _DROPPED, _STOPPING = HealthCheck.PASSED, HealthCheck.DROPPED, HealthCheck.STOPPING
 
 
 class Pool:
@@ -139,11 +155,11 @@ class Pool:
             if not self._needs_ping(granted):
                 return self._taken(granted, task)
             checked = await self._health_check(granted, deadline)
-            if checked is True:
+            if checked is _PASSED:
                 return self._taken(granted, task)
-            if checked is False:
+            if checked is _DROPPED:
                 break
-            # None: its slot waits for the server to drop the session; queue again
+            # _STOPPING: its slot waits for the server to drop the session; queue again
         self._opening += 1  # the slot of the connection just dropped is this waiter's: open in it
         return self._taken(await self._open(deadline), task)
 
@@ -156,8 +172,8 @@ class Pool:
                 break
             if self._needs_ping(holder):
                 checked = await self._health_check(holder, deadline)
-                if checked is not True:
-                    if checked is False:  # dropped, its slot left to us: free it
+                if checked is not _PASSED:
+                    if checked is _DROPPED:  # its slot left to us: free it
                         self._release_slot()
                     continue  # try the next idle one
             return holder
@@ -220,13 +236,9 @@ class Pool:
         """With health checks on, a connection not used successfully within ``PING_BYPASS`` is pinged."""
         return self._health_checks and holder.taken_at - holder.last_used > PING_BYPASS
 
-    async def _health_check(self, holder: Holder, deadline: float) -> bool | None:
-        """Ping a connection about to be handed out, within the acquire ``deadline``.
-
-        True if it answered. On failure the connection is closed, and either it was
-        dropped with its slot left to the caller to open in or free (False), or, when its
-        session may live on at the server (a ping that timed out on a frozen server), its
-        slot waits until the server has dropped it (None).
+    async def _health_check(self, holder: Holder, deadline: float) -> HealthCheck:
+        """Ping a connection about to be handed out, within the acquire ``deadline``: see
+        :class:`HealthCheck` for the three outcomes. On failure the connection is closed.
 
         :raises AcquireTimeout: when the deadline runs out during the ping (slot freed).
         """
@@ -248,8 +260,8 @@ class Pool:
                     self.counters.acquire_timeouts += 1
                     raise self._timed_out() from None
                 raise  # cancelled while pinging: the connection is closed, its slot freed or stopping
-            return False if dropped else None
-        return True
+            return _DROPPED if dropped else _STOPPING
+        return _PASSED
 
     def _ping_failed(self, holder: Holder) -> bool:
         """Close a connection whose ping failed; True if it was dropped, its slot left to the caller.
@@ -423,7 +435,7 @@ class Pool:
         if holder.state is not _IN_USE:
             if holder.state is _PINNED:
                 return None  # shared by every scope until unpinned: nothing to give back
-            raise AconnError(f"aconn alias {self.alias!r}: internal error, released a {holder.state.value} connection")
+            raise InternalError(f"aconn alias {self.alias!r}: released a {holder.state.value} connection")
         holder.task = None
         if holder.leak_timer is not None:
             holder.leak_timer.cancel()
@@ -668,7 +680,7 @@ class Pool:
     def reopen(self) -> None:
         """Serve again after :meth:`close`; only when quiet (nothing of the old life left running)."""
         if not self.quiet() or self._size:
-            raise AconnError(f"aconn alias {self.alias!r}: internal error, reopened a pool still in use")
+            raise InternalError(f"aconn alias {self.alias!r}: reopened a pool still in use")
         self.closed = False
 
     def quiet(self) -> bool:
