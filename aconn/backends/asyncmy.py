@@ -1,30 +1,24 @@
 """MySQL / MariaDB on asyncmy (its Cython protocol).
 
-This module is the only place that reads asyncmy's private attributes
-(``_transport``, ``_proto`` and its ``eof``/``exc``, ``_result``, ``_stmt_cache``), for
-liveness checks that cost no round trip, and that hooks its authentication steps (TLS
-before any credential); ``test_liveness_reads_driver_internals[asyncmy]`` fails if
-asyncmy changes them. What does not depend on the driver is in :mod:`.mysqlcommon`.
+The private attributes of asyncmy read only here: ``_transport``, ``_proto`` and its
+``eof``/``exc``/``_read_waiter``, ``_result``, ``_stmt_cache``, ``_auth_plugin_name``,
+``_connect_timeout``, for liveness checks that cost no round trip, the one-task guard
+and the authentication hook; ``test_liveness_reads_driver_internals[asyncmy]`` fails if
+asyncmy changes them. What both drivers share is in :mod:`.mysqlcommon` (see
+:mod:`.mysql` for the shared private names it reads).
 """
 
 from __future__ import annotations
 
 import inspect
+from types import ModuleType
 from typing import Any, ClassVar
 
 import asyncmy
 from asyncmy import errors
 
 from ..settings import Settings
-from .mysqlcommon import (
-    AUTOCOMMIT,
-    CLIENT_SSL,
-    IN_TRANS,
-    QUIT_PACKET,
-    MySQLProtocolBackend,
-    cleartext_refused,
-    tls_not_offered,
-)
+from .mysqlcommon import QUIT_PACKET, CheckedConnection, MySQLProtocolBackend, reusable_unless
 from .nesting import NestingBeginConnection
 
 __all__ = ("AsyncmyBackend",)
@@ -34,29 +28,22 @@ _DriverConnection: Any = asyncmy.Connection
 _execute_command = _DriverConnection._execute_command
 
 
-class _Connection(NestingBeginConnection, _DriverConnection):  # type: ignore[misc]
+class _Connection(CheckedConnection, NestingBeginConnection, _DriverConnection):  # type: ignore[misc]
     """asyncmy's connection, with the authentication steps checked before any credential leaves.
 
     asyncmy starts TLS whenever a context is given, whatever the greeting offers, and sends
     the password itself to a server that switches to ``mysql_clear_password``. A server
-    that does not offer TLS, and a cleartext switch outside TLS, are refused here.
+    that does not offer TLS, and a cleartext switch outside TLS, are refused
+    (see :class:`.CheckedConnection`).
     """
 
-    #: the id ``CONNECTION_ID()`` reported at connect, when it matches the handshake's (else None)
-    aconn_session_id: int | None = None
-    #: the driver dropped the connection itself while talking to the server (a cancelled read,
-    #: a read timeout, a failed write): a statement may still be running there
-    aconn_dropped = False
-    #: set by the backend before it closes the connection on purpose
-    aconn_closing = False
+    aconn_errors: ClassVar[ModuleType] = errors
 
-    async def aconn_statement(self, sql: str) -> None:
-        await self.query(sql)
+    def aconn_stream_open(self) -> bool:
+        return self._transport is not None
 
-    def close(self) -> None:
-        if self._transport is not None and not self.aconn_closing:
-            self.aconn_dropped = True  # asyncmy closes from inside a failed or cancelled command
-        super().close()
+    def aconn_auth_plugin(self) -> str | None:
+        return self._auth_plugin_name  # type: ignore[no-any-return]
 
     def _execute_command(self, command: int, sql: Any) -> Any:
         # asyncmy keeps one read waiter per connection: a second task sending a command while the
@@ -70,19 +57,6 @@ class _Connection(NestingBeginConnection, _DriverConnection):  # type: ignore[mi
                 "a connection serves one task at a time"
             )
         return _execute_command(self, command, sql)  # not super(): ~400 instructions less a statement
-
-    async def _request_authentication(self) -> Any:
-        if self._ssl_context and not self.server_capabilities & CLIENT_SSL:
-            raise tls_not_offered(errors, self._host, self._port)
-        if self._auth_plugin_name == "mysql_clear_password" and not (self._ssl_context or self._unix_socket):
-            raise cleartext_refused(errors, self._host, self._port)  # asked for in the greeting
-        return await super()._request_authentication()
-
-    async def _process_auth(self, plugin_name: bytes, auth_packet: Any) -> Any:
-        if plugin_name == b"mysql_clear_password" and not self._secure:
-            # an auth switch to the cleartext plugin, outside TLS
-            raise cleartext_refused(errors, self._host, self._port)
-        return await super()._process_auth(plugin_name, auth_packet)
 
 
 def _flagged_dead(conn: Any) -> bool:
@@ -133,9 +107,7 @@ class AsyncmyBackend(MySQLProtocolBackend):
 
     flagged_dead = staticmethod(_flagged_dead)
 
-    def reusable(self, conn: Any) -> bool:
-        status = conn.server_status
-        return bool(status & AUTOCOMMIT) and not status & IN_TRANS and not _flagged_dead(conn)
+    reusable = reusable_unless(_flagged_dead)  # type: ignore[assignment]  # a plain function, bound as a method
 
     async def _quit(self, conn: Any) -> None:
         # asyncmy's ensure_closed() waits for the transport to finish closing, which with TLS is

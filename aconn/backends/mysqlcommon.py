@@ -19,6 +19,8 @@ from collections.abc import Awaitable, Callable, Collection, Mapping
 from types import ModuleType
 from typing import Any, ClassVar
 
+from pymysql.constants import CLIENT, CR, ER, SERVER_STATUS
+
 from ..errors import ConfigError
 from ..settings import Settings
 from .base import Backend, ErrorKind, ServerLimits, check_options, close_socket_of, poll_liveness, polled_dead
@@ -34,16 +36,23 @@ _OWN_KEYS = {
 }  # fmt: skip
 _ISOLATION_LEVELS = frozenset({"read uncommitted", "read committed", "repeatable read", "serializable"})
 
-# client-side error codes that mean the session is gone or out of step
-_DISCONNECT_CODES = frozenset({2003, 2006, 2013, 2014, 2045, 2055, 4031})
+#: MySQL 8's "disconnected by the server because of inactivity" (not in PyMySQL's ER)
+_CLIENT_INTERACTION_TIMEOUT = 4031
+# client-side error codes that mean the session is gone or out of step (asyncmy uses PyMySQL's codes)
+_DISCONNECT_CODES = frozenset({
+    CR.CR_CONN_HOST_ERROR, CR.CR_SERVER_GONE_ERROR, CR.CR_SERVER_LOST, CR.CR_COMMANDS_OUT_OF_SYNC,
+    CR.CR_SHARED_MEMORY_CONNECT_ABANDONED_ERROR, CR.CR_SERVER_LOST_EXTENDED, _CLIENT_INTERACTION_TIMEOUT,
+})  # fmt: skip
 # server refused a new session for now: retry inside the acquire deadline
-# (1040 max_connections, 1203 and 1226 max_user_connections of the account)
-_RETRY_CODES = frozenset({1040, 1203, 1226})
+# (max_connections, and max_user_connections of the account, in its two spellings)
+_RETRY_CODES = frozenset({ER.CON_COUNT_ERROR, ER.TOO_MANY_USER_CONNECTIONS, ER.USER_LIMIT_REACHED})
+# no privilege to read the replica status
+_NO_PRIVILEGE_CODES = frozenset({ER.SPECIFIC_ACCESS_DENIED_ERROR, ER.DBACCESS_DENIED_ERROR, ER.ACCESS_DENIED_ERROR})
 # the server status flags of the protocol's OK packet
-IN_TRANS = 0x0001
-AUTOCOMMIT = 0x0002
+IN_TRANS = SERVER_STATUS.SERVER_STATUS_IN_TRANS
+AUTOCOMMIT = SERVER_STATUS.SERVER_STATUS_AUTOCOMMIT
 #: the client capability flag of a server that offers TLS
-CLIENT_SSL = 0x0800
+CLIENT_SSL = CLIENT.SSL
 # one round trip per new connection; the statement-time variable differs between the two servers
 _LIMITS_SQL = (
     "SELECT @@SESSION.wait_timeout, @@GLOBAL.max_connections, @@SESSION.max_user_connections, "
@@ -54,10 +63,10 @@ _MYSQL_STATEMENT_TIME = "@@SESSION.max_execution_time / 1000"  # milliseconds
 #: the Django / mysqlclient form of OPTIONS["ssl"]
 _TLS_KEYS = frozenset({"ca", "cert", "key", "check_hostname"})
 #: the server's answer to a KILL of a session that has already ended
-_UNKNOWN_THREAD = 1094
+_UNKNOWN_THREAD = ER.NO_SUCH_THREAD
 _SESSION_ALIVE_SQL = "SELECT 1 FROM information_schema.PROCESSLIST WHERE ID = %s"
 #: "The server is running with the --read-only option": a demoted primary
-_OPTION_PREVENTS_STATEMENT = 1290
+_OPTION_PREVENTS_STATEMENT = ER.OPTION_PREVENTS_STATEMENT
 #: the protocol command that resets a session in place (MySQL 5.7.3+, MariaDB 10.2.4+)
 COM_RESET_CONNECTION = 0x1F
 #: COM_QUIT as a whole packet: length 1, sequence 0, the command
@@ -67,7 +76,7 @@ QUIT_PACKET = struct.pack("<iB", 1, 0x01)
 def tls_not_offered(errors: ModuleType, host: str, port: int) -> Exception:
     """The error for OPTIONS["ssl"] set against a server whose greeting does not offer TLS."""
     return errors.OperationalError(  # type: ignore[no-any-return]
-        2026,
+        CR.CR_SSL_CONNECTION_ERROR,
         f"TLS was requested (OPTIONS['ssl']) but the server at {host}:{port} does not offer it; no credential was sent",
     )
 
@@ -151,6 +160,73 @@ def _skip_tls_shutdown(transport: Any) -> None:
     if transport.get_extra_info("ssl_object") is not None:
         with contextlib.suppress(RuntimeError):  # its loop already closed
             transport.abort()
+
+
+class CheckedConnection:
+    """Mixin for a driver's connection class: aconn's three attributes, and the authentication
+    steps checked before any credential leaves (TLS asked for but not offered; the cleartext
+    password plugin outside TLS). A driver fills in two hooks: :meth:`aconn_stream_open` and
+    :meth:`aconn_auth_plugin`, and names its exception module in ``aconn_errors``.
+    """
+
+    #: the driver's exception module (PyMySQL's ``err``, ``asyncmy.errors``)
+    aconn_errors: ClassVar[ModuleType]
+    #: the id ``CONNECTION_ID()`` reported at connect, when it matches the handshake's (else None)
+    aconn_session_id: int | None = None
+    #: the driver dropped the connection itself while talking to the server (a cancelled or
+    #: failed read, a read timeout, a stream out of step): a statement may still run there
+    aconn_dropped = False
+    #: set by the backend before it closes the connection on purpose
+    aconn_closing = False
+
+    # what the driver's connection has (the mixin comes first in the bases)
+    _host: str
+    _port: int
+    _ssl_context: Any
+    _unix_socket: Any
+    _secure: bool
+    server_capabilities: int
+
+    def aconn_stream_open(self) -> bool:
+        """The driver still holds its stream (hook)."""
+        raise NotImplementedError
+
+    def aconn_auth_plugin(self) -> str | None:
+        """The authentication plugin the server's greeting (or the client) names (hook)."""
+        raise NotImplementedError
+
+    async def aconn_statement(self, sql: str) -> None:
+        await self.query(sql)  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        if self.aconn_stream_open() and not self.aconn_closing:
+            self.aconn_dropped = True  # the driver closes from inside a failed or cancelled command
+        super().close()  # type: ignore[misc]
+
+    async def _request_authentication(self) -> Any:
+        if self._ssl_context and not self.server_capabilities & CLIENT_SSL:
+            raise tls_not_offered(self.aconn_errors, self._host, self._port)
+        if self.aconn_auth_plugin() == "mysql_clear_password" and not (self._ssl_context or self._unix_socket):
+            raise cleartext_refused(self.aconn_errors, self._host, self._port)  # asked for in the greeting
+        return await super()._request_authentication()  # type: ignore[misc]
+
+    async def _process_auth(self, plugin_name: bytes, auth_packet: Any) -> Any:
+        if plugin_name == b"mysql_clear_password" and not self._secure:
+            # an auth switch to the cleartext plugin, outside TLS
+            raise cleartext_refused(self.aconn_errors, self._host, self._port)
+        return await super()._process_auth(plugin_name, auth_packet)  # type: ignore[misc]
+
+
+def reusable_unless(flagged_dead: Callable[[Any], bool]) -> Callable[[Any, Any], bool]:
+    """``MySQLProtocolBackend.reusable`` for a driver whose stream flags ``flagged_dead`` reads:
+    autocommit on, no transaction open, the stream whole. Built once per driver class, so that
+    the release path calls a plain function (no static method looked up on the instance)."""
+
+    def reusable(self: Any, conn: Any) -> bool:
+        status = conn.server_status
+        return bool(status & AUTOCOMMIT) and not status & IN_TRANS and not flagged_dead(conn)
+
+    return reusable
 
 
 class MySQLProtocolBackend(CountsBlocks, Backend):
@@ -252,7 +328,7 @@ class MySQLProtocolBackend(CountsBlocks, Backend):
             transport = self.transport_of(conn)
             if self._tls_required and (transport is None or transport.get_extra_info("ssl_object") is None):
                 raise self.errors.OperationalError(
-                    2026,
+                    CR.CR_SSL_CONNECTION_ERROR,
                     f"TLS was requested (OPTIONS['ssl']) but the session to {self.settings.target} is not encrypted",
                 )
         except BaseException:
@@ -360,7 +436,7 @@ class MySQLProtocolBackend(CountsBlocks, Backend):
         return super().liveness(conn) if fd is None else poll_liveness(conn, fd, self.flagged_dead)
 
     def reusable(self, conn: Any) -> bool:
-        # each driver module writes this out with its own flags, as a module function: a call of a
+        # each driver class sets it with reusable_unless(its module's flags function): a call of a
         # static method found through the instance costs ~200 instructions more, at every release
         raise NotImplementedError
 
@@ -392,7 +468,7 @@ class MySQLProtocolBackend(CountsBlocks, Backend):
                 except self.errors.ProgrammingError:
                     continue  # the other spelling
                 except self.errors.OperationalError as exc:
-                    if exc.args and exc.args[0] in (1227, 1044, 1045):  # no privilege
+                    if exc.args and exc.args[0] in _NO_PRIVILEGE_CODES:
                         return None
                     raise
             row = await cur.fetchone()
@@ -429,7 +505,7 @@ class MySQLProtocolBackend(CountsBlocks, Backend):
         errors = self.errors
         if isinstance(exc, errors.MySQLError) and exc.args and isinstance(exc.args[0], int):
             code = exc.args[0]
-            if code in _RETRY_CODES or (connecting and code == 2013):
+            if code in _RETRY_CODES or (connecting and code == CR.CR_SERVER_LOST):
                 return ErrorKind.RETRYABLE
             if code in _DISCONNECT_CODES:
                 return ErrorKind.DISCONNECT
