@@ -292,6 +292,8 @@ class SessionSampler:
         #: the sessions of the busiest sample: (statement, ms, id, command, state) each, to tell what they were
         self.busiest: list[tuple[Any, ...]] = []
         self.max_statement_ms = 0.0
+        #: for ``statement``: the longest each session (by id) was seen running it, in ms
+        self.statement_ms: dict[int, float] = {}
         #: the session of the longest-running sample of ``statement``: (statement, ms, id, command, state)
         self.longest: tuple[Any, ...] = ()
         self.samples = 0
@@ -325,9 +327,11 @@ class SessionSampler:
                 if len(rows) > self.max_sessions:
                     self.max_sessions, self.busiest = len(rows), [tuple(row) for row in rows]
                 for row in rows:
-                    info, time_ms = row[0], row[1]
-                    if self.statement and info and self.statement in info and float(time_ms) > self.max_statement_ms:
-                        self.max_statement_ms, self.longest = float(time_ms), tuple(row)
+                    info, ms, session = row[0], float(row[1]), int(row[2])
+                    if self.statement and info and self.statement in info:
+                        self.statement_ms[session] = max(ms, self.statement_ms.get(session, 0.0))
+                        if ms > self.max_statement_ms:
+                            self.max_statement_ms, self.longest = ms, tuple(row)
             self._stop.wait(self.interval)
         if conn is not None:
             conn.close()
