@@ -80,10 +80,11 @@ async def test_metrics_after_a_known_workload(db: MariaDB, make: Any) -> None:
     release2.set()
     await asyncio.gather(*holders)
 
-    db.kill_sessions(db.app_threads()[0])  # one idle connection killed on the server
     pool = connections.pool("default")
+    top = pool._idle[-1]  # the one the next scope takes: killed on the server
+    db.kill_sessions(top.conn.aconn_session_id)
     # the server drops the session from its list a moment before its FIN reaches the client
-    await eventually(lambda: any(pool.backend.is_dead(h.conn) for h in pool._idle))
+    await eventually(lambda: pool.backend.is_dead(top.conn))
     assert await in_scope(connections, "SELECT 2") == 2
 
     found = points(reader)
