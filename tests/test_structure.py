@@ -19,7 +19,7 @@ from fakebackend import FakeBackend, FakeConn, FakeServer
 
 import aconn
 from aconn.errors import InternalError
-from aconn.pool import PING_BYPASS, Holder, HolderState, Pool
+from aconn.pool import PING_BYPASS, CloseReason, Holder, HolderState, Pool
 from aconn.pool.holder import SLOT
 from aconn.settings import parse_settings
 
@@ -113,6 +113,32 @@ def test_state_changes_only_through_transitions() -> None:
     assert "_IDLE" in writes[1][1]
 
 
+def test_slot_counts_change_only_in_their_methods() -> None:
+    """``size`` and ``opening`` are written only by the pool's slot methods; ``in_use`` and
+    ``closing`` only by the holder's transitions and the two inlined sites of the scope path."""
+    allowed = {
+        "_size": {"_new_slot", "_free_slot", "__init__"},
+        "_opening": {"_new_slot", "_open_in_slot", "_abandon_opening", "__init__", "opened"},
+        "_in_use": {"__init__", "opened", "taken", "idled", "closing", "dropped", "take_idle", "release"},
+        "_closing": {"__init__", "closing", "closed"},
+    }
+    writes = []
+    for path in (PACKAGE / "pool").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for function in ast.walk(tree):
+            if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for node in ast.walk(function):
+                if isinstance(node, ast.Assign | ast.AugAssign):
+                    targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                    for target in targets:
+                        if isinstance(target, ast.Attribute) and target.attr in allowed:
+                            writes.append((target.attr, function.name))
+    stray = [(attr, where) for attr, where in writes if where not in allowed[attr]]
+    assert stray == [], stray
+    assert {where for attr, where in writes if attr == "_opening"} >= {"_new_slot", "_abandon_opening"}
+
+
 def test_pools_read_through_the_public_accessor() -> None:
     """Tests, benchmarks, examples and aconn.otel read a pool with ``connections.pool(alias)``,
     never the handler's private mapping."""
@@ -137,8 +163,7 @@ def idle_holder(pool: Pool, *, since: float, age_left: float, idle_limit: float 
     conn = FakeConn()
     conn.alive = not dead
     now = monotonic()
-    pool._size += 1
-    pool._opening += 1
+    pool._new_slot()
     holder = Holder(pool, conn, pool.backend.liveness(conn), now, now + age_left, idle_limit)
     holder.opened()
     holder.last_used = now - since
@@ -202,7 +227,9 @@ def test_illegal_transition_names_both_states() -> None:
 async def test_a_freed_slot_goes_to_the_oldest_live_waiter() -> None:
     pool = make_pool(MAX_CONNS=1, ACQUIRE_TIMEOUT=30)
     loop = asyncio.get_running_loop()
-    pool._size = 1  # the one slot is taken
+    holder = idle_holder(pool, since=0.0, age_left=60)  # the one slot is taken
+    pool._idle.remove(holder)
+    holder.taken()
     first = asyncio.ensure_future(pool._wait(loop, loop.time() + 30))
     second = asyncio.ensure_future(pool._wait(loop, loop.time() + 30))
     await asyncio.sleep(0)  # one step each: both queue (no await before they do)
@@ -210,17 +237,17 @@ async def test_a_freed_slot_goes_to_the_oldest_live_waiter() -> None:
     first.cancel()  # a dead future at the head of the queue is skipped
     await asyncio.sleep(0)
     assert pool.waiting == 1
-    pool._release_slot()
-    assert await second is SLOT and pool._opening == 1 and pool._size == 1
-    pool._opening -= 1
-    pool._release_slot()  # nobody waits: freed
-    assert pool._size == 0 and not pool._waiters
+    holder.closing(CloseReason.ERROR)
+    holder.closed()  # its slot goes on
+    assert await second is SLOT and gauges(pool) == (1, 0, 0, 1, 0)  # the waiter's, to open in
+    pool._abandon_opening()  # it opens nothing: nobody waits, freed
+    assert gauges(pool) == (0, 0, 0, 0, 0) and not pool._waiters
 
 
 async def test_one_timer_times_out_every_waiter_in_order() -> None:
     pool = make_pool(MAX_CONNS=1)
     loop = asyncio.get_running_loop()
-    pool._size = 1
+    pool._new_slot()
     now = loop.time()
     waits = [asyncio.ensure_future(pool._wait(loop, now + d)) for d in (0.01, 0.02, math.inf)]
     await asyncio.sleep(0)

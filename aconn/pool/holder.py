@@ -198,7 +198,7 @@ class Holder:
         """IDLE or IN_USE -> CLOSED at once, with no I/O. Counts the close.
 
         Its slot stays counted in ``size`` only: before the next ``await`` the caller opens
-        in it (``opening += 1``) or frees it (``Pool._release_slot``), and aborts or forgets
+        in it (``Pool._open_in_slot``) or frees it (``Pool._release_slot``), and aborts or forgets
         the driver's connection.
         """
         if self.state is _IN_USE:

@@ -136,8 +136,7 @@ class Pool:
                 return self._taken(holder, task)
         # nothing idle (or tasks already waiting): open in a free slot, else queue
         if not waiters and self._size < self.settings.max_conns:
-            self._size += 1
-            self._opening += 1
+            self._new_slot()
             return self._taken(await self._open(deadline), task)
         while True:
             granted = await self._wait(loop, deadline)
@@ -160,7 +159,7 @@ class Pool:
             if checked is _DROPPED:
                 break
             # _STOPPING: its slot waits for the server to drop the session; queue again
-        self._opening += 1  # the slot of the connection just dropped is this waiter's: open in it
+        self._open_in_slot()  # the slot of the connection just dropped is this waiter's
         return self._taken(await self._open(deadline), task)
 
     async def _checked_idle(self, deadline: float) -> Holder | None:
@@ -301,8 +300,7 @@ class Pool:
     def _regrant(self, granted: Holder | _Slot) -> None:
         """A grant reached a waiter as it was cancelled: pass it on."""
         if granted is SLOT:
-            self._opening -= 1
-            self._release_slot()
+            self._abandon_opening()
         else:
             assert isinstance(granted, Holder)
             self._put_back(granted)
@@ -324,18 +322,15 @@ class Pool:
         try:
             opened = await self._connector.connect(deadline, self._timed_out, self._rest, background)
         except BaseException:
-            self._opening -= 1
-            self._release_slot()
+            self._abandon_opening()
             raise
         if isinstance(opened, Holder):  # given back to us while the connect backed off
-            self._opening -= 1
-            self._release_slot()
+            self._abandon_opening()
             return opened
         conn, limits = opened
         if self.closed:
-            self._opening -= 1
             self.backend.abort(conn)
-            self._release_slot()
+            self._abandon_opening()
             raise ClosedError(f"aconn alias {self.alias!r} is closed")
         self.counters.opened += 1
         if not self._rules_checked:
@@ -367,9 +362,8 @@ class Pool:
             if isinstance(exc, AcquireTimeout):
                 raise
             return None
-        if granted is SLOT:  # a slot freed; this connect holds one already: pass it on
-            self._opening -= 1
-            self._release_slot()
+        if granted is SLOT:  # a slot freed (counted opening for us); this connect holds one already: pass it on
+            self._abandon_opening()
             return None
         assert isinstance(granted, Holder)
         now = granted.taken_at = monotonic()
@@ -533,12 +527,32 @@ class Pool:
             holder.idled()
             self._idle.append(holder)
 
+    # -- slots: the only writes of size and opening outside the holder's transitions --------
+
+    def _new_slot(self) -> None:
+        """Count a new slot below the cap, to open a connection in."""
+        self._size += 1
+        self._opening += 1
+
+    def _open_in_slot(self) -> None:
+        """A slot counted in ``size`` (its connection just dropped, or handed over) is opened in."""
+        self._opening += 1
+
+    def _abandon_opening(self) -> None:
+        """An opening ended without a connection of its own: its slot goes on (:meth:`_release_slot`)."""
+        self._opening -= 1
+        self._release_slot()
+
     def _release_slot(self) -> None:
         """A slot no connection holds any more: to the oldest live waiter (to open in), else freed."""
         if self._waiters.hand_over(SLOT):
-            self._opening += 1
+            self._open_in_slot()
         else:
-            self._size -= 1
+            self._free_slot()
+
+    def _free_slot(self) -> None:
+        """A slot nobody opens in: uncounted."""
+        self._size -= 1
 
     # -- close ----------------------------------------------------------------------------
 
@@ -693,15 +707,14 @@ class Pool:
         for holder in idle:
             holder.dropped(_SHUTDOWN)
             self.backend.forget(holder.conn)
-            self._size -= 1  # no waiter can be left in a loop that has ended
+            self._free_slot()  # no waiter can be left in a loop that has ended
         self.backend.forget_own()
 
     async def fill(self) -> None:
         """Open one more connection into the idle set, if below the cap (for MIN_CONNS)."""
         if self.closed or self._size >= self.settings.max_conns:
             return
-        self._size += 1
-        self._opening += 1
+        self._new_slot()
         loop = asyncio.get_running_loop()
         self._put_back(await self._open(loop.time() + self.settings.connect_timeout, background=True))
 
