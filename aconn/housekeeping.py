@@ -14,6 +14,7 @@ from time import monotonic
 
 import anyio
 
+from ._backoff import Backoff
 from .pool import MAX_BACKOFF, Pool
 
 __all__ = ("Housekeeper",)
@@ -53,7 +54,7 @@ class Housekeeper:
                 tg.start_soon(self._tend, pool, name=f"aconn-housekeeper-{pool.alias}")
 
     async def _tend(self, pool: Pool) -> None:
-        backoff = MAX_BACKOFF / 4
+        backoff = Backoff(MAX_BACKOFF / 4, MAX_REFILL_BACKOFF, jitter=0.25)
         failures = 0
         idle_delay = _interval(pool)
         while not pool.closed:
@@ -64,6 +65,7 @@ class Housekeeper:
                     await pool.fill()
                 except Exception as exc:
                     failures += 1
+                    delay = backoff.next_delay()
                     if failures == 1 or math.log2(failures).is_integer():
                         logger.warning(
                             "aconn alias %r: cannot keep MIN_CONNS=%d open (%s); retrying (attempt %d, next in %.1fs)",
@@ -71,15 +73,13 @@ class Housekeeper:
                             pool.settings.min_conns,
                             _safe(exc),
                             failures,
-                            backoff,
+                            delay,
                         )
-                    delay = backoff
-                    backoff = min(backoff * 2, MAX_REFILL_BACKOFF)
                 else:
                     if failures:
                         logger.info("aconn alias %r: server reachable again", pool.alias)
                     failures = 0
-                    backoff = MAX_BACKOFF / 4
+                    backoff.reset()
                     continue  # open the next one at once
             due = pool.next_expiry() - monotonic()
             await anyio.sleep(max(MIN_INTERVAL, min(delay, due)))

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from .._backoff import Backoff
 from ..errors import ConfigError
 from ..settings import PEER_POOL_OPTIONS, Settings
 
@@ -143,20 +144,13 @@ class ServerLimits:
     idle_in_transaction_timeout: float | None = None
 
 
-class _Backoff:
-    """Pauses between the steps of a wait: 2 ms, doubling up to 50 ms."""
-
-    def __init__(self) -> None:
-        self._delay = 0.002
-
-    async def sleep(self) -> None:
-        await asyncio.sleep(self._delay)
-        self._delay = min(self._delay * 2, 0.05)
+#: the pauses between the steps of a wait until the server has dropped a session
+_STEP_FIRST, _STEP_CAP = 0.002, 0.05
 
 
 async def _until_done(step: Callable[[Any], Awaitable[bool]], conn: Any) -> None:
-    """Call ``step(conn)`` until it returns True, with :class:`_Backoff` pauses between."""
-    pause = _Backoff()
+    """Call ``step(conn)`` until it returns True, with growing pauses between."""
+    pause = Backoff(_STEP_FIRST, _STEP_CAP)
     while not await step(conn):
         await pause.sleep()
 
@@ -244,7 +238,7 @@ class Backend:
         lock = self._side_lock[1]
         self._side_users += 1
         try:
-            pause = _Backoff()
+            pause = Backoff(_STEP_FIRST, _STEP_CAP)
             while True:
                 async with lock:
                     side = self._side
@@ -262,7 +256,7 @@ class Backend:
                             self.abort(side)
                         if self.classify(exc, connecting=True) is ErrorKind.OTHER:
                             raise
-                        pause = _Backoff()  # a refused connect is cheap: try again soon
+                        pause.reset()  # a refused connect is cheap: try again soon
                 await pause.sleep()  # outside the lock: the other stops take their steps meanwhile
         finally:
             self._side_users -= 1

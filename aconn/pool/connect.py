@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
+from .._backoff import Backoff
 from ..backends.base import Backend, ErrorKind, ServerLimits
 from ..errors import AcquireTimeout
 from ..settings import Settings
@@ -67,7 +67,7 @@ class Connector:
         loop = asyncio.get_running_loop()
         settings = self.settings
         counters = self.counters
-        backoff = FIRST_BACKOFF
+        backoff = Backoff(FIRST_BACKOFF, MAX_BACKOFF, jitter=0.5)
         refused = 0
         while True:
             remaining = deadline - loop.time()
@@ -96,7 +96,7 @@ class Connector:
                     raise
                 refused += 1
                 remaining = deadline - loop.time()
-                if remaining <= backoff:
+                if remaining <= backoff.current:
                     raise AcquireTimeout(self._budget_message(exc, refused)) from exc
                 if not self._refusing:  # once per outage, not once per waiter
                     self._refusing = True
@@ -106,8 +106,7 @@ class Connector:
                         self.alias,
                         exc,
                     )
-                delay = backoff * random.uniform(0.5, 1.0)
-                backoff = min(backoff * 2, MAX_BACKOFF)
+                delay = backoff.next_delay(remaining)
                 if rest is None:
                     await asyncio.sleep(delay)
                 elif (granted := await rest(delay, deadline)) is not None:
