@@ -24,7 +24,7 @@ import itertools
 import logging
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any, Generic, ParamSpec, Protocol, TypeVar
+from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast
 
 from ._asyncio import run_shielded, task_of
 from .errors import TransactionError
@@ -251,29 +251,22 @@ async def on_commit(handler: Handler, scope: Scope | None, callback: OnCommit, a
     if not callable(callback):
         raise TypeError(f"on_commit() takes a callable, not {type(callback).__name__}")
     handler.settings(alias)  # ConfigError for an unknown alias
-    task = task_of(asyncio.get_running_loop())
-    stack: list[_Block] = []
-    if scope is not None and scope.task is task:
-        stack = scope._blocks(alias)  # type: ignore[assignment]
-    if stack:
-        outermost = stack[0]
-        if outermost.savepoint is not None and outermost.holder.state is not HolderState.PINNED:
+    if scope is not None and scope.task is not task_of(asyncio.get_running_loop()):
+        scope = None  # another task's scope: none of its blocks or connections are this task's
+    stack = cast("list[_Block]", scope._blocks(alias)) if scope is not None else []
+    holder = stack[0].holder if stack else scope.held.get(alias) if scope is not None else None
+    if holder is not None and holder.state is not HolderState.PINNED:
+        # the transaction is the app's own when even the outermost block is a savepoint, or when a
+        # transaction is open outside any block (the driver's API, BEGIN by hand, AUTOCOMMIT off)
+        if stack[0].savepoint is not None if stack else holder.pool.backend.in_transaction(holder.conn):
             raise TransactionError(
                 f"aconn alias {alias!r}: on_commit() inside a transaction the app opened itself (the "
-                "driver's API, or BEGIN by hand): aconn cannot tell when it commits. Open it with atomic()"
+                "driver's API, BEGIN by hand, or AUTOCOMMIT off): aconn cannot tell when it commits. "
+                "Open it with atomic()"
             )
+    if stack:
         stack[-1].on_commit.append((callback, robust))
         return
-    holder = scope.held.get(alias) if scope is not None and scope.task is task else None
-    if (
-        holder is not None
-        and holder.state is not HolderState.PINNED
-        and holder.pool.backend.in_transaction(holder.conn)
-    ):
-        raise TransactionError(
-            f"aconn alias {alias!r}: on_commit() inside a transaction the app opened itself (the driver's "
-            "API, or BEGIN by hand; or AUTOCOMMIT off): aconn cannot tell when it commits. Open it with atomic()"
-        )
     await _run_on_commit(alias, [(callback, robust)])  # no transaction: now, as Django does
 
 

@@ -8,9 +8,10 @@
         conn = await db.connection()            # an asyncpg.Connection to mypy
         return await conn.fetchrow("SELECT * FROM users WHERE id = $1", user_id)
 
-Every method is the handler's own, for that alias, typed with that class; the
-connection is checked with ``isinstance`` when it is handed out, so a wrong
-declaration fails at the first use, not at some later attribute.
+Every method is the handler's own, for that alias, typed with that class;
+``connection()`` and ``acquire()`` check the connection with ``isinstance`` when
+they hand it out, so a wrong declaration fails there, not at some later attribute
+(``atomic()`` types its connection without a check of its own).
 """
 
 from __future__ import annotations

@@ -183,15 +183,19 @@ async def test_django_project_under_uvicorn(db: MariaDB, served: tuple[str, subp
     assert db.wait_app_threads(lambda t: not t) == []
 
 
+def in_the_project(code: str) -> subprocess.CompletedProcess[str]:
+    """``code`` run by this interpreter with the example project's settings (no database needed)."""
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "mysite.settings", "PYTHONPATH": str(PROJECT)}
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=PROJECT, env=env, capture_output=True, text=True, timeout=60
+    )
+
+
 def test_asgi_application_asks_for_the_scope_middleware() -> None:
-    code = (
+    result = in_the_project(
         "import django; django.setup(); from django.conf import settings; settings.MIDDLEWARE = []\n"
         "import aconn.django\n"
         "try:\n    aconn.django.asgi_application()\nexcept aconn.AconnError as exc:\n    print(exc)\n"
-    )
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "mysite.settings", "PYTHONPATH": str(PROJECT)}
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=PROJECT, env=env, capture_output=True, text=True, timeout=60
     )
     assert "add 'aconn.django.scope_middleware' to settings.MIDDLEWARE" in result.stdout, result.stderr
 
@@ -199,14 +203,10 @@ def test_asgi_application_asks_for_the_scope_middleware() -> None:
 def test_a_view_served_over_wsgi_is_told_why_it_has_no_scope() -> None:
     """Under WSGI (Django's test Client, runserver) scope_middleware cannot open a scope: the
     ScopeError says that, not "add the middleware" (which is already there)."""
-    code = (
+    result = in_the_project(
         "import django; django.setup()\n"
         "from django.test import Client\n"
         "try:\n    Client().get('/aconn/')\nexcept Exception as exc:\n    print(type(exc).__name__, exc)\n"
-    )
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "mysite.settings", "PYTHONPATH": str(PROJECT)}
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=PROJECT, env=env, capture_output=True, text=True, timeout=60
     )
     assert result.stdout.startswith("ScopeError"), result.stdout + result.stderr
     assert "over WSGI" in result.stdout and "uvicorn mysite.asgi:application" in result.stdout

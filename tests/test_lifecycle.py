@@ -128,6 +128,9 @@ async def test_connect_errors_say_where(make: Any) -> None:
         ("django.db.backends.oracle", "unsupported engine 'django.db.backends.oracle'"),
         ("django.db.backends.mysq", "did you mean 'django.db.backends.mysql'?"),
         ("myapp.backends.Nope", "importing it failed"),
+        ("mssql+aiomysql", "(did you mean 'aiomysql'?)"),  # a +driver spelling suggests the driver
+        ("asyncpgg", "(did you mean 'asyncpg'?)"),
+        ("oracle", "unsupported engine 'oracle'; aconn serves"),  # the supported ones, not a random neighbour
     ],
 )
 def test_unsupported_engines(engine: str, fragment: str) -> None:

@@ -16,8 +16,8 @@ Outside aconn's blocks the methods are the driver's own, unchanged.
 (asyncpg and psycopg keep their own record of transactions; their backends go
 through it instead.)
 
-The backend keeps the count of blocks with :func:`block_entered`, :func:`block_left`
-and :func:`forget_blocks`; the count lives on the connection, so that nothing else is
+The backend keeps the count of blocks (:class:`CountsBlocks`, and :func:`forget_blocks`
+when the whole transaction is rolled back); the count lives on the connection, so that nothing else is
 consulted on the driver's call.
 """
 
@@ -26,14 +26,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-__all__ = (
-    "CountsBlocks",
-    "NestingBeginConnection",
-    "NestingConnection",
-    "block_entered",
-    "block_left",
-    "forget_blocks",
-)
+__all__ = ("CountsBlocks", "NestingBeginConnection", "NestingConnection", "forget_blocks")
 
 #: savepoint names of the driver's nested begin(), unique in the process
 _NAMES = itertools.count(1)
@@ -88,23 +81,14 @@ class CountsBlocks:
 
     async def begin_block(self, conn: Any, savepoint: str | None) -> Any:
         token = await super().begin_block(conn, savepoint)  # type: ignore[misc]
-        block_entered(conn)
+        conn.aconn_blocks += 1
         return token
 
     def left_block(self, conn: Any) -> None:
-        block_left(conn)
-
-
-def block_entered(conn: Any) -> None:
-    """One of aconn's blocks began on ``conn``."""
-    conn.aconn_blocks += 1
-
-
-def block_left(conn: Any) -> None:
-    """One of aconn's blocks ended on ``conn`` (committed, rolled back or abandoned)."""
-    conn.aconn_blocks = max(0, conn.aconn_blocks - 1)
-    if not conn.aconn_blocks:
-        conn.aconn_savepoints = ()
+        """One of aconn's blocks ended (committed, rolled back or abandoned)."""
+        conn.aconn_blocks = max(0, conn.aconn_blocks - 1)
+        if not conn.aconn_blocks:
+            conn.aconn_savepoints = ()
 
 
 def forget_blocks(conn: Any) -> None:
