@@ -7,12 +7,9 @@ import contextlib
 import difflib
 import functools
 import logging
-import os
 import warnings
-import weakref
 from asyncio import get_running_loop
 from collections.abc import (
-    AsyncGenerator,
     AsyncIterator,
     Awaitable,
     Callable,
@@ -22,16 +19,17 @@ from collections.abc import (
 )
 from time import monotonic
 from types import TracebackType
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import Any, ParamSpec, Self, TypeVar, cast, overload
 
 from ._asyncio import run_shielded, task_of
 from .backends import load_backend
+from .binding import LoopBinding, inherit_after_fork, set_aside
 from .errors import AconnError, ClosedError, ConfigError, ScopeError
 from .hooks import HookEvent, Hooks
 from .housekeeping import Housekeeper
 from .iteration import Jobs, Source
 from .pool import Holder, Pool
-from .routing import ReplicaSet, Router, route
+from .routing import Reads, Router, route
 from .scope import Scope, ScopeState
 from .settings import Settings, parse_databases
 from .stats import PoolStats
@@ -48,20 +46,6 @@ T = TypeVar("T")
 
 #: how often, at most, entering a scope sweeps the idle sets for expired connections
 SWEEP_INTERVAL = 1.0
-
-#: every live handler, so that a forked child can make each start afresh
-_HANDLERS: weakref.WeakSet[Connections] = weakref.WeakSet()
-#: the parent's pools as a forked child inherited them: kept referenced, never closed, so that
-#: no garbage collection in the child ever touches a socket of the parent's sessions
-_INHERITED: list[dict[str, Pool]] = []
-
-
-def _after_fork_in_child() -> None:
-    for handler in list(_HANDLERS):
-        handler._start_afresh()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _not_expected(alias: str, conn: Any, expected: type[Any]) -> TypeError:
@@ -80,19 +64,17 @@ class Connections:
     :raises ConfigError: at construction, naming the alias and key of invalid settings.
     """
 
+    def __new__(cls, databases: Mapping[str, Any], routers: Sequence[Router] = ()) -> Self:
+        if cls is Connections and (routers or any(s.replicas for s in parse_databases(databases).values())):
+            return cast(Self, object.__new__(RoutedConnections))  # chosen once, by class
+        return object.__new__(cls)
+
     def __init__(self, databases: Mapping[str, Any], routers: Sequence[Router] = ()) -> None:
         self._settings: dict[str, Settings] = parse_databases(databases)
         #: Django-style routers, consulted by connection() when no alias is given
         self._routers = tuple(routers)
-        #: primary alias -> its replicas' health, turn and pins (aliases with REPLICAS only)
-        self._replica_sets = {
-            alias: ReplicaSet(alias, s.replicas, s.max_replica_lag, s.replica_pin_seconds)
-            for alias, s in self._settings.items()
-            if s.replicas
-        }
-        self._replica_checks: set[asyncio.Task[None]] = set()
-        if self._routers or self._replica_sets:
-            self.connection = self._routed_connection  # type: ignore[method-assign]
+        #: where read_only=True reads, for the aliases with REPLICAS
+        self._reads = Reads(self, self._settings)
         #: the end of the ScopeError raised outside a scope: how to give the code one (an
         #: integration that knows better, aconn.django under WSGI say, replaces it)
         self.outside_scope_advice = (
@@ -105,8 +87,9 @@ class Connections:
         #: where connection() takes each alias's connection: its pool, or a test's pinned connection
         self._sources: dict[str, Pool | PinnedConnection] = dict(self._pools)
         self._scopes = ScopeState(f"aconn.scope.{id(self):x}", self._enter_loop, self._sweep)
+        self._binding = LoopBinding(self)
         self._reset()
-        _HANDLERS.add(self)
+        inherit_after_fork(self)
 
     def _new_pools(self) -> dict[str, Pool]:
         pools = {
@@ -140,15 +123,14 @@ class Connections:
         self._opened = False
         self._closed = False
         self._housekeeper: Housekeeper | None = None
-        self._watch: AsyncGenerator[None, None] | None = None
-        self._watch_token: object = None
+        self._binding.reset()
         self._closed_in: asyncio.AbstractEventLoop | None = None
 
     def _start_afresh(self) -> None:
         """In a forked child: set the parent's connections aside untouched (their sockets are the
         parent's sessions too) and start as a handler never opened, with pools of its own.
         """
-        _INHERITED.append(self._pools)
+        set_aside(self._pools)
         self._pools = self._new_pools()
         self._sources = dict(self._pools)
         self._scopes = ScopeState(f"aconn.scope.{id(self):x}", self._enter_loop, self._sweep)
@@ -185,9 +167,9 @@ class Connections:
         if self._closed:
             self._new_life()
         if self._opened:
-            self._bind_loop()  # open in another loop than its own: the clear error
+            self._binding.bind()  # open in another loop than its own: the clear error
             return
-        self._bind_loop()
+        self._binding.bind()
         try:
             for pool in self._pools.values():
                 await pool.warm()
@@ -197,8 +179,7 @@ class Connections:
             raise
         self._housekeeper = Housekeeper(list(self._pools.values()))
         self._housekeeper.start()
-        for replicas in self._replica_sets.values():
-            self._check_replicas(replicas)  # in the background: a replica qualifies before its first read
+        self._reads.start()  # in the background: a replica qualifies before its first read
         self._opened = True
 
     def _revive(self) -> bool:
@@ -227,10 +208,7 @@ class Connections:
         self._reset()
 
     async def _close_pools(self) -> None:
-        checks = list(self._replica_checks)
-        for task in checks:
-            task.cancel()
-        await asyncio.gather(*checks, return_exceptions=True)
+        await self._reads.stop()
         for pool in self._pools.values():
             await pool.close()
         for pool in self._pools.values():
@@ -295,65 +273,14 @@ class Connections:
                 stacklevel=2,
             )
 
-    def _bind_loop(self) -> asyncio.AbstractEventLoop:
-        loop = asyncio.get_running_loop()
-        if self._scopes.loop is None:
-            self._scopes.loop = loop
-            self._watch_loop_end()
-        elif self._scopes.loop is not loop:
-            old = self._scopes.loop
-            if old.is_running() or (self._opened and not old.is_closed()) or self._scopes.active:
-                raise AconnError(
-                    "this aconn handler is in use in another event loop (a different asyncio.run() "
-                    "or thread); connections cannot cross event loops. Close it in that loop "
-                    "(`await connections.aclose()`, or `async with connections:`) and it can be "
-                    "opened again in this one; or build one Connections per event loop"
-                )
-            if not all(pool.quiet() for pool in self._pools.values()):
-                raise AconnError(
-                    "this aconn handler still has connections being used, opened or closed in the "
-                    "event loop it was used in before; finish that loop's work (or close the handler "
-                    "there) before using it in this one"
-                )
-            if self._opened:  # its loop ended without aclose(): say so, then carry on lazily
-                logger.warning(
-                    "aconn: this handler was open in an event loop that has ended without aclose(); "
-                    "its idle connections are dropped without a goodbye to the server. Close it before "
-                    "the loop ends: `async with connections:` or `await connections.aclose()`"
-                )
-                self._opened = False
-                self._housekeeper = None
-            # Its work in the old loop is done: move to this one. The idle connections belong to
-            # the old loop; their sockets are closed with no I/O.
-            for pool in self._pools.values():
-                pool.forget_idle()
-            self._scopes.loop = loop
-            self._watch_loop_end()
-        return loop
+    def _quiet(self) -> bool:
+        return all(pool.quiet() for pool in self._pools.values())
 
-    def _watch_loop_end(self) -> None:
-        """Be told when the running loop ends (``asyncio.run()``, uvicorn, pytest-asyncio).
-
-        Event loops finalise the async generators still suspended when they end
-        (``loop.shutdown_asyncgens()``, PEP 525), while they can still run I/O: one
-        started here is the hook. Cheap: once per loop the handler is bound to.
-        """
-        token = object()
-        watch = self._loop_end(token)
-        self._watch = watch  # the loop holds it weakly
-        self._watch_token = token
-        with contextlib.suppress(StopIteration):
-            watch.asend(None).send(None)  # to its first yield, now: the loop registers it
-
-    async def _loop_end(self, token: object) -> AsyncGenerator[None, None]:
-        loop = asyncio.get_running_loop()
-        try:
-            yield
-        finally:
-            # only the latest watch speaks: one replaced (the handler bound again) is finalised
-            # by the garbage collector at any time, the loop still running
-            if self._watch_token is token and self._scopes.loop is loop and not self._scopes.closing:
-                await self._loop_ended()
+    def _left_loop(self) -> None:
+        self._opened = False
+        self._housekeeper = None
+        for pool in self._pools.values():
+            pool.forget_idle()
 
     async def _loop_ended(self) -> None:
         """The loop ends with the handler not closed: close what is open, politely, say so, unbind."""
@@ -400,7 +327,7 @@ class Connections:
             )
         loop = get_running_loop()
         if loop is not self._scopes.loop:
-            self._bind_loop()  # raises if the handler belongs to another loop
+            self._binding.bind()  # raises if the handler belongs to another loop
         return loop
 
     def _route(self, alias: str, source: PinnedConnection | None) -> None:
@@ -494,7 +421,7 @@ class Connections:
         """
         scope = self._scopes.var.get(None)
         if alias is None:
-            alias = "default"  # (routers and replicas: _routed_connection stands in for this method)
+            alias = "default"  # (routers and replicas: RoutedConnections.connection() comes first)
         if scope is None:
             raise ScopeError(
                 f"connections.connection({alias!r}) was called outside a scope: {self.outside_scope_advice}"
@@ -521,37 +448,8 @@ class Connections:
             raise _not_expected(alias, holder.conn, expected)
         return holder.conn
 
-    async def _routed_connection(
-        self,
-        alias: str | None = None,
-        expected: type[Any] | None = None,
-        read_only: bool = False,
-        hints: Mapping[str, Any] | None = None,
-    ) -> Any:
-        """:meth:`connection` with routers and replicas; it stands in for it on handlers that have
-        either, so that the others pay nothing for them on the scope path."""
-        if alias is None:
-            alias = route(self._routers, read_only, hints or {})
-        replicas = self._replica_sets.get(alias)
-        if replicas is None:
-            return await self._unrouted(alias, expected)
-        scope = self._scopes.var.get(None)
-        if not read_only or scope is None or scope.task is not task_of(get_running_loop()):
-            conn = await self._unrouted(alias, expected)  # the primary (or the ScopeError)
-            if scope is not None:
-                self._primary_taken(scope, replicas)
-            return conn
-        holder = await self._read_holder(scope, scope.task, replicas)
-        if expected is not None and not isinstance(holder.conn, expected):
-            raise _not_expected(alias, holder.conn, expected)
-        return holder.conn
-
-    async def _unrouted(self, alias: str, expected: type[Any] | None) -> Any:
-        if expected is None:
-            return await Connections.connection(self, alias)
-        return await Connections.connection(self, alias, expected)
-
     async def _take(self, scope: Scope, task: asyncio.Task[Any] | None, alias: str) -> Holder:
+        """:meth:`connection`'s taking step (written out there: the scope path), for :class:`~aconn.routing.Reads`."""
         holder = scope.held.get(alias)
         if holder is None:
             source = self._sources.get(alias) or self._pool(alias)
@@ -559,58 +457,8 @@ class Connections:
             scope.held[alias] = holder
         return holder
 
-    def _primary_taken(self, scope: Scope, replicas: ReplicaSet) -> None:
-        pin = getattr(scope, "pin", None)
-        if pin is not None:
-            replicas.pin(pin)  # the key's reads stay on the primary for REPLICA_PIN_SECONDS
-
-    async def _read_holder(self, scope: Scope, task: asyncio.Task[Any] | None, replicas: ReplicaSet) -> Holder:
-        """A read: the scope's primary connection if it took one; else its replica; else a healthy replica
-        in turn (the primary when the scope's key is pinned, or when no replica is healthy)."""
-        held = scope.held
-        primary = replicas.primary
-        holder = held.get(primary)
-        if holder is not None:
-            return holder  # read-your-writes: this scope already uses the primary
-        if isinstance(self._sources.get(primary), PinnedConnection):
-            return await self._take(scope, task, primary)  # a test's transaction: the replicas cannot see it
-        for replica in replicas.replicas:
-            holder = held.get(replica)
-            if holder is not None:
-                return holder  # one replica per scope
-        self._check_replicas(replicas)
-        pin = getattr(scope, "pin", None)
-        if pin is not None and replicas.pinned(pin):
-            return await self._take(scope, task, primary)
-        chosen = replicas.pick()
-        if chosen is not None:
-            try:
-                return await self._take(scope, task, chosen)
-            except (ConfigError, ClosedError):
-                raise
-            except Exception as exc:  # unreachable: skip it until its next check finds it back
-                logger.warning("aconn alias %r: replica %r is skipped: %s", primary, chosen, exc)
-                replicas.down(chosen)
-        self._pools[primary].counters.replica_fallbacks += 1
-        return await self._take(scope, task, primary)
-
-    def _check_replicas(self, replicas: ReplicaSet) -> None:
-        """Start the background checks that are due (at most one a second per replica)."""
-        for replica in replicas.due(monotonic()):
-            task = asyncio.get_running_loop().create_task(self._check_replica(replicas, replica))
-            self._replica_checks.add(task)
-            task.add_done_callback(self._replica_checks.discard)
-
-    async def _check_replica(self, replicas: ReplicaSet, replica: str) -> None:
-        """Reach the replica and, with MAX_REPLICA_LAG, read its lag: off the scope path."""
-        try:
-            async with asyncio.timeout(self._settings[replica].connect_timeout), self.scope():
-                conn = await self.connection(replica)
-                lag = await self._pools[replica].backend.replica_lag(conn) if replicas.max_lag is not None else 0.0
-        except Exception:
-            replicas.report(replica, None, reachable=False)
-        else:
-            replicas.report(replica, lag, reachable=True)
+    def _in_test_transaction(self, alias: str) -> bool:
+        return isinstance(self._sources.get(alias), PinnedConnection)
 
     def scoped(self, func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
         """Decorator: each call of the coroutine function runs in a scope of its own.
@@ -678,7 +526,7 @@ class Connections:
         """
         if self._scopes.loop is None:
             return
-        self._bind_loop()
+        self._binding.bind()
         for pool in self._pools.values():
             await pool.close_old()
 
@@ -718,3 +566,35 @@ class Connections:
         """For a framework's ``lifespan=`` parameter: open at startup, close at shutdown."""
         async with self:
             yield
+
+
+class RoutedConnections(Connections):
+    """A handler with routers or ``REPLICAS``: :meth:`connection` asks the routers for the alias
+    and reads through the replicas. ``Connections(...)`` builds one when either is configured,
+    so that the other handlers pay nothing for routing on the scope path."""
+
+    async def connection(
+        self,
+        alias: str | None = None,
+        expected: type[Any] | None = None,
+        read_only: bool = False,
+        hints: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """:meth:`Connections.connection`, routed: see there."""
+        if alias is None:
+            alias = route(self._routers, read_only, hints or {})
+        reads = self._reads
+        replicas = reads.sets.get(alias)
+        if replicas is None:
+            return await (super().connection(alias) if expected is None else super().connection(alias, expected))
+        scope = self._scopes.var.get(None)
+        if not read_only or scope is None or scope.task is not task_of(get_running_loop()):
+            # the primary (or the ScopeError)
+            conn = await (super().connection(alias) if expected is None else super().connection(alias, expected))
+            if scope is not None:
+                reads.primary_taken(scope, replicas)
+            return conn
+        holder = await reads.holder(scope, scope.task, replicas)
+        if expected is not None and not isinstance(holder.conn, expected):
+            raise _not_expected(alias, holder.conn, expected)
+        return holder.conn

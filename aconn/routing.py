@@ -13,13 +13,25 @@ With ``MAX_REPLICA_LAG`` a replica serves reads only once a check qualified it.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import logging
 import math
 from collections.abc import Hashable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from time import monotonic
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-__all__ = ("CHECK_INTERVAL", "ReplicaSet", "Router", "route")
+from .errors import ClosedError, ConfigError
+
+if TYPE_CHECKING:
+    from .pool import Holder, Pool
+    from .scope import Scope
+    from .settings import Settings
+
+__all__ = ("CHECK_INTERVAL", "Reads", "ReplicaSet", "Router", "route")
+
+logger = logging.getLogger("aconn")
 
 #: how often, at most, the health and lag of one replica are checked
 CHECK_INTERVAL = 1.0
@@ -98,3 +110,103 @@ class ReplicaSet:
     def pinned(self, key: Hashable) -> bool:
         until = self.pins.get(key)
         return until is not None and until > monotonic()
+
+
+class ReadsHost(Protocol):
+    """What :class:`Reads` needs of its handler (:class:`~aconn.Connections`)."""
+
+    async def _take(self, scope: Scope, task: asyncio.Task[Any] | None, alias: str) -> Holder:
+        """The scope's connection of ``alias``, taken now if it has none."""
+        ...
+
+    def _in_test_transaction(self, alias: str) -> bool:
+        """True while a test's transaction (``aconn.testing``) serves ``alias``."""
+        ...
+
+    def pool(self, alias: str) -> Pool: ...
+
+    def settings(self, alias: str) -> Settings: ...
+
+    def acquire(self, alias: str) -> AbstractAsyncContextManager[Any]: ...
+
+
+class Reads:
+    """Where one handler's ``connection(alias, read_only=True)`` reads, for its aliases with ``REPLICAS``,
+    and the background checks that qualify each replica."""
+
+    def __init__(self, host: ReadsHost, settings: Mapping[str, Settings]) -> None:
+        self._host = host
+        #: primary alias -> its replicas' health, turn and pins (aliases with REPLICAS only)
+        self.sets = {
+            alias: ReplicaSet(alias, s.replicas, s.max_replica_lag, s.replica_pin_seconds)
+            for alias, s in settings.items()
+            if s.replicas
+        }
+        self._checks: set[asyncio.Task[None]] = set()
+
+    def start(self) -> None:
+        """At ``open()``: check every replica in the background, so that one qualifies before its first read."""
+        for replicas in self.sets.values():
+            self._check(replicas)
+
+    async def stop(self) -> None:
+        """Cancel the checks running and wait for them."""
+        checks = list(self._checks)
+        for task in checks:
+            task.cancel()
+        await asyncio.gather(*checks, return_exceptions=True)
+
+    def primary_taken(self, scope: Scope, replicas: ReplicaSet) -> None:
+        """A scope took (or asked for) the primary: its key's reads stay there for ``REPLICA_PIN_SECONDS``."""
+        pin = getattr(scope, "pin", None)
+        if pin is not None:
+            replicas.pin(pin)
+
+    async def holder(self, scope: Scope, task: asyncio.Task[Any] | None, replicas: ReplicaSet) -> Holder:
+        """A read: the scope's primary connection if it took one; else its replica; else a healthy replica
+        in turn (the primary when the scope's key is pinned, or when no replica is healthy)."""
+        host = self._host
+        held = scope.held
+        primary = replicas.primary
+        holder = held.get(primary)
+        if holder is not None:
+            return holder  # read-your-writes: this scope already uses the primary
+        if host._in_test_transaction(primary):
+            return await host._take(scope, task, primary)  # the replicas cannot see the test's writes
+        for replica in replicas.replicas:
+            holder = held.get(replica)
+            if holder is not None:
+                return holder  # one replica per scope
+        self._check(replicas)
+        pin = getattr(scope, "pin", None)
+        if pin is not None and replicas.pinned(pin):
+            return await host._take(scope, task, primary)
+        chosen = replicas.pick()
+        if chosen is not None:
+            try:
+                return await host._take(scope, task, chosen)
+            except (ConfigError, ClosedError):
+                raise
+            except Exception as exc:  # unreachable: skip it until its next check finds it back
+                logger.warning("aconn alias %r: replica %r is skipped: %s", primary, chosen, exc)
+                replicas.down(chosen)
+        host.pool(primary).counters.replica_fallbacks += 1
+        return await host._take(scope, task, primary)
+
+    def _check(self, replicas: ReplicaSet) -> None:
+        """Start the background checks that are due (at most one a second per replica)."""
+        for replica in replicas.due(monotonic()):
+            task = asyncio.get_running_loop().create_task(self._check_one(replicas, replica))
+            self._checks.add(task)
+            task.add_done_callback(self._checks.discard)
+
+    async def _check_one(self, replicas: ReplicaSet, replica: str) -> None:
+        """Reach the replica and, with MAX_REPLICA_LAG, read its lag: off the scope path."""
+        host = self._host
+        try:
+            async with asyncio.timeout(host.settings(replica).connect_timeout), host.acquire(replica) as conn:
+                lag = await host.pool(replica).backend.replica_lag(conn) if replicas.max_lag is not None else 0.0
+        except Exception:
+            replicas.report(replica, None, reachable=False)
+        else:
+            replicas.report(replica, lag, reachable=True)

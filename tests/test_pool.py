@@ -444,7 +444,7 @@ async def test_reopened_in_the_same_loop_stays_open(fake: Any) -> None:
     """The loop-end watch of the handler's previous life, finalised meanwhile, must not close the new one."""
     connections = fake()
     await connections.open()
-    old_watch = connections._watch
+    old_watch = connections._binding.watch
     assert old_watch is not None
     await connections.aclose()
     await connections.open()

@@ -121,7 +121,7 @@ async def test_pinned_key_reads_the_primary(servers: tuple[MariaDB, MariaDB], ma
     assert await server_id(connections, read_only=True, pin="user-1") == 1  # its reads: the primary
     assert await server_id(connections, read_only=True, pin="user-2") == 2  # another key: a replica
     assert await server_id(connections, read_only=True) == 2
-    replicas = connections._replica_sets["default"]
+    replicas = connections._reads.sets["default"]
     replicas.pins["user-1"] -= 10  # REPLICA_PIN_SECONDS later (shifted, rather than slept)
     assert await server_id(connections, read_only=True, pin="user-1") == 2
 
@@ -129,7 +129,7 @@ async def test_pinned_key_reads_the_primary(servers: tuple[MariaDB, MariaDB], ma
 async def test_lagging_replica_skipped(servers: tuple[MariaDB, MariaDB], make: Any) -> None:
     _, replica = servers
     connections = make(databases(servers, MAX_REPLICA_LAG=5))
-    replicas = connections._replica_sets["default"]
+    replicas = connections._reads.sets["default"]
     await read_until(connections, lambda: all(replicas.healthy.values()))  # qualified by a check
     assert await server_id(connections, read_only=True) == 2
     replica.sql("STOP SLAVE SQL_THREAD")  # Seconds_Behind_Master: NULL, replication stopped
@@ -145,7 +145,7 @@ async def test_lagging_replica_skipped(servers: tuple[MariaDB, MariaDB], make: A
 async def test_dead_replica_skipped(servers: tuple[MariaDB, MariaDB], make: Any) -> None:
     _, replica = servers
     connections = make(databases(servers, MAX_REPLICA_LAG=5))
-    replicas = connections._replica_sets["default"]
+    replicas = connections._reads.sets["default"]
     await read_until(connections, lambda: all(replicas.healthy.values()))
     assert await server_id(connections, read_only=True) == 2
     await asyncio.to_thread(replica.kill)
@@ -164,7 +164,7 @@ async def test_stopped_replica_is_never_read_before_a_check(servers: tuple[Maria
     _, replica = servers
     replica.sql("STOP SLAVE SQL_THREAD")
     connections = make(databases(servers, MAX_REPLICA_LAG=1))
-    replicas = connections._replica_sets["default"]
+    replicas = connections._reads.sets["default"]
     await connections.open()
     assert await server_id(connections, read_only=True) == 1  # the very first read of the process
     async with asyncio.timeout(10):  # the checks open() started report the stopped replication
@@ -247,7 +247,7 @@ async def test_postgresql_standby(pg_pair: tuple[Any, Any], make: Any, engine: s
                 await in_recovery(True)
                 await asyncio.sleep(0.05)
 
-    replicas = connections._replica_sets["default"]
+    replicas = connections._reads.sets["default"]
     assert await in_recovery(True) is False  # unchecked yet: MAX_REPLICA_LAG reads the primary
     await read_until(lambda: replicas.healthy["standby"])
     assert await in_recovery(True) is True  # the standby, once a check qualified it
