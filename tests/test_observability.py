@@ -112,9 +112,9 @@ async def test_hooks(make: Any, tmp_path: Any, aconn_logs: pytest.LogCaptureFixt
     connections: aconn.Connections = make({"default": {"ENGINE": "sqlite", "NAME": str(tmp_path / "h.db")}})
     events: list[HookEvent] = []
     pool = connections.pool("default")
-    assert "release" not in pool.__dict__  # nobody listens to "use": the scope path is untouched
+    assert pool._watch is None  # nobody listens to "use": the scope path skips the watch
     remove = connections.on("use", events.append)
-    assert "release" in pool.__dict__
+    assert pool._watch is not None and pool._watch.on_use is not None
     connections.on("connect", events.append)
     connections.on("close", events.append)
 

@@ -74,10 +74,6 @@ def poll_liveness(conn: Any, fd: int, flagged_dead: Callable[[Any], bool]) -> Ca
     return alive
 
 
-def _needs_reset(conn: Any) -> bool:
-    return False
-
-
 def close_socket_of(transport: Any) -> None:
     """Close a transport's socket with no event loop (its loop is gone or elsewhere): asyncio's
     selector transports by their socket (the server sees the FIN), others by their own abort."""
@@ -156,7 +152,9 @@ async def _until_done(step: Callable[[Any], Awaitable[bool]], conn: Any) -> None
 
 
 class Backend:
-    """Base class of backends. Subclasses override every method.
+    """Base class of backends. Subclasses implement the methods that raise ``NotImplementedError``
+    here (connect, close, ping, the transaction state...) and may override the rest, which hold
+    what the socket backends share.
 
     One backend instance serves one alias; it is built from the alias'
     :class:`~aconn.settings.Settings` when the handler is constructed, and
@@ -175,10 +173,6 @@ class Backend:
         #: side sessions lost mid-work (a network reset): the server may hold each until it has
         #: torn it down, one session above the "+1" of CANCEL_ON_SERVER's bound meanwhile
         self.side_sessions_lost = 0
-        if settings.reset_on_release:
-            # every connection needs I/O to go back (the reset): none is reusable as it is, and
-            # backends without the setting pay nothing for it at each release
-            self.reusable = _needs_reset  # type: ignore[method-assign]
 
     async def connect(self) -> tuple[Any, ServerLimits]:
         """Open a connection, handshake and session setup included, and read the limits.

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import traceback
 from collections.abc import Callable, Coroutine
 from typing import Any, Final, Protocol
 
 from ..backends.base import Backend
 from ..errors import InternalError
 
-__all__ = ("SLOT", "CloseReason", "Holder", "HolderState", "SlotOwner")
+__all__ = ("SLOT", "CloseReason", "Holder", "HolderState", "SlotOwner", "Watch")
 
 
 class HolderState(enum.Enum):
@@ -91,8 +92,29 @@ class _Slot:
 SLOT: Final = _Slot()
 
 
+class Watch:
+    """What a pool watches over each connection while it is taken: ``LEAK_TIMEOUT``'s timer and the
+    ``use`` hook's duration. A pool that watches neither has none, and its scope path skips both.
+
+    :param leak_timeout: seconds a connection may be held before ``on_leak(holder)`` (None: never).
+    :param on_use: called with each holder given back (None: nobody observes the use).
+    """
+
+    __slots__ = ("leak_timeout", "on_leak", "on_use")
+
+    def __init__(
+        self,
+        leak_timeout: float | None,
+        on_leak: Callable[[Holder], None],
+        on_use: Callable[[Holder], None] | None,
+    ) -> None:
+        self.leak_timeout = leak_timeout
+        self.on_leak = on_leak
+        self.on_use = on_use
+
+
 class Holder:
-    """One pooled connection, its state and its timestamps."""
+    """One pooled connection, its state, its owner and its timestamps."""
 
     __slots__ = (
         "alive",
@@ -144,12 +166,52 @@ class Holder:
         pool._in_use += 1
         self.state = _IN_USE
 
-    def taken(self) -> None:
-        """IDLE -> IN_USE, popped from the idle stack by the caller (inlined in ``Pool.take_idle``)."""
+    def taken(self, now: float) -> None:
+        """IDLE -> IN_USE at ``now``, popped from the idle stack by the caller (inlined in ``Pool.take_idle``)."""
         if self.state is not _IDLE:
             raise self._illegal(_IN_USE)
         self.pool._in_use += 1
         self.state = _IN_USE
+        self.taken_at = now
+
+    def handed_over(self, now: float) -> None:
+        """IN_USE, given back while a task waited: handed to that waiter at ``now`` (still in use)."""
+        if self.state is not _IN_USE:
+            raise self._illegal(_IN_USE)
+        self.taken_at = now
+
+    # -- its owner, and what is watched while it holds the connection --------------------
+
+    def handed_out(self, task: asyncio.Task[Any] | None, watch: Watch | None) -> None:
+        """``task`` owns the connection from now on (inlined in ``Pool.take_idle``)."""
+        self.task = task
+        if watch is not None:
+            self.watched(watch)
+
+    def watched(self, watch: Watch) -> None:
+        """Start the leak timer, if the pool watches for leaks."""
+        if watch.leak_timeout is not None:
+            self.taken_stack = traceback.format_stack(limit=16)[:-3]  # up to the caller of the pool's take
+            self.leak_timer = asyncio.get_running_loop().call_later(watch.leak_timeout, self._leaked, watch)
+
+    def _leaked(self, watch: Watch) -> None:
+        self.leak_timer = None
+        watch.on_leak(self)
+
+    def given_back(self, watch: Watch | None) -> None:
+        """No owner any more: the leak timer stopped, the use reported (inlined in ``Pool.release``)."""
+        self.task = None
+        if watch is not None:
+            self.unwatched(watch)
+
+    def unwatched(self, watch: Watch | None) -> None:
+        """Stop the leak timer; report the use to ``watch`` if it observes it."""
+        timer = self.leak_timer
+        if timer is not None:
+            timer.cancel()
+            self.leak_timer = None
+        if watch is not None and watch.on_use is not None:
+            watch.on_use(self)
 
     def idled(self) -> None:
         """IN_USE -> IDLE, pushed on the idle stack by the caller (inlined in ``Pool.release``)."""
@@ -162,10 +224,8 @@ class Holder:
         """IN_USE -> PINNED: shared by every scope (a test's transaction); still counted in use."""
         if self.state is not _IN_USE:
             raise self._illegal(_PINNED)
-        if self.leak_timer is not None:  # held for a whole test on purpose
-            self.leak_timer.cancel()
-            self.leak_timer = None
         self.task = None
+        self.unwatched(None)  # held for a whole test on purpose: no leak
         self.state = _PINNED
 
     def unpinned(self) -> None:

@@ -15,8 +15,7 @@ import enum
 import logging
 import math
 import random
-import traceback
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from time import monotonic
 from typing import Any, Final
 
@@ -29,7 +28,7 @@ from ..settings import Settings
 from ..stats import PoolStats
 from .connect import Connector
 from .counters import Counters
-from .holder import SLOT, CloseReason, Holder, HolderState, _Slot
+from .holder import SLOT, CloseReason, Holder, HolderState, Watch, _Slot
 from .waiters import Waiters
 
 __all__ = ("CLEANUP_TIMEOUT", "PING_BYPASS", "Pool")
@@ -63,6 +62,11 @@ class HealthCheck(enum.Enum):
 _PASSED, _DROPPED, _STOPPING = HealthCheck.PASSED, HealthCheck.DROPPED, HealthCheck.STOPPING
 
 
+def _never(conn: Any) -> bool:
+    """The release's check with RESET_ON_RELEASE: no connection goes back without its reset."""
+    return False
+
+
 class Pool:
     """The connections of one alias in this process."""
 
@@ -85,8 +89,14 @@ class Pool:
         self._opening = 0
         self._closing = 0
         self._health_checks = settings.health_checks
-        self._reset_on_release = settings.reset_on_release  # the backend then finds no connection reusable
-        self._leak_timeout = settings.leak_timeout
+        self._reset_on_release = settings.reset_on_release
+        #: the release's "back to idle as it is?" check: with RESET_ON_RELEASE, every connection
+        #: needs I/O to go back (the reset), chosen here once so that the others pay nothing for it
+        self._reusable: Callable[[Any], bool] = _never if settings.reset_on_release else backend.reusable
+        #: what is watched while a connection is taken (LEAK_TIMEOUT, the use hook); None: nothing
+        self._watch: Watch | None = None
+        if settings.leak_timeout is not None:
+            self._watch = Watch(settings.leak_timeout, self._leaked, None)
         self._rules_checked = False
         self._read_only_warned = False
         self._stops_failing = False
@@ -145,7 +155,8 @@ class Pool:
             assert isinstance(granted, Holder)
             # A hand-off from a release passes the same checks as any other hand-out, here in
             # the waiter's task: the session may have died while its last user held it.
-            now = granted.taken_at = monotonic()
+            now = monotonic()
+            granted.handed_over(now)
             reason = self._unusable_reason(granted, now)
             if reason is not None:
                 granted.dropped(reason)
@@ -187,7 +198,7 @@ class Pool:
         :meth:`_needs_ping` and :meth:`Holder.taken`; ``tests/test_pool.py`` checks they agree.
         """
         idle = self._idle
-        if not idle or self._waiters or self.closed or self._leak_timeout is not None:
+        if not idle or self._waiters or self.closed:
             return None
         holder = idle[-1]
         now = monotonic()
@@ -200,10 +211,12 @@ class Pool:
         ):
             return None
         idle.pop()
-        holder.state = _IN_USE  # Holder.taken(), inlined
+        holder.state = _IN_USE  # Holder.taken() and Holder.handed_out(), inlined
         self._in_use += 1
         holder.taken_at = now
         holder.task = task
+        if self._watch is not None:
+            holder.watched(self._watch)
         return holder
 
     def _pop_idle(self) -> Holder | None:
@@ -216,8 +229,7 @@ class Pool:
             if reason is not None:
                 self._discard(holder, reason)
             else:
-                holder.taken()
-                holder.taken_at = now
+                holder.taken(now)
                 return holder
         return None
 
@@ -366,7 +378,8 @@ class Pool:
             self._abandon_opening()
             return None
         assert isinstance(granted, Holder)
-        now = granted.taken_at = monotonic()
+        now = monotonic()
+        granted.handed_over(now)
         reason = self._unusable_reason(granted, now)
         if reason is not None:
             granted.dropped(reason)
@@ -396,15 +409,10 @@ class Pool:
                 logger.warning("aconn alias %r: %s; %s", self.alias, verdict.message, verdict.fix)
 
     def _taken(self, holder: Holder, task: asyncio.Task[Any] | None) -> Holder:
-        holder.task = task
-        leak_timeout = self._leak_timeout
-        if leak_timeout is not None:
-            holder.taken_stack = traceback.format_stack(limit=16)[:-2]
-            holder.leak_timer = asyncio.get_running_loop().call_later(leak_timeout, self._leaked, holder)
+        holder.handed_out(task, self._watch)
         return holder
 
     def _leaked(self, holder: Holder) -> None:
-        holder.leak_timer = None
         self.counters.leaks_detected += 1
         task = holder.task.get_name() if holder.task is not None else "?"
         logger.warning(
@@ -430,12 +438,11 @@ class Pool:
             if holder.state is _PINNED:
                 return None  # shared by every scope until unpinned: nothing to give back
             raise InternalError(f"aconn alias {self.alias!r}: released a {holder.state.value} connection")
-        holder.task = None
-        if holder.leak_timer is not None:
-            holder.leak_timer.cancel()
-            holder.leak_timer = None
+        holder.task = None  # Holder.given_back(), inlined
+        if self._watch is not None:
+            holder.unwatched(self._watch)
         now = monotonic()
-        if exc is None and now < holder.close_at and not self.closed and self.backend.reusable(holder.conn):
+        if exc is None and now < holder.close_at and not self.closed and self._reusable(holder.conn):
             holder.last_used = now
             if self._waiters:
                 self._put_back(holder)
@@ -454,19 +461,17 @@ class Pool:
             await run_shielded(slow)
 
     def observe_use(self) -> None:
-        """Report how long each scope held a connection (the ``use`` hook): ``release`` is wrapped on
-        this pool only from now on, so that a pool nobody observes pays nothing on the scope path."""
-        if "release" in self.__dict__:
-            return
-        unobserved = self.release
-        hooks = self.hooks
+        """Report how long each scope held a connection (the ``use`` hook) from now on; until then,
+        the scope path of a pool nobody observes pays nothing for it."""
+        watch = self._watch
+        if watch is None:
+            self._watch = Watch(None, self._leaked, self._used)
+        elif watch.on_use is None:
+            watch.on_use = self._used
 
-        def release(holder: Holder, exc: BaseException | None) -> Coroutine[Any, Any, None] | None:
-            if holder.state is _IN_USE:
-                hooks.emit(HookEvent("use", self.alias, seconds=monotonic() - holder.taken_at))
-            return unobserved(holder, exc)
-
-        self.release = release  # type: ignore[method-assign]
+    def _used(self, holder: Holder) -> None:
+        if holder.state is _IN_USE:
+            self.hooks.emit(HookEvent("use", self.alias, seconds=monotonic() - holder.taken_at))
 
     async def _release_slow(self, holder: Holder, exc: BaseException | None) -> None:
         backend = self.backend
