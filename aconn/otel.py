@@ -33,6 +33,7 @@ instrumented (``use_time=False`` leaves it out).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import fields
 from typing import Any
 
 from opentelemetry import metrics
@@ -73,6 +74,11 @@ class Instrumentation:
         for remove in self._removers:
             remove()
         self._removers = []
+
+
+def _total(name: str) -> Callable[[str, PoolStats], Iterable[tuple[float, dict[str, str]]]]:
+    """Read the total ``name`` of a snapshot, with no extra attribute."""
+    return lambda alias, stats: [(getattr(stats, name), {})]
 
 
 def instrument(connections: Connections, meter_provider: Any = None, *, use_time: bool = True) -> Instrumentation:
@@ -137,12 +143,6 @@ def instrument(connections: Connections, meter_provider: Any = None, *, use_time
         description="The number of current pending requests for an open connection",
     )
     meter.create_observable_counter(
-        "db.client.connection.timeouts",
-        [observe(lambda a, s: [(s.acquire_timeouts, {})])],
-        unit="{timeout}",
-        description="The number of connection timeouts that have occurred trying to obtain a connection from the pool",
-    )
-    meter.create_observable_counter(
         "aconn.connection.closes",
         [
             observe(
@@ -158,24 +158,15 @@ def instrument(connections: Connections, meter_provider: Any = None, *, use_time
         unit="{connection}",
         description="Connections closed by aconn, by reason",
     )
-    meter.create_observable_counter(
-        "aconn.health_checks",
-        [observe(lambda a, s: [(s.health_checks, {})])],
-        unit="{ping}",
-        description="Health-check pings before hand-out",
-    )
-    meter.create_observable_counter(
-        "aconn.health_checks.failed",
-        [observe(lambda a, s: [(s.health_checks_failed, {})])],
-        unit="{ping}",
-        description="Health-check pings that failed",
-    )
-    meter.create_observable_counter(
-        "aconn.rollbacks",
-        [observe(lambda a, s: [(s.rollbacks, {})])],
-        unit="{rollback}",
-        description="Transactions rolled back when a scope gave its connection back",
-    )
+    for f in fields(PoolStats):
+        instrument = f.metadata.get("instrument")
+        if instrument is not None:
+            meter.create_observable_counter(
+                instrument.name,
+                [observe(_total(f.name))],
+                unit=instrument.unit,
+                description=instrument.description,
+            )
     removers = []
     histograms = [
         ("connect", "db.client.connection.create_time", "The time it took to create a new connection"),

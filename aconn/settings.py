@@ -9,10 +9,10 @@ from __future__ import annotations
 import difflib
 import math
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from .errors import ConfigError
@@ -78,17 +78,6 @@ _TLS_PARAMETERS: Mapping[str, str] = {
 #: that have no meaning here (transactions per request are the app's choice).
 _DJANGO_IGNORED = frozenset({"TIME_ZONE", "TEST", "DISABLE_SERVER_SIDE_CURSORS"})
 
-_KNOWN = frozenset(
-    {
-        "ENGINE", "NAME", "USER", "PASSWORD", "HOST", "PORT", "OPTIONS",
-        "CONN_MAX_AGE", "CONN_HEALTH_CHECKS", "AUTOCOMMIT",
-        "MAX_CONNS", "MIN_CONNS", "ACQUIRE_TIMEOUT", "CONNECT_TIMEOUT",
-        "IDLE_TIMEOUT", "LEAK_TIMEOUT", "STATEMENT_TIMEOUT", "CANCEL_ON_SERVER", "MAX_WAITING",
-        "ATOMIC_REQUESTS", "RESET_ON_RELEASE", "POOLER",
-        "REPLICAS", "REPLICA_PIN_SECONDS", "MAX_REPLICA_LAG",
-    }
-)  # fmt: skip
-
 _PEER_POOL_OPTIONS: Mapping[str, tuple[str, ...]] = {
     "aconn's is MIN_CONNS (connections kept open by housekeeping)": ("min_size", "minsize"),
     "aconn's is MAX_CONNS (the cap per alias per process)": ("max_size", "maxsize", "pool_size"),
@@ -128,63 +117,325 @@ def masked(options: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+class Parser(Protocol):
+    """Reads one setting's value (``MISSING`` when absent) into its field, or raises ``ConfigError``."""
+
+    @property
+    def url_kind(self) -> str | None:
+        """How the value is spelled in a URL's query: "bool", "int", "float", "str"; None: not in URLs."""
+        ...
+
+    def __call__(self, alias: str, key: str, value: Any, parsed: Mapping[str, Any]) -> Any: ...
+
+
+#: a setting absent from the entry
+MISSING: Any = object()
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One setting, declared once on its :class:`Settings` field: parsing, validation, URL
+    spellings, masking and the README's table all follow from it."""
+
+    #: the ``DATABASES`` key
+    key: str
+    parse: Parser
+    #: the value when absent, or a function of the fields parsed before it
+    default: Any
+    #: what it does (the README's table says it at length)
+    doc: str
+    #: the URL query parameters that set it (lowercase)
+    url: tuple[str, ...] = ()
+    #: never shown: masked in repr, messages and ``check``
+    secret: bool = False
+
+
+def setting(key: str, parse: Parser, default: Any, doc: str, *, url: tuple[str, ...] = (), secret: bool = False) -> Any:
+    """A :class:`Settings` field declared with its :class:`Option`."""
+    option = Option(key, parse, default, doc, url, secret)
+    metadata = {"aconn": option}
+    if isinstance(default, Mapping):  # read-only, shared: a factory all the same, as dataclasses ask
+        return field(default_factory=lambda: default, compare=not secret, metadata=metadata)
+    return field(default=None if callable(default) else default, compare=not secret, metadata=metadata)
+
+
+class _Kind:
+    """A parser: ``check(alias, key, value)`` on the value (the default when absent)."""
+
+    def __init__(self, url_kind: str | None, check: Callable[[str, str, Any], Any]) -> None:
+        self.url_kind = url_kind
+        self._check = check
+
+    def __call__(self, alias: str, key: str, value: Any, parsed: Mapping[str, Any]) -> Any:
+        return self._check(alias, key, value)
+
+
+def _string(alias: str, key: str, value: Any) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ConfigError(alias, key, f"must be a string, got {type(value).__name__}")
+    return value
+
+
+def _boolean(alias: str, key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(alias, key, f"must be True or False, got {value!r}")
+    return value
+
+
+def _integer(minimum: int, *, allow_none: bool = False) -> _Kind:
+    def check(alias: str, key: str, value: Any) -> int | None:
+        if value is None and allow_none:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(alias, key, f"must be an integer, got {value!r}")
+        if value < minimum:
+            raise ConfigError(alias, key, f"must be at least {minimum}, got {value}")
+        return value
+
+    return _Kind("int", check)
+
+
+def _seconds(*, allow_none: bool = False, allow_zero: bool = False) -> _Kind:
+    def check(alias: str, key: str, value: Any) -> float | None:
+        return _checked_seconds(alias, key, value, allow_none=allow_none, allow_zero=allow_zero)
+
+    return _Kind("float", check)
+
+
+def _checked_seconds(alias: str, key: str, value: Any, *, allow_none: bool, allow_zero: bool) -> float | None:
+    if value is None:
+        if allow_none:
+            return None
+        raise ConfigError(alias, key, "must be a number of seconds, got None")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(alias, key, f"must be a number of seconds, got {value!r}")
+    if math.isnan(value) or value < 0 or (value == 0 and not allow_zero) or math.isinf(value):
+        lowest = "0 or more" if allow_zero else "above 0"
+        raise ConfigError(alias, key, f"must be a finite number of seconds {lowest}, got {value!r}")
+    return float(value)
+
+
+def _port(alias: str, key: str, value: Any) -> int | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise ConfigError(alias, key, "must be an integer, got bool")
+    if isinstance(value, str):
+        if not value.strip().isdigit():
+            raise ConfigError(alias, key, f"must be an integer, got {value!r}")
+        value = int(value)
+    if not isinstance(value, int) or not 0 < value < 65536:
+        raise ConfigError(alias, key, f"must be between 1 and 65535, got {value!r}")
+    return value
+
+
+def _options(alias: str, key: str, value: Any) -> Mapping[str, Any]:
+    if value is None:
+        value = {}
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise ConfigError(alias, key, "must be a dict with string keys")
+    return MappingProxyType(dict(value))
+
+
+def _replicas(alias: str, key: str, value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str) or not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(alias, key, f"must be a list of aliases, got {value!r}")
+    if alias in value:
+        raise ConfigError(alias, key, "an alias cannot be its own replica")
+    return tuple(value)
+
+
+class _Engine:
+    url_kind = None
+
+    def __call__(self, alias: str, key: str, value: Any, parsed: Mapping[str, Any]) -> str:
+        return _engine(alias, value)
+
+
+class _Name:
+    url_kind = None
+
+    def __call__(self, alias: str, key: str, value: Any, parsed: Mapping[str, Any]) -> str:
+        name = _string(alias, key, value)
+        if parsed["engine"] == "sqlite" and not name:
+            raise ConfigError(alias, key, "a SQLite database needs a file path or ':memory:'")
+        return name
+
+
+class _MinConns:
+    url_kind = "int"
+
+    def __call__(self, alias: str, key: str, value: Any, parsed: Mapping[str, Any]) -> int:
+        count: int = _integer(0)(alias, key, value, parsed)
+        if count > parsed["max_conns"]:
+            raise ConfigError(alias, key, f"{count} is above MAX_CONNS={parsed['max_conns']}")
+        return count
+
+
+class _AtomicRequests:
+    url_kind = "bool"
+
+    def __call__(self, alias: str, key: str, value: Any, parsed: Mapping[str, Any]) -> bool:
+        on = _boolean(alias, key, value)
+        if on and not parsed["autocommit"]:
+            raise ConfigError(alias, key, "needs AUTOCOMMIT True: a request's transaction is begun by atomic()")
+        return on
+
+
+class _StatementTimeout:
+    url_kind = "float"
+
+    def __call__(self, alias: str, key: str, value: Any, parsed: Mapping[str, Any]) -> float | None:
+        return _statement_timeout(alias, key, value, parsed["engine"])
+
+
+class _Pooler:
+    url_kind = "str"
+
+    def __call__(self, alias: str, key: str, value: Any, parsed: Mapping[str, Any]) -> str | None:
+        return _pooler(alias, value, parsed["engine"])
+
+
+_STRING = _Kind(None, _string)
+_BOOL = _Kind("bool", _boolean)
+
+
 @dataclass(frozen=True, slots=True, repr=False)
 class Settings:
-    """Validated settings of one alias. Built by :func:`parse_settings`."""
+    """Validated settings of one alias. Built by :func:`parse_settings`.
+
+    Each field is declared once, with its ``DATABASES`` key, parser, default, URL spellings and
+    doc line (:func:`setting`): parsing, URL parameters, masking and the README's table follow.
+    """
 
     alias: str
-    engine: str
-    name: str
-    user: str = ""
-    password: str = field(default="", compare=False)
-    host: str = ""
-    port: int | None = None
-    options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
-    conn_max_age: float | None = 0.0
-    health_checks: bool = False
-    autocommit: bool = True
-    max_conns: int = 10
-    min_conns: int = 0
-    acquire_timeout: float = 30.0
-    connect_timeout: float = 10.0
-    idle_timeout: float | None = None
-    leak_timeout: float | None = None
+    engine: str = setting("ENGINE", _Engine(), "sqlite", "the database and driver")
+    name: str = setting("NAME", _Name(), "", "the database (SQLite: the file, or ':memory:')")
+    user: str = setting("USER", _STRING, "", "as in Django")
+    password: str = setting("PASSWORD", _STRING, "", "as in Django; never shown", secret=True)
+    host: str = setting("HOST", _STRING, "", "as in Django")
+    port: int | None = setting("PORT", _Kind(None, _port), None, "as in Django; an int or a string")
+    options: Mapping[str, Any] = setting(
+        "OPTIONS", _Kind(None, _options), MappingProxyType({}), "the driver's connect options"
+    )
+    conn_max_age: float | None = setting(
+        "CONN_MAX_AGE",
+        _seconds(allow_none=True, allow_zero=True),
+        0.0,
+        "seconds a connection may live; 0 closes it at scope exit, None: no age limit",
+        url=("conn_max_age",),
+    )
+    health_checks: bool = setting(
+        "CONN_HEALTH_CHECKS",
+        _BOOL,
+        False,
+        "ping a reused connection before handing it out",
+        url=("health_checks", "conn_health_checks"),
+    )
+    autocommit: bool = setting("AUTOCOMMIT", _BOOL, True, "autocommit mode", url=("autocommit",))
+    max_conns: int = setting("MAX_CONNS", _integer(1), 10, "connections per alias in this process", url=("max_conns",))
+    min_conns: int = setting("MIN_CONNS", _MinConns(), 0, "connections the housekeeper keeps open", url=("min_conns",))
+    acquire_timeout: float = setting(
+        "ACQUIRE_TIMEOUT", _seconds(), 30.0, "seconds to wait for a connection", url=("acquire_timeout",)
+    )
+    connect_timeout: float = setting(
+        "CONNECT_TIMEOUT", _seconds(), 10.0, "bound on a whole connect", url=("connect_timeout",)
+    )
+    idle_timeout: float | None = setting(
+        "IDLE_TIMEOUT",
+        _seconds(allow_none=True),
+        None,
+        "seconds an idle connection is kept (None: from the server)",
+        url=("idle_timeout",),
+    )
+    leak_timeout: float | None = setting(
+        "LEAK_TIMEOUT",
+        _seconds(allow_none=True),
+        None,
+        "warn when a connection is held longer",
+        url=("leak_timeout",),
+    )
     #: server-side limit on each statement, set once per session (None: the server's own)
-    statement_timeout: float | None = None
+    statement_timeout: float | None = setting(
+        "STATEMENT_TIMEOUT",
+        _StatementTimeout(),
+        None,
+        "a server-side limit on each statement, in seconds",
+        url=("statement_timeout",),
+    )
     #: stop a cancelled caller's statement at the server before its slot is reused
-    cancel_on_server: bool = True
+    cancel_on_server: bool = setting(
+        "CANCEL_ON_SERVER",
+        _BOOL,
+        True,
+        "stop a dropped caller's statement at the server",
+        url=("cancel_on_server",),
+    )
     #: tasks that may wait for a connection of the alias; beyond, PoolOverloaded at once (None: no limit)
-    max_waiting: int | None = None
+    max_waiting: int | None = setting(
+        "MAX_WAITING",
+        _integer(0, allow_none=True),
+        None,
+        "tasks that may wait; beyond, PoolOverloaded",
+        url=("max_waiting",),
+    )
     #: ConnectionsMiddleware runs each HTTP request in ``atomic()`` on the alias (Django's setting)
-    atomic_requests: bool = False
+    atomic_requests: bool = setting(
+        "ATOMIC_REQUESTS",
+        _AtomicRequests(),
+        False,
+        "each HTTP request in atomic()",
+        url=("atomic_requests",),
+    )
+    #: the connection pooler between aconn and the server: None, "pgbouncer", "proxysql", "rds_proxy"
+    pooler: str | None = setting(
+        "POOLER", _Pooler(), None, "the transaction-mode pooler in front of the server", url=("pooler",)
+    )
     #: reset session state when a scope gives the connection back (PostgreSQL ``DISCARD ALL``,
     #: asyncpg's reset, MySQL ``COM_RESET_CONNECTION``); default: see :func:`reset_by_default`
-    reset_on_release: bool = False
-    #: the connection pooler between aconn and the server: None, "pgbouncer", "proxysql", "rds_proxy"
-    pooler: str | None = None
+    reset_on_release: bool = setting(
+        "RESET_ON_RELEASE",
+        _BOOL,
+        lambda parsed: reset_by_default(parsed["engine"], parsed["pooler"]),
+        "reset session state at release",
+        url=("reset_on_release",),
+    )
     #: other aliases of the handler that replicate this one: read_only=True reads from them
-    replicas: tuple[str, ...] = ()
+    replicas: tuple[str, ...] = setting(
+        "REPLICAS", _Kind(None, _replicas), (), "aliases replicating this one, for read_only=True"
+    )
     #: how long a pinned key's reads stay on the primary after a scope with that key took it
-    replica_pin_seconds: float = 5.0
+    replica_pin_seconds: float = setting(
+        "REPLICA_PIN_SECONDS",
+        _seconds(allow_zero=True),
+        5.0,
+        "seconds a pinned key reads the primary",
+        url=("replica_pin_seconds",),
+    )
     #: a replica lagging more than this is skipped (None: lag not checked)
-    max_replica_lag: float | None = None
+    max_replica_lag: float | None = setting(
+        "MAX_REPLICA_LAG",
+        _seconds(allow_none=True),
+        None,
+        "seconds of lag beyond which a replica is skipped",
+        url=("max_replica_lag",),
+    )
 
     def __repr__(self) -> str:
-        shown = masked(self.options)
-        return (
-            f"Settings(alias={self.alias!r}, engine={self.engine!r}, name={self.name!r}, "
-            f"user={self.user!r}, password={'***' if self.password else ''!r}, "
-            f"host={self.host!r}, port={self.port!r}, options={shown!r}, "
-            f"conn_max_age={self.conn_max_age!r}, health_checks={self.health_checks!r}, "
-            f"autocommit={self.autocommit!r}, max_conns={self.max_conns!r}, "
-            f"min_conns={self.min_conns!r}, acquire_timeout={self.acquire_timeout!r}, "
-            f"connect_timeout={self.connect_timeout!r}, idle_timeout={self.idle_timeout!r}, "
-            f"leak_timeout={self.leak_timeout!r}, statement_timeout={self.statement_timeout!r}, "
-            f"cancel_on_server={self.cancel_on_server!r}, max_waiting={self.max_waiting!r}, "
-            f"atomic_requests={self.atomic_requests!r}, reset_on_release={self.reset_on_release!r}, "
-            f"pooler={self.pooler!r}, replicas={self.replicas!r}, replica_pin_seconds={self.replica_pin_seconds!r}, "
-            f"max_replica_lag={self.max_replica_lag!r})"
-        )
+        shown = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            option = f.metadata.get("aconn")
+            if option is not None and option.secret:
+                value = "***" if value else ""
+            elif f.name == "options":
+                value = masked(value)
+            shown.append(f"{f.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
 
     __str__ = __repr__
 
@@ -244,58 +495,18 @@ def parse_settings(alias: str, entry: Any) -> Settings:
         raise ConfigError(alias, None, f"expected a dict or a URL string, got {type(entry).__name__}")
 
     for key in entry:
-        if not isinstance(key, str) or (key not in _KNOWN and key not in _DJANGO_IGNORED):
-            hint = difflib.get_close_matches(str(key), sorted(_KNOWN), n=1)
+        if not isinstance(key, str) or (key not in OPTIONS and key not in _DJANGO_IGNORED):
+            hint = difflib.get_close_matches(str(key), sorted(OPTIONS), n=1)
             suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
             raise ConfigError(alias, str(key), f"unknown setting{suggestion}")
 
-    engine = _engine(alias, entry.get("ENGINE", "sqlite"))
-    name = _string(alias, entry, "NAME", "")
-    if engine == "sqlite" and not name:
-        raise ConfigError(alias, "NAME", "a SQLite database needs a file path or ':memory:'")
-    max_conns = _int(alias, entry, "MAX_CONNS", 10, minimum=1)
-    min_conns = _int(alias, entry, "MIN_CONNS", 0, minimum=0)
-    if min_conns > max_conns:
-        raise ConfigError(alias, "MIN_CONNS", f"{min_conns} is above MAX_CONNS={max_conns}")
-    options = entry.get("OPTIONS", {})
-    if options is None:
-        options = {}
-    if not isinstance(options, Mapping) or not all(isinstance(k, str) for k in options):
-        raise ConfigError(alias, "OPTIONS", "must be a dict with string keys")
-    if _bool(alias, entry, "ATOMIC_REQUESTS", False) and not _bool(alias, entry, "AUTOCOMMIT", True):
-        raise ConfigError(
-            alias, "ATOMIC_REQUESTS", "needs AUTOCOMMIT True: a request's transaction is begun by atomic()"
-        )
-
-    pooler = _pooler(alias, entry.get("POOLER"), engine)
-    return Settings(
-        alias=alias,
-        engine=engine,
-        name=name,
-        user=_string(alias, entry, "USER", ""),
-        password=_string(alias, entry, "PASSWORD", ""),
-        host=_string(alias, entry, "HOST", ""),
-        port=_port(alias, entry.get("PORT")),
-        options=MappingProxyType(dict(options)),
-        conn_max_age=_seconds(alias, entry, "CONN_MAX_AGE", 0.0, allow_none=True, allow_zero=True),
-        health_checks=_bool(alias, entry, "CONN_HEALTH_CHECKS", False),
-        autocommit=_bool(alias, entry, "AUTOCOMMIT", True),
-        max_conns=max_conns,
-        min_conns=min_conns,
-        acquire_timeout=_required_seconds(alias, entry, "ACQUIRE_TIMEOUT", 30.0),
-        connect_timeout=_required_seconds(alias, entry, "CONNECT_TIMEOUT", 10.0),
-        idle_timeout=_seconds(alias, entry, "IDLE_TIMEOUT", None, allow_none=True),
-        leak_timeout=_seconds(alias, entry, "LEAK_TIMEOUT", None, allow_none=True),
-        statement_timeout=_statement_timeout(alias, entry, engine),
-        cancel_on_server=_bool(alias, entry, "CANCEL_ON_SERVER", True),
-        atomic_requests=_bool(alias, entry, "ATOMIC_REQUESTS", False),
-        reset_on_release=_bool(alias, entry, "RESET_ON_RELEASE", reset_by_default(engine, pooler)),
-        pooler=pooler,
-        replicas=_replicas(alias, entry.get("REPLICAS")),
-        replica_pin_seconds=_required_seconds_or_zero(alias, entry, "REPLICA_PIN_SECONDS", 5.0),
-        max_replica_lag=_seconds(alias, entry, "MAX_REPLICA_LAG", None, allow_none=True),
-        max_waiting=None if entry.get("MAX_WAITING") is None else _int(alias, entry, "MAX_WAITING", 0, minimum=0),
-    )
+    parsed: dict[str, Any] = {"alias": alias}
+    for name, option in _FIELDS:
+        value = entry.get(option.key, MISSING)
+        if value is MISSING:
+            value = option.default(parsed) if callable(option.default) else option.default
+        parsed[name] = option.parse(alias, option.key, value, parsed)
+    return Settings(**parsed)
 
 
 def reset_by_default(engine: str, pooler: str | None) -> bool:
@@ -360,67 +571,6 @@ def unsupported_engine(value: str) -> str:
     )
 
 
-def _string(alias: str, entry: Mapping[str, Any], key: str, default: str) -> str:
-    value = entry.get(key, default)
-    if value is None:
-        return default
-    if not isinstance(value, str):
-        raise ConfigError(alias, key, f"must be a string, got {type(value).__name__}")
-    return value
-
-
-def _port(alias: str, value: Any) -> int | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, bool):
-        raise ConfigError(alias, "PORT", "must be an integer, got bool")
-    if isinstance(value, str):
-        if not value.strip().isdigit():
-            raise ConfigError(alias, "PORT", f"must be an integer, got {value!r}")
-        value = int(value)
-    if not isinstance(value, int) or not 0 < value < 65536:
-        raise ConfigError(alias, "PORT", f"must be between 1 and 65535, got {value!r}")
-    return value
-
-
-def _bool(alias: str, entry: Mapping[str, Any], key: str, default: bool) -> bool:
-    value = entry.get(key, default)
-    if not isinstance(value, bool):
-        raise ConfigError(alias, key, f"must be True or False, got {value!r}")
-    return value
-
-
-def _int(alias: str, entry: Mapping[str, Any], key: str, default: int, *, minimum: int) -> int:
-    value = entry.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(alias, key, f"must be an integer, got {value!r}")
-    if value < minimum:
-        raise ConfigError(alias, key, f"must be at least {minimum}, got {value}")
-    return value
-
-
-def _seconds(
-    alias: str,
-    entry: Mapping[str, Any],
-    key: str,
-    default: float | None,
-    *,
-    allow_none: bool = False,
-    allow_zero: bool = False,
-) -> float | None:
-    value = entry.get(key, default)
-    if value is None:
-        if allow_none:
-            return None
-        raise ConfigError(alias, key, "must be a number of seconds, got None")
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(alias, key, f"must be a number of seconds, got {value!r}")
-    if math.isnan(value) or value < 0 or (value == 0 and not allow_zero) or math.isinf(value):
-        lowest = "0 or more" if allow_zero else "above 0"
-        raise ConfigError(alias, key, f"must be a finite number of seconds {lowest}, got {value!r}")
-    return float(value)
-
-
 #: what each server accepts as a per-session statement limit, in seconds: PostgreSQL's
 #: statement_timeout is whole milliseconds up to 2^31 - 1; MariaDB's max_statement_time goes up to
 #: a year (MySQL's max_execution_time, in milliseconds, further): a MySQL alias may be either
@@ -434,68 +584,33 @@ def _plain(seconds: float) -> str:
     return f"{seconds:.3f}".rstrip("0").rstrip(".")
 
 
-def _statement_timeout(alias: str, entry: Mapping[str, Any], engine: str) -> float | None:
-    value = _seconds(alias, entry, "STATEMENT_TIMEOUT", None, allow_none=True)
+def _statement_timeout(alias: str, key: str, value: Any, engine: str) -> float | None:
+    seconds = _checked_seconds(alias, key, value, allow_none=True, allow_zero=False)
     family = "postgresql" if engine in POSTGRESQL_ENGINES else "mysql" if engine in MYSQL_ENGINES else None
-    if value is None or family is None:
-        return value
+    if seconds is None or family is None:
+        return seconds
     lowest, highest, server = _STATEMENT_TIMEOUT_RANGES[family]
-    if not lowest <= value <= highest:
+    if not lowest <= seconds <= highest:
         raise ConfigError(
             alias,
-            "STATEMENT_TIMEOUT",
-            f"must be between {_plain(lowest)} and {_plain(highest)} seconds ({server}); got {value!r}"
-            + (": below a millisecond the server would round it to 0, which means no limit" if value < lowest else ""),
+            key,
+            f"must be between {_plain(lowest)} and {_plain(highest)} seconds ({server}); got {seconds!r}"
+            + (
+                ": below a millisecond the server would round it to 0, which means no limit" if seconds < lowest else ""
+            ),
         )
-    return value
-
-
-def _required_seconds_or_zero(alias: str, entry: Mapping[str, Any], key: str, default: float) -> float:
-    value = _seconds(alias, entry, key, default, allow_zero=True)
-    assert value is not None
-    return value
-
-
-def _replicas(alias: str, value: Any) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if isinstance(value, str) or not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
-        raise ConfigError(alias, "REPLICAS", f"must be a list of aliases, got {value!r}")
-    if alias in value:
-        raise ConfigError(alias, "REPLICAS", "an alias cannot be its own replica")
-    return tuple(value)
-
-
-def _required_seconds(alias: str, entry: Mapping[str, Any], key: str, default: float) -> float:
-    value = _seconds(alias, entry, key, default)
-    assert value is not None
-    return value
+    return seconds
 
 
 # -- URLs ---------------------------------------------------------------------
 
-_QUERY_KEYS: Mapping[str, str] = {
-    "conn_max_age": "CONN_MAX_AGE",
-    "health_checks": "CONN_HEALTH_CHECKS",
-    "conn_health_checks": "CONN_HEALTH_CHECKS",
-    "autocommit": "AUTOCOMMIT",
-    "max_conns": "MAX_CONNS",
-    "min_conns": "MIN_CONNS",
-    "acquire_timeout": "ACQUIRE_TIMEOUT",
-    "connect_timeout": "CONNECT_TIMEOUT",
-    "idle_timeout": "IDLE_TIMEOUT",
-    "leak_timeout": "LEAK_TIMEOUT",
-    "statement_timeout": "STATEMENT_TIMEOUT",
-    "cancel_on_server": "CANCEL_ON_SERVER",
-    "max_waiting": "MAX_WAITING",
-    "atomic_requests": "ATOMIC_REQUESTS",
-    "reset_on_release": "RESET_ON_RELEASE",
-    "pooler": "POOLER",
-    "replica_pin_seconds": "REPLICA_PIN_SECONDS",
-    "max_replica_lag": "MAX_REPLICA_LAG",
-}
-_INT_KEYS = frozenset({"MAX_CONNS", "MIN_CONNS", "MAX_WAITING"})
-_BOOL_KEYS = frozenset({"CONN_HEALTH_CHECKS", "AUTOCOMMIT", "CANCEL_ON_SERVER", "ATOMIC_REQUESTS", "RESET_ON_RELEASE"})
+#: each setting's Option, by its DATABASES key, and the fields in the order they are parsed
+_FIELDS: tuple[tuple[str, Option], ...] = tuple(
+    (f.name, f.metadata["aconn"]) for f in fields(Settings) if "aconn" in f.metadata
+)
+OPTIONS: Mapping[str, Option] = {option.key: option for _, option in _FIELDS}
+#: URL query parameter -> the setting's key
+_QUERY_KEYS: Mapping[str, str] = {spelling: option.key for _, option in _FIELDS for spelling in option.url}
 
 
 def _url_to_dict(alias: str, url: str) -> dict[str, Any]:
@@ -574,7 +689,8 @@ def _server_url(alias: str, scheme: str, rest: str, entry: dict[str, Any]) -> st
 
 def _url_value(alias: str, key: str, raw: str) -> Any:
     lowered = raw.strip().lower()
-    if key in _BOOL_KEYS:
+    kind = OPTIONS[key].parse.url_kind
+    if kind == "bool":
         if lowered in ("1", "true", "yes", "on"):
             return True
         if lowered in ("0", "false", "no", "off"):
@@ -582,9 +698,9 @@ def _url_value(alias: str, key: str, raw: str) -> Any:
         raise ConfigError(alias, key, f"must be true or false, got {raw!r}")
     if lowered in ("none", "null", ""):
         return None
-    if key == "POOLER":
+    if kind == "str":
         return lowered
     try:
-        return int(lowered) if key in _INT_KEYS else float(lowered)
+        return int(lowered) if kind == "int" else float(lowered)
     except ValueError:
         raise ConfigError(alias, key, f"must be a number, got {raw!r}") from None

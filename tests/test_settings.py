@@ -314,3 +314,33 @@ def test_alias_typos_are_caught_with_a_suggestion() -> None:
         handler.stats("Reports")
     with pytest.raises(aconn.ConfigError, match="did you mean 'reports'"):
         handler.acquire("report")
+
+
+def test_the_schema_declares_every_setting_once() -> None:
+    """Each setting is declared on its Settings field: the README's table lists exactly those keys,
+    every URL spelling sets its key, and the secret ones are masked in the repr."""
+    import re
+
+    from aconn.settings import OPTIONS
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = readme[readme.index("| key | default | meaning |") :].split("\n\n", 1)[0]
+    documented = {key for row in table.splitlines()[2:] for key in re.findall(r"`([A-Z_]+)`", row.split("|")[1])}
+    assert documented == set(OPTIONS)
+    samples = {"bool": ("true", True), "int": ("3", 3), "float": ("2.5", 2.5), "str": ("pgbouncer", "pgbouncer")}
+    for key, option in OPTIONS.items():
+        kind = option.parse.url_kind
+        for spelling in option.url:
+            assert kind is not None, key
+            raw, value = samples[kind]
+            if key == "ATOMIC_REQUESTS" or key == "POOLER":
+                continue  # checked against other settings: covered by their own tests
+            parsed = parse_settings("a", f"postgresql://u@h/db?{spelling}={raw}")
+            field = next(f.name for f in dataclasses.fields(parsed) if f.metadata.get("aconn") is option)
+            if key == "MIN_CONNS":
+                value = 3
+            assert getattr(parsed, field) == value, (key, spelling)
+    secret = {key for key, option in OPTIONS.items() if option.secret}
+    assert secret == {"PASSWORD"}
+    shown = repr(parse_settings("a", {"ENGINE": "postgresql", "PASSWORD": "hunter2"}))
+    assert "hunter2" not in shown and "password='***'" in shown

@@ -109,8 +109,29 @@ def test_state_changes_only_through_transitions() -> None:
                 if any(isinstance(t, ast.Attribute) and t.attr == "state" for t in targets):
                     writes.append((path.name, lines[node.lineno - 1].strip()))
     assert [w[0] for w in writes] == ["pool.py", "pool.py"], writes
-    assert "# Holder.taken(), inlined" in writes[0][1]
+    assert "# Holder.taken() and Holder.handed_out(), inlined" in writes[0][1]
     assert "_IDLE" in writes[1][1]
+
+
+def test_owner_and_leak_timer_change_only_in_the_holder() -> None:
+    """A holder's owner (``task``), its taken time, its leak timer and stack are written only by its
+    own methods, and by the two inlined sites of the scope path (``take_idle``, ``release``)."""
+    watched = {"task", "taken_at", "leak_timer", "taken_stack"}
+    writes = []
+    for path in PACKAGE.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for cls in [n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)] or [tree]:
+            for func in [n for n in ast.walk(cls) if isinstance(n, ast.FunctionDef)]:
+                for node in ast.walk(func):
+                    targets = node.targets if isinstance(node, ast.Assign) else []
+                    for target in targets:
+                        if isinstance(target, ast.Attribute) and target.attr in watched:
+                            owner = getattr(cls, "name", path.name)
+                            holder_write = not (isinstance(target.value, ast.Name) and target.value.id == "self")
+                            if owner == "Holder" or holder_write:
+                                writes.append((owner, func.name, target.attr))
+    outside = {w for w in writes if w[0] != "Holder"}
+    assert outside == {("Pool", "take_idle", "taken_at"), ("Pool", "take_idle", "task"), ("Pool", "release", "task")}
 
 
 def test_slot_counts_change_only_in_their_methods() -> None:
@@ -229,7 +250,7 @@ async def test_a_freed_slot_goes_to_the_oldest_live_waiter() -> None:
     loop = asyncio.get_running_loop()
     holder = idle_holder(pool, since=0.0, age_left=60)  # the one slot is taken
     pool._idle.remove(holder)
-    holder.taken()
+    holder.taken(0.0)
     first = asyncio.ensure_future(pool._wait(loop, loop.time() + 30))
     second = asyncio.ensure_future(pool._wait(loop, loop.time() + 30))
     await asyncio.sleep(0)  # one step each: both queue (no await before they do)
@@ -258,3 +279,22 @@ async def test_one_timer_times_out_every_waiter_in_order() -> None:
     waits[2].cancel()
     await asyncio.gather(waits[2], return_exceptions=True)
     assert pool.waiting == 0 and not pool._waiters
+
+
+def test_counters_follow_the_pool_stats_totals() -> None:
+    """A total is declared on PoolStats once: Counters counts exactly those (its annotations, for
+    mypy, agree), a snapshot fills them, and the ones with an instrument are what aconn.otel reports."""
+    import dataclasses
+
+    from aconn.pool.counters import Counters
+    from aconn.stats import TOTALS, PoolStats
+
+    assert set(Counters.__annotations__) == set(TOTALS)
+    counters = Counters()
+    for i, name in enumerate(TOTALS):
+        setattr(counters, name, i + 1)
+    stats = counters.snapshot(alias="a", max_conns=1, open=0, idle=0, in_use=0, opening=0, closing=0, waiting=0)
+    assert [getattr(stats, name) for name in TOTALS] == list(range(1, len(TOTALS) + 1))
+    instruments = [f.metadata["instrument"].name for f in dataclasses.fields(PoolStats) if f.metadata.get("instrument")]
+    source = (PACKAGE / "otel.py").read_text()
+    assert instruments and not any(f'"{name}"' in source for name in instruments)  # declared once, on PoolStats
