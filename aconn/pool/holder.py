@@ -1,12 +1,16 @@
-"""One pooled connection (:class:`Holder`) and the transitions of its slot.
+"""One pooled connection (:class:`Holder`), the transitions of its slot, and its owner.
 
-Each transition checks the state it leaves, moves the pool's gauges with it,
-and rejects an illegal move with an internal error naming both states: the
-invariant ``size == idle + in_use + opening + closing`` is kept here, not by
-hand-paired mutations spread over the pool. Two transitions are written out
-on the scope path (``Pool.take_idle`` inlines :meth:`Holder.taken`,
-``Pool.release`` inlines :meth:`Holder.idled`); ``tests/test_pool.py`` checks
-that the copies agree with these.
+Each transition checks the state it leaves, moves the pool's ``in_use`` and
+``closing`` gauges with it (``size`` and ``opening``, which count slots with no
+connection yet, move in the pool's slot methods), and rejects an illegal move
+with an internal error naming both states: the invariant
+``size == idle + in_use + opening + closing`` is kept here, not by hand-paired
+mutations spread over the pool. The holder also owns who holds it, since when,
+and its leak timer (:meth:`Holder.handed_out`, :meth:`Holder.given_back`).
+Two sites are written out on the scope path (``Pool.take_idle`` inlines
+:meth:`Holder.taken` and :meth:`Holder.handed_out`, ``Pool.release`` inlines
+:meth:`Holder.given_back` and :meth:`Holder.idled`); ``tests/test_structure.py``
+checks that nothing else writes these fields and that the copies agree.
 """
 
 from __future__ import annotations
