@@ -585,16 +585,14 @@ class RoutedConnections(Connections):
             alias = route(self._routers, read_only, hints or {})
         reads = self._reads
         replicas = reads.sets.get(alias)
-        if replicas is None:
-            return await (super().connection(alias) if expected is None else super().connection(alias, expected))
         scope = self._scopes.var.get(None)
-        if not read_only or scope is None or scope.task is not task_of(get_running_loop()):
-            # the primary (or the ScopeError)
-            conn = await (super().connection(alias) if expected is None else super().connection(alias, expected))
-            if scope is not None:
-                reads.primary_taken(scope, replicas)
-            return conn
-        holder = await reads.holder(scope, scope.task, replicas)
-        if expected is not None and not isinstance(holder.conn, expected):
-            raise _not_expected(alias, holder.conn, expected)
-        return holder.conn
+        if replicas is not None and read_only and scope is not None and scope.task is task_of(get_running_loop()):
+            holder = await reads.holder(scope, scope.task, replicas)
+            if expected is not None and not isinstance(holder.conn, expected):
+                raise _not_expected(alias, holder.conn, expected)
+            return holder.conn
+        # the alias itself: a primary, or an alias with no replicas (or the ScopeError)
+        conn = await (super().connection(alias) if expected is None else super().connection(alias, expected))
+        if replicas is not None and scope is not None:
+            reads.primary_taken(scope, replicas)
+        return conn

@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from .errors import ConfigError
@@ -117,15 +117,26 @@ def masked(options: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-class Parser(Protocol):
-    """Reads one setting's value (``MISSING`` when absent) into its field, or raises ``ConfigError``."""
+#: a check of one setting's value in its context: ``(alias, key, value, parsed)``, where ``parsed``
+#: holds the fields parsed before it (ENGINE first); returns the field's value or raises ``ConfigError``
+Check = Callable[[str, str, Any, Mapping[str, Any]], Any]
 
-    @property
-    def url_kind(self) -> str | None:
-        """How the value is spelled in a URL's query: "bool", "int", "float", "str"; None: not in URLs."""
-        ...
 
-    def __call__(self, alias: str, key: str, value: Any, parsed: Mapping[str, Any]) -> Any: ...
+@dataclass(frozen=True, slots=True)
+class Parser:
+    """Reads one setting's value (its default when absent) into its field."""
+
+    #: how the value is spelled in a URL's query: "bool", "int", "float", "str"; None: not in URLs
+    url_kind: str | None
+    check: Check
+
+    def __call__(self, alias: str, key: str, value: Any, parsed: Mapping[str, Any]) -> Any:
+        return self.check(alias, key, value, parsed)
+
+
+def _alone(url_kind: str | None, check: Callable[[str, str, Any], Any]) -> Parser:
+    """A parser whose check needs no other setting."""
+    return Parser(url_kind, lambda alias, key, value, parsed: check(alias, key, value))
 
 
 #: a setting absent from the entry
@@ -159,17 +170,6 @@ def setting(key: str, parse: Parser, default: Any, doc: str, *, url: tuple[str, 
     return field(default=None if callable(default) else default, compare=not secret, metadata=metadata)
 
 
-class _Kind:
-    """A parser: ``check(alias, key, value)`` on the value (the default when absent)."""
-
-    def __init__(self, url_kind: str | None, check: Callable[[str, str, Any], Any]) -> None:
-        self.url_kind = url_kind
-        self._check = check
-
-    def __call__(self, alias: str, key: str, value: Any, parsed: Mapping[str, Any]) -> Any:
-        return self._check(alias, key, value)
-
-
 def _string(alias: str, key: str, value: Any) -> str:
     if value is None:
         return ""
@@ -184,7 +184,7 @@ def _boolean(alias: str, key: str, value: Any) -> bool:
     return value
 
 
-def _integer(minimum: int, *, allow_none: bool = False) -> _Kind:
+def _integer(minimum: int, *, allow_none: bool = False) -> Parser:
     def check(alias: str, key: str, value: Any) -> int | None:
         if value is None and allow_none:
             return None
@@ -194,14 +194,14 @@ def _integer(minimum: int, *, allow_none: bool = False) -> _Kind:
             raise ConfigError(alias, key, f"must be at least {minimum}, got {value}")
         return value
 
-    return _Kind("int", check)
+    return _alone("int", check)
 
 
-def _seconds(*, allow_none: bool = False, allow_zero: bool = False) -> _Kind:
+def _seconds(*, allow_none: bool = False, allow_zero: bool = False) -> Parser:
     def check(alias: str, key: str, value: Any) -> float | None:
         return _checked_seconds(alias, key, value, allow_none=allow_none, allow_zero=allow_zero)
 
-    return _Kind("float", check)
+    return _alone("float", check)
 
 
 def _checked_seconds(alias: str, key: str, value: Any, *, allow_none: bool, allow_zero: bool) -> float | None:
@@ -249,59 +249,41 @@ def _replicas(alias: str, key: str, value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
-class _Engine:
-    url_kind = None
-
-    def __call__(self, alias: str, key: str, value: Any, parsed: Mapping[str, Any]) -> str:
-        return _engine(alias, value)
+def _engine_of(alias: str, key: str, value: Any, parsed: Mapping[str, Any]) -> str:
+    return _engine(alias, value)
 
 
-class _Name:
-    url_kind = None
-
-    def __call__(self, alias: str, key: str, value: Any, parsed: Mapping[str, Any]) -> str:
-        name = _string(alias, key, value)
-        if parsed["engine"] == "sqlite" and not name:
-            raise ConfigError(alias, key, "a SQLite database needs a file path or ':memory:'")
-        return name
+def _name(alias: str, key: str, value: Any, parsed: Mapping[str, Any]) -> str:
+    name = _string(alias, key, value)
+    if parsed["engine"] == "sqlite" and not name:
+        raise ConfigError(alias, key, "a SQLite database needs a file path or ':memory:'")
+    return name
 
 
-class _MinConns:
-    url_kind = "int"
-
-    def __call__(self, alias: str, key: str, value: Any, parsed: Mapping[str, Any]) -> int:
-        count: int = _integer(0)(alias, key, value, parsed)
-        if count > parsed["max_conns"]:
-            raise ConfigError(alias, key, f"{count} is above MAX_CONNS={parsed['max_conns']}")
-        return count
+def _min_conns(alias: str, key: str, value: Any, parsed: Mapping[str, Any]) -> int:
+    count: int = _integer(0)(alias, key, value, parsed)
+    if count > parsed["max_conns"]:
+        raise ConfigError(alias, key, f"{count} is above MAX_CONNS={parsed['max_conns']}")
+    return count
 
 
-class _AtomicRequests:
-    url_kind = "bool"
-
-    def __call__(self, alias: str, key: str, value: Any, parsed: Mapping[str, Any]) -> bool:
-        on = _boolean(alias, key, value)
-        if on and not parsed["autocommit"]:
-            raise ConfigError(alias, key, "needs AUTOCOMMIT True: a request's transaction is begun by atomic()")
-        return on
+def _atomic_requests(alias: str, key: str, value: Any, parsed: Mapping[str, Any]) -> bool:
+    on = _boolean(alias, key, value)
+    if on and not parsed["autocommit"]:
+        raise ConfigError(alias, key, "needs AUTOCOMMIT True: a request's transaction is begun by atomic()")
+    return on
 
 
-class _StatementTimeout:
-    url_kind = "float"
-
-    def __call__(self, alias: str, key: str, value: Any, parsed: Mapping[str, Any]) -> float | None:
-        return _statement_timeout(alias, key, value, parsed["engine"])
+def _statement_timeout_of(alias: str, key: str, value: Any, parsed: Mapping[str, Any]) -> float | None:
+    return _statement_timeout(alias, key, value, parsed["engine"])
 
 
-class _Pooler:
-    url_kind = "str"
-
-    def __call__(self, alias: str, key: str, value: Any, parsed: Mapping[str, Any]) -> str | None:
-        return _pooler(alias, value, parsed["engine"])
+def _pooler_of(alias: str, key: str, value: Any, parsed: Mapping[str, Any]) -> str | None:
+    return _pooler(alias, value, parsed["engine"])
 
 
-_STRING = _Kind(None, _string)
-_BOOL = _Kind("bool", _boolean)
+_STRING = _alone(None, _string)
+_BOOL = _alone("bool", _boolean)
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -313,14 +295,14 @@ class Settings:
     """
 
     alias: str
-    engine: str = setting("ENGINE", _Engine(), "sqlite", "the database and driver")
-    name: str = setting("NAME", _Name(), "", "the database (SQLite: the file, or ':memory:')")
+    engine: str = setting("ENGINE", Parser(None, _engine_of), "sqlite", "the database and driver")
+    name: str = setting("NAME", Parser(None, _name), "", "the database (SQLite: the file, or ':memory:')")
     user: str = setting("USER", _STRING, "", "as in Django")
     password: str = setting("PASSWORD", _STRING, "", "as in Django; never shown", secret=True)
     host: str = setting("HOST", _STRING, "", "as in Django")
-    port: int | None = setting("PORT", _Kind(None, _port), None, "as in Django; an int or a string")
+    port: int | None = setting("PORT", _alone(None, _port), None, "as in Django; an int or a string")
     options: Mapping[str, Any] = setting(
-        "OPTIONS", _Kind(None, _options), MappingProxyType({}), "the driver's connect options"
+        "OPTIONS", _alone(None, _options), MappingProxyType({}), "the driver's connect options"
     )
     conn_max_age: float | None = setting(
         "CONN_MAX_AGE",
@@ -338,7 +320,9 @@ class Settings:
     )
     autocommit: bool = setting("AUTOCOMMIT", _BOOL, True, "autocommit mode", url=("autocommit",))
     max_conns: int = setting("MAX_CONNS", _integer(1), 10, "connections per alias in this process", url=("max_conns",))
-    min_conns: int = setting("MIN_CONNS", _MinConns(), 0, "connections the housekeeper keeps open", url=("min_conns",))
+    min_conns: int = setting(
+        "MIN_CONNS", Parser("int", _min_conns), 0, "connections the housekeeper keeps open", url=("min_conns",)
+    )
     acquire_timeout: float = setting(
         "ACQUIRE_TIMEOUT", _seconds(), 30.0, "seconds to wait for a connection", url=("acquire_timeout",)
     )
@@ -362,7 +346,7 @@ class Settings:
     #: server-side limit on each statement, set once per session (None: the server's own)
     statement_timeout: float | None = setting(
         "STATEMENT_TIMEOUT",
-        _StatementTimeout(),
+        Parser("float", _statement_timeout_of),
         None,
         "a server-side limit on each statement, in seconds",
         url=("statement_timeout",),
@@ -386,14 +370,14 @@ class Settings:
     #: ConnectionsMiddleware runs each HTTP request in ``atomic()`` on the alias (Django's setting)
     atomic_requests: bool = setting(
         "ATOMIC_REQUESTS",
-        _AtomicRequests(),
+        Parser("bool", _atomic_requests),
         False,
         "each HTTP request in atomic()",
         url=("atomic_requests",),
     )
     #: the connection pooler between aconn and the server: None, "pgbouncer", "proxysql", "rds_proxy"
     pooler: str | None = setting(
-        "POOLER", _Pooler(), None, "the transaction-mode pooler in front of the server", url=("pooler",)
+        "POOLER", Parser("str", _pooler_of), None, "the transaction-mode pooler in front of the server", url=("pooler",)
     )
     #: reset session state when a scope gives the connection back (PostgreSQL ``DISCARD ALL``,
     #: asyncpg's reset, MySQL ``COM_RESET_CONNECTION``); default: see :func:`reset_by_default`
@@ -406,7 +390,7 @@ class Settings:
     )
     #: other aliases of the handler that replicate this one: read_only=True reads from them
     replicas: tuple[str, ...] = setting(
-        "REPLICAS", _Kind(None, _replicas), (), "aliases replicating this one, for read_only=True"
+        "REPLICAS", _alone(None, _replicas), (), "aliases replicating this one, for read_only=True"
     )
     #: how long a pinned key's reads stay on the primary after a scope with that key took it
     replica_pin_seconds: float = setting(

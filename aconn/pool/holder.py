@@ -6,10 +6,10 @@ connection yet, move in the pool's slot methods), and rejects an illegal move
 with an internal error naming both states: the invariant
 ``size == idle + in_use + opening + closing`` is kept here, not by hand-paired
 mutations spread over the pool. The holder also owns who holds it, since when,
-and its leak timer (:meth:`Holder.handed_out`, :meth:`Holder.given_back`).
+and its leak timer (:meth:`Holder.handed_out`, :meth:`Holder.unwatched`).
 Two sites are written out on the scope path (``Pool.take_idle`` inlines
-:meth:`Holder.taken` and :meth:`Holder.handed_out`, ``Pool.release`` inlines
-:meth:`Holder.given_back` and :meth:`Holder.idled`); ``tests/test_structure.py``
+:meth:`Holder.taken` and :meth:`Holder.handed_out`, ``Pool.release`` clears the
+owner and inlines :meth:`Holder.idled`); ``tests/test_structure.py``
 checks that nothing else writes these fields and that the copies agree.
 """
 
@@ -201,12 +201,6 @@ class Holder:
     def _leaked(self, watch: Watch) -> None:
         self.leak_timer = None
         watch.on_leak(self)
-
-    def given_back(self, watch: Watch | None) -> None:
-        """No owner any more: the leak timer stopped, the use reported (inlined in ``Pool.release``)."""
-        self.task = None
-        if watch is not None:
-            self.unwatched(watch)
 
     def unwatched(self, watch: Watch | None) -> None:
         """Stop the leak timer; report the use to ``watch`` if it observes it."""

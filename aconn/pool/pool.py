@@ -195,7 +195,8 @@ class Pool:
         None when the caller must go through :meth:`acquire`, which sorts out the rest
         (nothing idle, tasks waiting, the top one expired or dead, a ping or a leak timer due,
         the pool closed). This is the scope path: it writes out :meth:`_unusable_reason`,
-        :meth:`_needs_ping` and :meth:`Holder.taken`; ``tests/test_pool.py`` checks they agree.
+        :meth:`_needs_ping`, :meth:`Holder.taken` and :meth:`Holder.handed_out`;
+        ``tests/test_structure.py`` checks they agree.
         """
         idle = self._idle
         if not idle or self._waiters or self.closed:
@@ -438,7 +439,7 @@ class Pool:
             if holder.state is _PINNED:
                 return None  # shared by every scope until unpinned: nothing to give back
             raise InternalError(f"aconn alias {self.alias!r}: released a {holder.state.value} connection")
-        holder.task = None  # Holder.given_back(), inlined
+        holder.task = None  # no owner any more; the watch (leak timer, use hook) ends with it
         if self._watch is not None:
             holder.unwatched(self._watch)
         now = monotonic()
