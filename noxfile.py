@@ -62,7 +62,7 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    extras = ".[postgresql,asyncpg,asyncmy,otel]"
+    extras = ".[postgresql,asyncpg,asyncmy,otel,sqlalchemy]"
     session.install("-e", extras, "mypy>=1.11", "asyncpg-stubs", "pytest>=8", "pytest-asyncio>=0.24")
     session.run("mypy")
 

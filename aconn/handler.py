@@ -30,7 +30,7 @@ from .housekeeping import Housekeeper
 from .iteration import Jobs, Source
 from .pool import Holder, Pool
 from .routing import Reads, Router, route
-from .scope import Scope, ScopeState
+from .scope import Scope, ScopeState, Unit
 from .settings import Settings, parse_databases
 from .stats import PoolStats
 from .transactions import Atomic, OnCommit, PinnedConnection, on_commit
@@ -457,6 +457,11 @@ class Connections:
             scope.held[alias] = holder
         return holder
 
+    async def _take_in(self, unit: Unit, alias: str, read_only: bool = False) -> Any:
+        """``alias``' connection for a :class:`~aconn.scope.Unit` (not the context's scope):
+        taken as :meth:`connection` takes one (a replica's when ``read_only`` and routed)."""
+        return (await self._take(unit, unit.task, alias)).conn
+
     def _in_test_transaction(self, alias: str) -> bool:
         return isinstance(self._sources.get(alias), PinnedConnection)
 
@@ -596,3 +601,10 @@ class RoutedConnections(Connections):
         if replicas is not None and scope is not None:
             reads.primary_taken(scope, replicas)
         return conn
+
+    async def _take_in(self, unit: Unit, alias: str, read_only: bool = False) -> Any:
+        """:meth:`Connections._take_in`, reading through the replicas when ``read_only``."""
+        replicas = self._reads.sets.get(alias)
+        if replicas is not None and read_only:
+            return (await self._reads.holder(unit, unit.task, replicas)).conn
+        return await super()._take_in(unit, alias)

@@ -25,7 +25,10 @@ from typing import Any
 from ._asyncio import run_shielded, task_of
 from .pool import Holder
 
-__all__ = ("Scope", "ScopeState")
+__all__ = ("Scope", "ScopeState", "Unit")
+
+#: the token of a :class:`Unit`: it set nothing in the context variable, so its exit resets nothing
+_DETACHED: Any = object()
 
 
 class ScopeState:
@@ -118,7 +121,8 @@ class Scope:
         held = self.held
         try:
             try:
-                state.var.reset(token)
+                if token is not _DETACHED:
+                    state.var.reset(token)
             except ValueError:  # exited in another context than it was entered in: release all the same
                 state.var.set(None)
             if held:
@@ -139,3 +143,24 @@ class Scope:
             state.active -= 1
             if state.drained is not None:
                 state.drained.set()
+
+
+class Unit(Scope):
+    """A unit of work of its own that is not the context's current scope: entering it sets
+    nothing in the context variable, so that it neither joins the task's scope nor is joined
+    by later scopes, and it may be exited from another context of the task. Its connections are
+    taken with ``connections._take_in(unit, alias)`` and given back at its exit, as a scope's.
+    For what holds a connection across calls the app makes (SQLAlchemy's engine connections).
+    """
+
+    __slots__ = ()
+
+    async def __aenter__(self) -> Unit:
+        state = self._state
+        loop = get_running_loop()
+        if state.closing or loop is not state.loop:
+            state.prepare()
+        self.task = task_of(loop)
+        self._token = _DETACHED
+        state.active += 1
+        return self

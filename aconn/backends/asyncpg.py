@@ -39,7 +39,8 @@ _DRIVER_KEYS: Final = frozenset(inspect.signature(asyncpg.connect).parameters) -
 class _Connection(asyncpg.connection.Connection):
     """asyncpg's connection, with what aconn needs to cancel its statement once it is closed."""
 
-    __slots__ = ("aconn_cancelled", "aconn_pid", "aconn_pooled", "aconn_secret")
+    # aconn_sqlalchemy: what aconn.sqlalchemy keeps for the connection (its engines' records)
+    __slots__ = ("aconn_cancelled", "aconn_pid", "aconn_pooled", "aconn_secret", "aconn_sqlalchemy")
 
     def _cancel_current_command(self, waiter: Any, cancel_waiter: Any = None) -> None:
         # asyncpg's protocol calls this when the caller of a statement is cancelled: remember it,

@@ -1,0 +1,338 @@
+"""SQLAlchemy on aconn (``aconn.sqlalchemy``), on the five dialects, against the real servers.
+
+| promise | test |
+|---|---|
+| the dialect follows ENGINE; the URL names no password | test_dialect_and_url |
+| SQLAlchemy's pool arguments are refused, naming the aconn setting | test_pool_arguments_refused |
+| in a scope: the scope's driver connection; one transaction with raw code | test_scope_shares_the_driver_connection |
+| outside a scope: each engine connection a unit of its own | test_outside_a_scope_each_connection_is_a_unit |
+| sessions commit, roll back, begin_nested; autocommit between | test_session_transactions |
+| session.commit() in atomic() is a savepoint; atomic() in a session too | test_transactions_compose_with_atomic |
+| two sessions open at once in a scope: independent | test_two_sessions_at_once_are_independent |
+| gather over sessions in child tasks, with and without a scope | test_gather_over_sessions_in_child_tasks |
+| one session used by two tasks at once: a clear error, nothing leaked | test_one_session_used_by_two_tasks |
+| a test's transaction rolls back what sessions committed | test_test_transaction_rolls_back_committed_sessions |
+| isolation_level="AUTOCOMMIT" and a named level | test_isolation_levels |
+| engine.dispose() leaves the connections to the handler | test_dispose_leaves_the_connections |
+| a connection SQLAlchemy finds disconnected is discarded, not reused | test_invalidated_connection_is_discarded |
+| one engine across event loops | test_one_engine_across_event_loops |
+
+The known failures of plain SQLAlchemy, side by side: ``tests/test_sqlalchemy_failures.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+import aconn
+from aconn.errors import ConfigError
+from aconn.sqlalchemy import create_async_engine
+from aconn.testing import TestTransaction
+
+metadata = MetaData()
+items = Table("aconn_sa_items", metadata, Column("id", Integer, primary_key=True), Column("name", String(40)))
+
+ENGINES = {"sqlite": "sqlite", "aiomysql": "mysql", "asyncmy": "asyncmy", "psycopg": "postgresql", "asyncpg": "asyncpg"}
+DIALECT_PARAMS = [
+    "sqlite",
+    pytest.param("aiomysql", marks=pytest.mark.mysql),
+    pytest.param("asyncmy", marks=pytest.mark.mysql),
+    pytest.param("psycopg", marks=pytest.mark.postgresql),
+    pytest.param("asyncpg", marks=pytest.mark.postgresql),
+]
+
+
+def settings_for(request: pytest.FixtureRequest, name: str, tmp_path: Any, **overrides: Any) -> dict[str, Any]:
+    if name == "sqlite":
+        return {"ENGINE": "sqlite", "NAME": str(tmp_path / "sa.db"), **overrides}
+    server = request.getfixturevalue("db" if name in ("aiomysql", "asyncmy") else "pg")
+    return dict(server.settings(ENGINE=ENGINES[name], **overrides))
+
+
+@pytest.fixture(params=DIALECT_PARAMS)
+async def setup(
+    request: pytest.FixtureRequest, make: Any, tmp_path: Any
+) -> AsyncIterator[tuple[aconn.Connections, AsyncEngine]]:
+    """A handler of at most 3 connections, an engine on it, a fresh table."""
+    connections = make({"default": settings_for(request, request.param, tmp_path, CONN_MAX_AGE=60, MAX_CONNS=3)})
+    engine = create_async_engine(connections)
+    async with engine.begin() as conn:
+        await conn.run_sync(metadata.drop_all)
+        await conn.run_sync(metadata.create_all)
+    yield connections, engine
+    await engine.dispose()
+
+
+async def names(engine: AsyncEngine) -> list[str]:
+    async with engine.connect() as conn:
+        return list((await conn.execute(select(items.c.name).order_by(items.c.id))).scalars())
+
+
+def driver_of(session_or_conn: Any) -> Any:
+    """The driver connection under a session's or an engine connection's current connection."""
+    sync = session_or_conn.sync_connection
+    return sync.connection.driver_connection
+
+
+async def raw_insert(conn: Any, name: str, ident: int) -> None:
+    """An INSERT with the driver's own API."""
+    if hasattr(conn, "fetchval"):  # asyncpg
+        await conn.execute(f"INSERT INTO aconn_sa_items (id, name) VALUES ({ident}, '{name}')")
+    elif hasattr(conn, "cursor") and not hasattr(conn, "pgconn") and not hasattr(conn, "_conn"):
+        async with conn.cursor() as cur:  # aiomysql, asyncmy
+            await cur.execute(f"INSERT INTO aconn_sa_items (id, name) VALUES ({ident}, '{name}')")
+    else:  # psycopg, aiosqlite
+        await conn.execute(f"INSERT INTO aconn_sa_items (id, name) VALUES ({ident}, '{name}')")
+
+
+def test_dialect_and_url(tmp_path: Any) -> None:
+    connections = aconn.Connections(
+        {
+            "default": {"ENGINE": "sqlite", "NAME": str(tmp_path / "a.db")},
+            "pg": {"ENGINE": "asyncpg", "NAME": "app", "USER": "u", "PASSWORD": "s3cret", "HOST": "h", "PORT": 5433},
+            "my": {"ENGINE": "mysql", "NAME": "app", "USER": "u", "PASSWORD": "s3cret"},
+        }
+    )
+    pg = create_async_engine(connections, "pg")
+    assert (pg.dialect.name, pg.dialect.driver) == ("postgresql", "asyncpg")
+    my = create_async_engine(connections, "my")
+    assert (my.dialect.name, my.dialect.driver) == ("mysql", "aiomysql")
+    assert (create_async_engine(connections).dialect.driver) == "aiosqlite"
+    for engine in (pg, my):
+        assert "s3cret" not in repr(engine.url) and "s3cret" not in str(engine.url)
+        assert "s3cret" not in engine.url.render_as_string(hide_password=False)
+    assert str(pg.url) == "postgresql+aconn_asyncpg://u@h:5433/app"
+    with pytest.raises(ConfigError, match="nope"):
+        create_async_engine(connections, "nope")
+
+
+@pytest.mark.parametrize(
+    ("argument", "setting"),
+    [("pool_size", "MAX_CONNS"), ("max_overflow", "MAX_CONNS"), ("pool_timeout", "ACQUIRE_TIMEOUT"),
+     ("pool_recycle", "CONN_MAX_AGE"), ("pool_pre_ping", "without a round trip"), ("poolclass", "aconn is the pool")],
+)  # fmt: skip
+def test_pool_arguments_refused(tmp_path: Any, argument: str, setting: str) -> None:
+    connections = aconn.Connections({"default": {"ENGINE": "sqlite", "NAME": str(tmp_path / "a.db")}})
+    with pytest.raises(ConfigError, match=setting) as info:
+        create_async_engine(connections, **{argument: 1})
+    assert argument in str(info.value) and info.value.alias == "default"
+    # what is not a pool argument passes through to SQLAlchemy
+    engine = create_async_engine(connections, echo=False, execution_options={"x": 1}, json_serializer=repr)
+    assert engine.get_execution_options()["x"] == 1
+
+
+async def test_scope_shares_the_driver_connection(setup: tuple[aconn.Connections, AsyncEngine]) -> None:
+    connections, engine = setup
+    sessions = async_sessionmaker(engine)
+    async with connections.scope():
+        raw = await connections.connection()
+        async with sessions() as session:
+            await session.execute(select(1))
+            assert driver_of(await session.connection()) is raw
+        async with engine.connect() as conn:  # sequential use: the same connection again
+            assert driver_of(conn) is raw
+        # raw-driver and ORM code in one transaction: rolled back together
+        with pytest.raises(ZeroDivisionError):
+            async with connections.atomic():
+                await raw_insert(raw, "raw", 1)
+                async with sessions() as session:
+                    await session.execute(insert(items).values(id=2, name="orm"))
+                    await session.commit()  # a savepoint of the atomic() block
+                1 / 0  # noqa: B018
+        assert connections.stats().in_use == 1  # SQLAlchemy's checkins gave nothing back to aconn
+    assert await names(engine) == []
+    stats = connections.stats()
+    assert (stats.in_use, stats.opened) == (0, 1)
+
+
+async def test_outside_a_scope_each_connection_is_a_unit(setup: tuple[aconn.Connections, AsyncEngine]) -> None:
+    connections, engine = setup
+    async with engine.begin() as conn:
+        await conn.execute(insert(items).values(id=1, name="a"))
+        assert connections.stats().in_use == 1
+    assert connections.stats().in_use == 0
+    async with AsyncSession(engine) as session:
+        session.add_all([])
+        await session.execute(insert(items).values(id=2, name="b"))
+        await session.rollback()
+        await session.execute(insert(items).values(id=3, name="c"))
+        await session.commit()
+    assert await names(engine) == ["a", "c"]
+    stats = connections.stats()
+    assert stats.in_use == 0 and stats.opened == 1  # one connection, reused, every time checked
+
+
+async def test_session_transactions(setup: tuple[aconn.Connections, AsyncEngine]) -> None:
+    connections, engine = setup
+    async with connections.scope():
+        raw = await connections.connection()
+        async with AsyncSession(engine) as session:
+            await session.execute(insert(items).values(id=1, name="kept"))
+            nested = await session.begin_nested()
+            await session.execute(insert(items).values(id=2, name="undone"))
+            await nested.rollback()
+            await session.commit()
+        backend = connections.pool().backend
+        assert not backend.in_transaction(raw)  # between transactions: autocommit, as aconn's
+        await raw_insert(raw, "raw", 3)  # autocommit: stays whatever comes next
+        async with AsyncSession(engine) as session:
+            await session.execute(insert(items).values(id=4, name="dropped"))
+        # the session closed without commit: rolled back
+    assert await names(engine) == ["kept", "raw"]
+
+
+async def test_transactions_compose_with_atomic(setup: tuple[aconn.Connections, AsyncEngine]) -> None:
+    connections, engine = setup
+    with pytest.raises(KeyError):
+        async with connections.atomic():
+            async with AsyncSession(engine) as session:
+                await session.execute(insert(items).values(id=1, name="a"))
+                await session.commit()
+            raise KeyError("the block fails after the session committed")
+    assert await names(engine) == []
+    # in a scope, where the session and atomic() share the connection
+    async with connections.scope(), AsyncSession(engine) as session, session.begin():
+        await session.execute(insert(items).values(id=2, name="b"))
+        with pytest.raises(ZeroDivisionError):
+            async with connections.atomic():  # a savepoint of the session's transaction
+                await raw_insert(await connections.connection(), "c", 3)
+                1 / 0  # noqa: B018
+        async with connections.atomic():
+            await raw_insert(await connections.connection(), "d", 4)
+    assert await names(engine) == ["b", "d"]
+
+
+async def test_two_sessions_at_once_are_independent(setup: tuple[aconn.Connections, AsyncEngine]) -> None:
+    connections, engine = setup
+    async with connections.scope():
+        raw = await connections.connection()
+        async with AsyncSession(engine) as first, AsyncSession(engine) as second:
+            await first.execute(select(1))
+            await second.execute(select(1))
+            assert driver_of(await first.connection()) is raw
+            assert driver_of(await second.connection()) is not raw  # a unit of its own
+            assert connections.stats().in_use == 2
+            await second.execute(insert(items).values(id=1, name="second"))
+            await second.commit()
+            await first.rollback()
+        assert connections.stats().in_use == 1  # the second's unit ended with it
+    assert await names(engine) == ["second"]
+
+
+async def test_gather_over_sessions_in_child_tasks(setup: tuple[aconn.Connections, AsyncEngine]) -> None:
+    connections, engine = setup
+    sessions = async_sessionmaker(engine)
+
+    async def write(ident: int) -> int:
+        async with sessions() as session, session.begin():
+            await session.execute(insert(items).values(id=ident, name=f"n{ident}"))
+            return int((await session.execute(select(items.c.id).where(items.c.id == ident))).scalar_one())
+
+    assert await asyncio.gather(*(write(i) for i in range(1, 5))) == [1, 2, 3, 4]  # no scope
+    async with connections.scope():
+        await connections.connection()
+        assert await asyncio.gather(*(write(i) for i in range(5, 9))) == [5, 6, 7, 8]  # children: units
+    assert len(await names(engine)) == 8
+    assert connections.stats().in_use == 0
+
+
+async def test_one_session_used_by_two_tasks(setup: tuple[aconn.Connections, AsyncEngine]) -> None:
+    connections, engine = setup
+    async with AsyncSession(engine) as session:
+        results = await asyncio.gather(
+            *(session.execute(insert(items).values(id=i, name="x")) for i in (1, 2)), return_exceptions=True
+        )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        assert errors, "SQLAlchemy let two tasks use one session at once"
+        # aconn's error, before the driver sees the statement; or SQLAlchemy's own, when the
+        # second task comes while the first is still getting the session its connection
+        expected = ("one task at a time", "concurrent operations are not permitted")
+        assert all(any(text in str(e) for text in expected) for e in errors), errors
+        await session.rollback()
+    assert connections.stats().in_use == 0
+    async with AsyncSession(engine) as session:  # nothing corrupted: the next session works
+        await session.execute(insert(items).values(id=3, name="next"))
+        await session.commit()
+    assert await names(engine) == ["next"]
+
+
+async def test_test_transaction_rolls_back_committed_sessions(setup: tuple[aconn.Connections, AsyncEngine]) -> None:
+    connections, engine = setup
+    async with TestTransaction(connections):
+        async with AsyncSession(engine) as session:
+            await session.execute(insert(items).values(id=1, name="committed"))
+            await session.commit()
+        async with AsyncSession(engine) as session:  # the test sees its writes
+            assert (await session.execute(select(items.c.name))).scalars().all() == ["committed"]
+        async with connections.scope(), AsyncSession(engine) as session:
+            await session.execute(insert(items).values(id=2, name="in a scope"))
+            await session.commit()
+    assert await names(engine) == []  # the test's transaction took them all back
+
+
+async def test_isolation_levels(setup: tuple[aconn.Connections, AsyncEngine]) -> None:
+    connections, engine = setup
+    autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+    async with autocommit.connect() as conn:
+        await conn.execute(insert(items).values(id=1, name="autocommitted"))
+        await conn.rollback()  # nothing to roll back: the statement stood on its own
+    assert await names(engine) == ["autocommitted"]
+    if engine.dialect.name == "sqlite":
+        return  # SQLite's levels are PRAGMAs: SQLAlchemy's own
+    serializable = engine.execution_options(isolation_level="SERIALIZABLE")
+    async with serializable.begin() as conn:
+        query = "SELECT @@tx_isolation" if engine.dialect.name == "mysql" else "SHOW transaction_isolation"
+        assert str((await conn.execute(text(query))).scalar()).upper().replace("-", " ") == "SERIALIZABLE"
+    async with engine.connect() as conn:  # the next checkout is back to the default
+        assert "SERIALIZABLE" not in str((await conn.execute(text(query))).scalar()).upper().replace("-", " ")
+    assert connections.stats().in_use == 0
+
+
+async def test_dispose_leaves_the_connections(setup: tuple[aconn.Connections, AsyncEngine]) -> None:
+    connections, engine = setup
+    async with connections.scope():
+        raw = await connections.connection()
+        async with engine.connect() as conn:
+            await conn.execute(select(1))
+        await engine.dispose()
+        async with engine.connect() as conn:  # the engine still works, on the same connection
+            await conn.execute(select(1))
+            assert driver_of(conn) is raw
+    assert connections.stats().closed_shutdown == 0 and connections.stats().opened == 1
+
+
+async def test_invalidated_connection_is_discarded(setup: tuple[aconn.Connections, AsyncEngine]) -> None:
+    connections, engine = setup
+    async with engine.connect() as conn:
+        first = driver_of(conn)
+        await conn.invalidate()  # as SQLAlchemy does on a disconnect error
+    async with engine.connect() as conn:
+        await conn.execute(select(1))
+        assert driver_of(conn) is not first
+    stats = connections.stats()
+    assert stats.opened == 2 and stats.in_use == 0
+
+
+def test_one_engine_across_event_loops(tmp_path: Any) -> None:
+    """A module-level engine used by one event loop, then another (a test suite's loops)."""
+    connections = aconn.Connections({"default": {"ENGINE": "sqlite", "NAME": str(tmp_path / "a.db")}})
+    engine = create_async_engine(connections)
+
+    async def use() -> int:
+        async with engine.connect() as conn:
+            return int((await conn.execute(select(1))).scalar_one())
+
+    assert asyncio.run(use()) == 1
+    assert asyncio.run(use()) == 1
+    box: list[int] = []
+    thread = threading.Thread(target=lambda: box.append(asyncio.run(use())))
+    thread.start()
+    thread.join(10)
+    assert box == [1]
