@@ -396,8 +396,10 @@ def _end(conn: Any, commit: bool) -> None:
         return
     backend, token = blocks.pop()
     try:
-        if backend.is_dead(conn):
-            return  # the server ended the session, and its transaction; aconn discards it
+        if backend.is_dead(conn) or backend.left_running(conn):
+            # the server ended the session; or a cancelled caller left a statement running,
+            # which a ROLLBACK would wait behind: the release stops it, then rolls back (or discards)
+            return
         try:
             await_only(backend.end_block(conn, token, commit))
         except BaseException:

@@ -154,3 +154,18 @@ async def make(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
 def aconn_logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     caplog.set_level(logging.DEBUG, logger="aconn")
     return caplog
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The figures tests report beside their assertions (a peer's, measured in the same run)."""
+    lines = [
+        value
+        for reports in terminalreporter.stats.values()
+        for report in reports
+        for name, value in getattr(report, "user_properties", ())
+        if name == "figures" and getattr(report, "when", "call") == "call"
+    ]
+    if lines:
+        terminalreporter.section("figures")
+        for line in lines:
+            terminalreporter.write_line(line)
