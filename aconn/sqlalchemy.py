@@ -51,7 +51,7 @@ from sqlalchemy.util import await_only
 from sqlalchemy.util.concurrency import in_greenlet
 
 from ._asyncio import run_shielded, task_of
-from .errors import ConfigError, ScopeError
+from .errors import AcquireTimeout, ConfigError, ScopeError
 from .handler import Connections
 from .scope import Unit
 
@@ -83,9 +83,9 @@ _POOL_ARGUMENTS: Final[Mapping[str, str]] = {
     "connect_args": "the alias' OPTIONS",
 }
 
-#: ids of the driver connections SQLAlchemy has checked out now (any engine): one engine
-#: connection at a time per driver connection
-_LENT: Final[set[int]] = set()
+#: ids of the driver connections SQLAlchemy has checked out now (any engine), each with the event
+#: set when it is checked in: one engine connection at a time per driver connection
+_LENT: Final[dict[int, asyncio.Event]] = {}
 
 _SAVEPOINTS = itertools.count(1)
 
@@ -158,28 +158,43 @@ class _Lender:
         if scope is not None and scope.task is task_of(asyncio.get_running_loop()):
             conn = await connections.connection(alias, read_only=self.read_only)
             if id(conn) not in _LENT:  # else a second engine connection at once: a unit of its own
-                _LENT.add(id(conn))
+                _LENT[id(conn)] = asyncio.Event()
                 return _Lease(conn, None, self.backend)
         unit = Unit(connections._scopes)
         await unit.__aenter__()
         try:
             conn = await connections._take_in(unit, alias, self.read_only)
-            if id(conn) in _LENT:
-                raise ScopeError(
-                    f"aconn alias {alias!r}: SQLAlchemy asked for a second connection while the only one "
-                    "is checked out: a test's transaction (aconn_db) runs every scope on one connection, "
-                    "so two engine connections (two sessions) cannot be open at once in it. Close the "
-                    "first session before opening the next, or mark the test transaction=False"
-                )
+            checked_in = _LENT.get(id(conn))
+            if checked_in is not None:
+                await self._turn(conn, checked_in)
         except BaseException as exc:
             await unit.__aexit__(type(exc), exc, exc.__traceback__)
             raise
-        _LENT.add(id(conn))
+        _LENT[id(conn)] = asyncio.Event()
         return _Lease(conn, unit, self.backend)
+
+    async def _turn(self, conn: Any, checked_in: asyncio.Event) -> None:
+        """A test's transaction (``aconn_db``) runs every unit on its one connection: engine
+        connections wanted at once there (sessions in child tasks) take turns on it."""
+        timeout = self.connections.settings(self.alias).acquire_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                while checked_in is not None:
+                    await checked_in.wait()
+                    checked_in = _LENT.get(id(conn))
+        except TimeoutError:
+            raise AcquireTimeout(
+                f"aconn alias {self.alias!r}: a test's transaction (aconn_db) runs every scope on one "
+                f"connection, which SQLAlchemy held for all of ACQUIRE_TIMEOUT ({timeout:g} s): two engine "
+                "connections (two sessions) open at once in one task wait for each other there. Close the "
+                "first session before opening the next, or mark the test transaction=False"
+            ) from None
 
     def give_back(self, lease: _Lease) -> None:
         """SQLAlchemy checked the connection in: the scope keeps it; a unit of its own ends."""
-        _LENT.discard(id(lease.conn))
+        checked_in = _LENT.pop(id(lease.conn), None)
+        if checked_in is not None:
+            checked_in.set()
         unit = lease.unit
         if unit is None:
             return

@@ -49,3 +49,18 @@ def test_asgi_example_tests_pass_with_the_plugin() -> None:
         )  # fmt: skip
         assert result.returncode == 0, result.stdout + result.stderr
         assert "3 passed" in result.stdout, result.stdout
+
+
+def test_sqlalchemy_example_tests_pass_with_the_plugin() -> None:
+    """examples/test_sqlalchemy_app.py: sessions that commit are rolled back by the plugin too."""
+    for order in ("test_added_notes_are_seen", "test_a_failed_add_keeps_nothing"), (
+        "test_a_failed_add_keeps_nothing",
+        "test_added_notes_are_seen",
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",
+             *[f"examples/test_sqlalchemy_app.py::{name}" for name in order], "examples/test_sqlalchemy_app.py"],
+            capture_output=True, text=True, timeout=120, cwd=ROOT,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "3 passed" in result.stdout, result.stdout

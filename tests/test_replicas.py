@@ -10,6 +10,7 @@
 | an unreachable replica is skipped with no error to the caller | test_dead_replica_skipped |
 | MAX_REPLICA_LAG: read only once a check qualified it | test_stopped_replica_is_never_read_before_a_check |
 | routers name the alias when none is given | test_routers |
+| SQLAlchemy: an engine with read_only=True reads the same way | test_sqlalchemy_read_only_engine |
 """
 
 from __future__ import annotations
@@ -92,6 +93,31 @@ async def test_reads_go_to_the_replica(servers: tuple[MariaDB, MariaDB], make: A
     async with connections.scope():
         with pytest.raises(Exception, match="read-only"):  # the replica refuses the app's writes
             await fetch(await connections.connection("replica"), "INSERT INTO r VALUES (1)")
+
+
+async def test_sqlalchemy_read_only_engine(servers: tuple[MariaDB, MariaDB], make: Any) -> None:
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+    from aconn.sqlalchemy import create_async_engine
+
+    connections = make(databases(servers))
+    reads = create_async_engine(connections, read_only=True)
+    writes = create_async_engine(connections)
+
+    async def server(engine: AsyncEngine) -> int:
+        async with AsyncSession(engine) as session:
+            return int((await session.execute(text("SELECT @@server_id"))).scalar_one())
+
+    assert await server(reads) == 2  # no scope: a unit of its own, on the replica
+    assert await server(writes) == 1
+    async with connections.scope():
+        assert await server(reads) == 2
+        assert await server(writes) == 1
+        assert await server(reads) == 1  # read-your-writes: the scope took the primary
+    async with connections.scope():
+        assert await server(reads) == 2
+    assert connections.stats().in_use == 0 and connections.stats("replica").in_use == 0
 
 
 async def test_replica_stable_in_a_scope_spread_across_scopes(servers: tuple[MariaDB, MariaDB], make: Any) -> None:

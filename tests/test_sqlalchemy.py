@@ -11,7 +11,7 @@
 | two sessions open at once in a scope: independent | test_two_sessions_at_once_are_independent |
 | gather over sessions in child tasks, with and without a scope | test_gather_over_sessions_in_child_tasks |
 | one session used by two tasks at once: a clear error, nothing leaked | test_one_session_used_by_two_tasks |
-| a test's transaction rolls back what sessions committed | test_test_transaction_rolls_back_committed_sessions |
+| a test's transaction rolls back sessions' commits | test_test_transaction_rolls_back_committed_sessions |
 | isolation_level="AUTOCOMMIT" and a named level | test_isolation_levels |
 | engine.dispose() leaves the connections to the handler | test_dispose_leaves_the_connections |
 | a connection SQLAlchemy finds disconnected is discarded, not reused | test_invalidated_connection_is_discarded |
@@ -274,6 +274,13 @@ async def test_test_transaction_rolls_back_committed_sessions(setup: tuple[aconn
         async with connections.scope(), AsyncSession(engine) as session:
             await session.execute(insert(items).values(id=2, name="in a scope"))
             await session.commit()
+
+        async def count() -> int:
+            async with AsyncSession(engine) as session:
+                return int((await session.execute(select(items.c.id))).scalars().all().__len__())
+
+        # sessions in child tasks take turns on the test's one connection, and see its writes
+        assert await asyncio.gather(count(), count(), count()) == [2, 2, 2]
     assert await names(engine) == []  # the test's transaction took them all back
 
 
