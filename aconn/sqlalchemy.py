@@ -173,7 +173,7 @@ class _Lender:
         _LENT[id(conn)] = asyncio.Event()
         return _Lease(conn, unit, self.backend)
 
-    async def _turn(self, conn: Any, checked_in: asyncio.Event) -> None:
+    async def _turn(self, conn: Any, checked_in: asyncio.Event | None) -> None:
         """A test's transaction (``aconn_db``) runs every unit on its one connection: engine
         connections wanted at once there (sessions in child tasks) take turns on it."""
         timeout = self.connections.settings(self.alias).acquire_timeout
