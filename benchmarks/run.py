@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import random
+import re
 import shutil
 import socket
 import statistics
@@ -289,6 +290,13 @@ def write_report(tables: dict[str, list[peers.Table]], server_version: str, path
                 parts += [f"**{table.title}**", "", table.note, ""]
             else:
                 parts += [table.render(), ""]
+    # sections other scripts write into this file (benchmarks/sqlalchemy_on_aconn.py) stay
+    previous = path.read_text() if path.exists() else ""
+    kept = re.findall(r"<!-- (benchmarks/[\w.]+) -->.*?<!-- /\1 -->", previous, flags=re.S)
+    for name in kept:
+        start = previous.index(f"<!-- {name} -->")
+        end = previous.index(f"<!-- /{name} -->") + len(f"<!-- /{name} -->")
+        parts += ["", previous[start:end]]
     path.write_text("\n".join(parts) + "\n")
 
 

@@ -33,6 +33,46 @@ VARIANTS = (
 )  # fmt: skip
 #: the same endpoint on PostgreSQL (benchmarks/postgresql.py): aconn on asyncpg, a hand-rolled asyncpg.Pool
 PG_VARIANTS = ("pg-aconn", "pg-asyncpg-pool", "pg-asyncpg-pool-again")
+#: the endpoint as a SQLAlchemy app writes it, an AsyncSession per request (benchmarks/sqlalchemy_on_aconn.py): plain
+#: SQLAlchemy, with pool_pre_ping, and on aconn (its middleware, aconn.sqlalchemy's engine); "DRIVER:VARIANT"
+SA_VARIANTS = tuple(f"{driver}:{v}" for driver in ("aiomysql", "asyncpg") for v in ("sa", "sa-pre-ping", "sa-aconn"))
+
+
+def build_sa_app(variant: str, settings: dict[str, Any]) -> Any:
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    driver, kind = variant.split(":")
+    middleware = []
+    if kind == "sa-aconn":
+        import aconn
+        import aconn.sqlalchemy
+        from aconn.asgi import ConnectionsMiddleware
+
+        # RESET_ON_RELEASE off: SQLAlchemy's pool does not reset sessions either (it rolls back)
+        entry = {**settings, "ENGINE": "mysql" if driver == "aiomysql" else "asyncpg", "CONN_MAX_AGE": 3600,
+                 "RESET_ON_RELEASE": False}  # fmt: skip
+        connections = aconn.Connections({"default": {**entry, "MAX_CONNS": 10}})
+        engine = aconn.sqlalchemy.create_async_engine(connections)
+        middleware = [Middleware(ConnectionsMiddleware, connections=connections)]
+    else:
+        scheme = "mysql+aiomysql" if driver == "aiomysql" else "postgresql+asyncpg"
+        s = settings
+        url = f"{scheme}://{s['USER']}:{s['PASSWORD']}@{s['HOST']}:{s['PORT']}/{s['NAME']}"
+        engine = create_async_engine(url, pool_size=10, max_overflow=0, pool_pre_ping=kind == "sa-pre-ping")
+    sessions = async_sessionmaker(engine)
+    statement = text("SELECT 1")
+
+    async def endpoint(request: Request) -> PlainTextResponse:
+        async with sessions() as session:
+            return PlainTextResponse(str((await session.execute(statement)).scalar()))
+
+    return Starlette(routes=[Route("/", endpoint)], middleware=middleware)
 
 
 def build_pg_app(variant: str, settings: dict[str, Any]) -> Any:
@@ -74,6 +114,8 @@ def build_pg_app(variant: str, settings: dict[str, Any]) -> Any:
 
 
 def build_app(variant: str, settings: dict[str, Any]) -> Any:
+    if variant in SA_VARIANTS:
+        return build_sa_app(variant, settings)
     if variant in PG_VARIANTS:
         return build_pg_app(variant, settings)
     import aiomysql
@@ -201,7 +243,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve")
-    serve.add_argument("variant", choices=VARIANTS + PG_VARIANTS)
+    serve.add_argument("variant", choices=VARIANTS + PG_VARIANTS + SA_VARIANTS)
     serve.add_argument("--port", type=int, required=True)
     serve.add_argument("--settings", required=True, help="a DATABASES entry as JSON")
     serve.add_argument("--loop", default="asyncio", choices=["asyncio", "uvloop"])

@@ -343,3 +343,18 @@ def test_one_engine_across_event_loops(tmp_path: Any) -> None:
     thread.start()
     thread.join(10)
     assert box == [1]
+
+
+async def test_two_sessions_of_one_task_in_a_test_transaction(tmp_path: Any, make: Any) -> None:
+    """A test's one connection: a second session opened while the first holds it, in the same task,
+    waits ACQUIRE_TIMEOUT and fails saying why (in a child task it would wait its turn)."""
+    from aconn.errors import AcquireTimeout
+
+    connections = make({"default": {"ENGINE": "sqlite", "NAME": str(tmp_path / "a.db"), "ACQUIRE_TIMEOUT": 0.2}})
+    engine = create_async_engine(connections)
+    async with TestTransaction(connections):
+        async with AsyncSession(engine) as first, AsyncSession(engine) as second:
+            await first.execute(select(1))
+            with pytest.raises(AcquireTimeout, match="test's transaction"):
+                await second.execute(select(1))
+    assert connections.stats().in_use == 0
