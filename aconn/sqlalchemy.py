@@ -187,7 +187,7 @@ class _Lender:
                 f"aconn alias {self.alias!r}: a test's transaction (aconn_db) runs every scope on one "
                 f"connection, which SQLAlchemy held for all of ACQUIRE_TIMEOUT ({timeout:g} s): two engine "
                 "connections (two sessions) open at once in one task wait for each other there. Close the "
-                "first session before opening the next, or mark the test transaction=False"
+                "first session before opening the next, or test it without aconn_db"
             ) from None
 
     def give_back(self, lease: _Lease) -> None:

@@ -12,6 +12,8 @@
 | gather over sessions in child tasks, with and without a scope | test_gather_over_sessions_in_child_tasks |
 | one session used by two tasks at once: a clear error, nothing leaked | test_one_session_used_by_two_tasks |
 | a test's transaction rolls back sessions' commits | test_test_transaction_rolls_back_committed_sessions |
+| ATOMIC_REQUESTS: a request's sessions commit with it, or not at all | test_atomic_requests |
+| the driver's own transaction around a session: the session's commit a savepoint | test_session_inside_the_drivers_own_transaction |
 | isolation_level="AUTOCOMMIT" and a named level | test_isolation_levels |
 | engine.dispose() leaves the connections to the handler | test_dispose_leaves_the_connections |
 | a connection SQLAlchemy finds disconnected is discarded, not reused | test_invalidated_connection_is_discarded |
@@ -282,6 +284,65 @@ async def test_test_transaction_rolls_back_committed_sessions(setup: tuple[aconn
         # sessions in child tasks take turns on the test's one connection, and see its writes
         assert await asyncio.gather(count(), count(), count()) == [2, 2, 2]
     assert await names(engine) == []  # the test's transaction took them all back
+
+
+@pytest.mark.parametrize("name", DIALECT_PARAMS)
+async def test_atomic_requests(request: pytest.FixtureRequest, name: str, make: Any, tmp_path: Any) -> None:
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from aconn.asgi import ConnectionsMiddleware
+
+    connections = make({"default": settings_for(request, name, tmp_path, CONN_MAX_AGE=60, ATOMIC_REQUESTS=True)})
+    engine = create_async_engine(connections)
+    async with engine.begin() as conn:
+        await conn.run_sync(metadata.drop_all)
+        await conn.run_sync(metadata.create_all)
+
+    async def add(request: Request) -> PlainTextResponse:
+        ident = int(request.query_params["id"])
+        async with AsyncSession(engine) as session:
+            await session.execute(insert(items).values(id=ident, name="req"))
+            await session.commit()  # a savepoint of the request's transaction
+        if ident == 2:
+            raise RuntimeError("the request fails after the session committed")
+        return PlainTextResponse("ok")
+
+    app = Starlette(routes=[Route("/", add)], middleware=[Middleware(ConnectionsMiddleware, connections=connections)])
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        assert (await client.get("/", params={"id": 1})).status_code == 200
+        assert (await client.get("/", params={"id": 2})).status_code == 500
+    async with engine.connect() as conn:
+        assert list((await conn.execute(select(items.c.id))).scalars()) == [1]
+    assert connections.stats().in_use == 0
+
+
+async def test_session_inside_the_drivers_own_transaction(setup: tuple[aconn.Connections, AsyncEngine]) -> None:
+    from test_driver_transactions import DRIVERS, _ended_by_commit
+
+    connections, engine = setup
+    driver = DRIVERS[engine.dialect.driver]
+    # aiosqlite has no begin(): its own transaction is a BEGIN sent by hand, ended by commit()
+    transaction = driver.transaction if driver.nests else _ended_by_commit(lambda c: driver.run(c, "BEGIN"))
+    async with connections.scope():
+        raw = await connections.connection()
+        with pytest.raises(KeyError):
+            async with transaction(raw):
+                async with AsyncSession(engine) as session:
+                    await session.execute(insert(items).values(id=1, name="in the driver's"))
+                    await session.commit()  # a savepoint of the driver's transaction
+                raise KeyError("the driver's transaction fails after the session committed")
+        async with transaction(raw):
+            async with AsyncSession(engine) as session:
+                await session.execute(insert(items).values(id=2, name="kept"))
+                await session.commit()
+    assert await names(engine) == ["kept"]
+    assert connections.stats().opened == 1
 
 
 async def test_isolation_levels(setup: tuple[aconn.Connections, AsyncEngine]) -> None:
