@@ -13,7 +13,7 @@
 | one session used by two tasks at once: a clear error, nothing leaked | test_one_session_used_by_two_tasks |
 | a test's transaction rolls back sessions' commits | test_test_transaction_rolls_back_committed_sessions |
 | ATOMIC_REQUESTS: a request's sessions commit with it, or not at all | test_atomic_requests |
-| the driver's own transaction around a session: the session's commit a savepoint | test_session_inside_the_drivers_own_transaction |
+| a session in the driver's own transaction: a savepoint | test_session_inside_the_drivers_own_transaction |
 | isolation_level="AUTOCOMMIT" and a named level | test_isolation_levels |
 | engine.dispose() leaves the connections to the handler | test_dispose_leaves_the_connections |
 | a connection SQLAlchemy finds disconnected is discarded, not reused | test_invalidated_connection_is_discarded |
@@ -326,7 +326,7 @@ async def test_session_inside_the_drivers_own_transaction(setup: tuple[aconn.Con
     from test_driver_transactions import DRIVERS, _ended_by_commit
 
     connections, engine = setup
-    driver = DRIVERS[engine.dialect.driver]
+    driver = DRIVERS["sqlite" if engine.dialect.name == "sqlite" else engine.dialect.driver]
     # aiosqlite has no begin(): its own transaction is a BEGIN sent by hand, ended by commit()
     transaction = driver.transaction if driver.nests else _ended_by_commit(lambda c: driver.run(c, "BEGIN"))
     async with connections.scope():
@@ -337,10 +337,9 @@ async def test_session_inside_the_drivers_own_transaction(setup: tuple[aconn.Con
                     await session.execute(insert(items).values(id=1, name="in the driver's"))
                     await session.commit()  # a savepoint of the driver's transaction
                 raise KeyError("the driver's transaction fails after the session committed")
-        async with transaction(raw):
-            async with AsyncSession(engine) as session:
-                await session.execute(insert(items).values(id=2, name="kept"))
-                await session.commit()
+        async with transaction(raw), AsyncSession(engine) as session:
+            await session.execute(insert(items).values(id=2, name="kept"))
+            await session.commit()
     assert await names(engine) == ["kept"]
     assert connections.stats().opened == 1
 
@@ -413,9 +412,8 @@ async def test_two_sessions_of_one_task_in_a_test_transaction(tmp_path: Any, mak
 
     connections = make({"default": {"ENGINE": "sqlite", "NAME": str(tmp_path / "a.db"), "ACQUIRE_TIMEOUT": 0.2}})
     engine = create_async_engine(connections)
-    async with TestTransaction(connections):
-        async with AsyncSession(engine) as first, AsyncSession(engine) as second:
-            await first.execute(select(1))
-            with pytest.raises(AcquireTimeout, match="test's transaction"):
-                await second.execute(select(1))
+    async with TestTransaction(connections), AsyncSession(engine) as first, AsyncSession(engine) as second:
+        await first.execute(select(1))
+        with pytest.raises(AcquireTimeout, match="test's transaction"):
+            await second.execute(select(1))
     assert connections.stats().in_use == 0
