@@ -44,6 +44,16 @@ class ConnectionsMiddleware:
     the commit has succeeded, so a client never receives a complete response
     for a transaction that did not commit. WebSocket calls are not wrapped.
 
+    **Connections go back when the response is complete.** Once the last message of an HTTP
+    response body has been sent, each connection of the request's scope that no ``atomic()``
+    block (``ATOMIC_REQUESTS`` included) and no SQLAlchemy session holds goes back to the pool,
+    through the same checks as at the scope's exit, instead of when the whole call ends: what
+    runs after that (Starlette's and FastAPI's background tasks) asks for a connection again
+    and gets one through the same checks, and session state (``SET``, temporary tables) set
+    by the request does not carry over to it. A streaming response keeps its connection until
+    its last chunk. ``release="call"`` keeps every connection to the end of the call, as one
+    unit of work, for an app whose background work needs the request's own session.
+
     Lifespan startup opens the handler before the wrapped app's own startup
     runs (so it may use the database). If the database is unreachable it
     reports ``lifespan.startup.failed`` with the reason and raises the error,
@@ -56,12 +66,24 @@ class ConnectionsMiddleware:
     :param shutdown_timeout: how long shutdown waits for scopes in flight.
     :param scopes: False to handle only the lifespan, for a framework that runs its views in
         another task than the ASGI call (Django) and enters the scopes there itself.
+    :param release: ``"response"`` (the default): a request's connections go back once its
+        response is complete; ``"call"``: when the ASGI call ends.
     """
 
     def __init__(
-        self, app: ASGIApp, connections: Connections, shutdown_timeout: float = 10.0, *, scopes: bool = True
+        self,
+        app: ASGIApp,
+        connections: Connections,
+        shutdown_timeout: float = 10.0,
+        *,
+        scopes: bool = True,
+        release: str = "response",
     ) -> None:
+        if release not in ("response", "call"):
+            raise ValueError(f"ConnectionsMiddleware(release=...) must be 'response' or 'call', not {release!r}")
         self.app = app
+        #: give a request's connections back once its response is complete
+        self.release_early = release == "response"
         self.connections = connections
         self.shutdown_timeout = shutdown_timeout
         self.scopes = scopes
@@ -85,15 +107,23 @@ class ConnectionsMiddleware:
     async def _http(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
         """One request in a scope; no connection to be had before the response started: 503."""
         started = False
+        own = self.connections.scope()
 
         async def tracking_send(message: Message) -> None:
             nonlocal started
-            if message["type"] == "http.response.start":
+            kind = message["type"]
+            if kind == "http.response.start":
                 started = True
             await send(message)
+            if release_early and kind == "http.response.body" and not message.get("more_body", False):
+                await own.give_back_unused()  # the response is complete
 
+        # a call inside a scope of the same task (an in-process test client) joins that scope:
+        # its connections are the caller's, given back when the caller's scope ends
+        release_early = self.release_early
         try:
-            async with self.connections.scope():
+            async with own as request:
+                release_early = release_early and request is own
                 if self.atomic_aliases:
                     await self._in_transactions(scope, receive, tracking_send)
                 else:

@@ -25,7 +25,13 @@ from typing import Any
 from ._asyncio import run_shielded, task_of
 from .pool import Holder
 
-__all__ = ("Scope", "ScopeState", "Unit")
+__all__ = ("LENT", "Scope", "ScopeState", "Unit")
+
+#: ids of the driver connections an integration has checked out now (SQLAlchemy's engine
+#: connections, any engine), each with an event set when it is checked in (created when someone
+#: waits for that): one at a time per driver connection, and the middleware gives none of them
+#: back before the call ends
+LENT: dict[int, asyncio.Event | None] = {}
 
 #: the token of a :class:`Unit`: it set nothing in the context variable, so its exit resets nothing
 _DETACHED: Any = object()
@@ -90,6 +96,30 @@ class Scope:
         except AttributeError:
             stacks = self._atomic = {}
         return stacks.setdefault(alias, [])
+
+    async def give_back_unused(self) -> None:
+        """Give back now each connection that is clean (no transaction open, nothing the driver
+        reports in use or broken: the backend's ``reusable``) and that no ``atomic()`` block and no
+        integration's checkout (SQLAlchemy's) holds, as the scope's exit would (a reset with
+        ``RESET_ON_RELEASE``); the others stay to the exit. A later ``connection()`` in the scope
+        takes one again. What the middleware does once a response is complete."""
+        held = self.held
+        if not held:
+            return
+        blocks: dict[str, list[object]] = getattr(self, "_atomic", None) or {}
+        failure: BaseException | None = None
+        for alias, holder in list(held.items()):
+            if blocks.get(alias) or id(holder.conn) in LENT or not holder.pool.backend.reusable(holder.conn):
+                continue
+            del held[alias]
+            try:
+                slow = holder.pool.release(holder, None)
+                if slow is not None:
+                    await run_shielded(slow)
+            except BaseException as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise failure
 
     async def __aenter__(self) -> Scope:
         state = self._state

@@ -53,7 +53,7 @@ from sqlalchemy.util.concurrency import in_greenlet
 from ._asyncio import run_shielded, task_of
 from .errors import AcquireTimeout, ConfigError, ScopeError
 from .handler import Connections
-from .scope import Unit
+from .scope import LENT, Unit
 
 __all__ = ("create_async_engine",)
 
@@ -83,9 +83,6 @@ _POOL_ARGUMENTS: Final[Mapping[str, str]] = {
     "connect_args": "the alias' OPTIONS",
 }
 
-#: ids of the driver connections SQLAlchemy has checked out now (any engine), each with the event
-#: set when it is checked in: one engine connection at a time per driver connection
-_LENT: Final[dict[int, asyncio.Event]] = {}
 
 _SAVEPOINTS = itertools.count(1)
 
@@ -157,31 +154,32 @@ class _Lender:
         scope = connections._scopes.var.get(None)
         if scope is not None and scope.task is task_of(asyncio.get_running_loop()):
             conn = await connections.connection(alias, read_only=self.read_only)
-            if id(conn) not in _LENT:  # else a second engine connection at once: a unit of its own
-                _LENT[id(conn)] = asyncio.Event()
+            if id(conn) not in LENT:  # else a second engine connection at once: a unit of its own
+                LENT[id(conn)] = None
                 return _Lease(conn, None, self.backend)
         unit = Unit(connections._scopes)
         await unit.__aenter__()
         try:
             conn = await connections._take_in(unit, alias, self.read_only)
-            checked_in = _LENT.get(id(conn))
-            if checked_in is not None:
-                await self._turn(conn, checked_in)
+            if id(conn) in LENT:
+                await self._turn(id(conn))
         except BaseException as exc:
             await unit.__aexit__(type(exc), exc, exc.__traceback__)
             raise
-        _LENT[id(conn)] = asyncio.Event()
+        LENT[id(conn)] = None
         return _Lease(conn, unit, self.backend)
 
-    async def _turn(self, conn: Any, checked_in: asyncio.Event | None) -> None:
+    async def _turn(self, key: int) -> None:
         """A test's transaction (``aconn_db``) runs every unit on its one connection: engine
         connections wanted at once there (sessions in child tasks) take turns on it."""
         timeout = self.connections.settings(self.alias).acquire_timeout
         try:
             async with asyncio.timeout(timeout):
-                while checked_in is not None:
+                while key in LENT:
+                    checked_in = LENT[key]
+                    if checked_in is None:
+                        checked_in = LENT[key] = asyncio.Event()
                     await checked_in.wait()
-                    checked_in = _LENT.get(id(conn))
         except TimeoutError:
             raise AcquireTimeout(
                 f"aconn alias {self.alias!r}: a test's transaction (aconn_db) runs every scope on one "
@@ -192,7 +190,7 @@ class _Lender:
 
     def give_back(self, lease: _Lease) -> None:
         """SQLAlchemy checked the connection in: the scope keeps it; a unit of its own ends."""
-        checked_in = _LENT.pop(id(lease.conn), None)
+        checked_in = LENT.pop(id(lease.conn), None)
         if checked_in is not None:
             checked_in.set()
         unit = lease.unit
