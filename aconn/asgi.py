@@ -11,6 +11,7 @@ import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from ._asyncio import run_shielded
 from .errors import AcquireTimeout
 from .handler import Connections
 
@@ -114,9 +115,17 @@ class ConnectionsMiddleware:
             kind = message["type"]
             if kind == "http.response.start":
                 started = True
+            elif release_early and kind == "http.response.body" and not message.get("more_body", False):
+                # the response is complete: its connections go back before its last bytes are
+                # written, so that a waiting request goes on meanwhile; a reset after them
+                slow = own.give_back_unused()
+                try:
+                    await send(message)
+                finally:
+                    for work in slow:
+                        await run_shielded(work)
+                return
             await send(message)
-            if release_early and kind == "http.response.body" and not message.get("more_body", False):
-                await own.give_back_unused()  # the response is complete
 
         # a call inside a scope of the same task (an in-process test client) joins that scope:
         # its connections are the caller's, given back when the caller's scope ends

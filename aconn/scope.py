@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from asyncio import get_running_loop
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Coroutine, Hashable
 from contextvars import ContextVar, Token
 from time import monotonic
 from types import TracebackType
@@ -97,29 +97,30 @@ class Scope:
             stacks = self._atomic = {}
         return stacks.setdefault(alias, [])
 
-    async def give_back_unused(self) -> None:
+    def give_back_unused(self) -> list[Coroutine[Any, Any, None]]:
         """Give back now each connection that is clean (no transaction open, nothing the driver
         reports in use or broken: the backend's ``reusable``) and that no ``atomic()`` block and no
-        integration's checkout (SQLAlchemy's) holds, as the scope's exit would (a reset with
-        ``RESET_ON_RELEASE``); the others stay to the exit. A later ``connection()`` in the scope
-        takes one again. What the middleware does once a response is complete."""
+        integration's checkout (SQLAlchemy's) holds, as the scope's exit would; the others stay to
+        the exit. A later ``connection()`` in the scope takes one again. What the middleware does
+        once a response is complete.
+
+        Returns the releases' network work (a reset with ``RESET_ON_RELEASE``, a rollback), for the
+        caller to await shielded (:func:`~aconn._asyncio.run_shielded`) when it suits it: the
+        connections are out of the scope already.
+        """
         held = self.held
+        slow: list[Coroutine[Any, Any, None]] = []
         if not held:
-            return
+            return slow
         blocks: dict[str, list[object]] = getattr(self, "_atomic", None) or {}
-        failure: BaseException | None = None
         for alias, holder in list(held.items()):
             if blocks.get(alias) or id(holder.conn) in LENT or not holder.pool.backend.reusable(holder.conn):
                 continue
             del held[alias]
-            try:
-                slow = holder.pool.release(holder, None)
-                if slow is not None:
-                    await run_shielded(slow)
-            except BaseException as exc:
-                failure = failure or exc
-        if failure is not None:
-            raise failure
+            work = holder.pool.release(holder, None)
+            if work is not None:
+                slow.append(work)
+        return slow
 
     async def __aenter__(self) -> Scope:
         state = self._state

@@ -30,6 +30,9 @@ PARTS = {
     "take-release": "aconn: pool.take_idle() + pool.release(), the connection's part",
     "liveness": "aconn: the hand-out check alone (flags, poll(0))",
     "coroutine": "an empty coroutine awaited (the measurement's own cost)",
+    "contended": "aconn, MAX_CONNS=1: two tasks gathered, each a scope + connection() + one yield (one waits)",
+    "contended-pool": "aiomysql.Pool(maxsize=1): the same two tasks, each acquire() + one yield (one waits)",
+    "gather": "two tasks gathered, each one yield (the contended parts' own cost)",
     "aiomysql-pool": "aiomysql.Pool: async with pool.acquire()",
     "driver-pool": "the driver's own pool: async with pool.acquire()",
     "select-raw": "SELECT 1 on a raw held connection",
@@ -56,10 +59,13 @@ async def measure(settings: dict[str, Any], part: str, n: int) -> None:
         provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
         aconn.otel.instrument(handler, provider, use_time=part == "scope-otel")
     await handler.open()
+    scarce = aconn.Connections({"default": {**settings, "CONN_MAX_AGE": 3600, "MAX_CONNS": 1}})
+    await scarce.open()
     pool = handler.pool("default")
     holder = pool._idle[-1]
     kwargs = driver_kwargs(settings)
     aiomysql_pool = await aiomysql.create_pool(minsize=1, maxsize=10, **kwargs)
+    scarce_pool = await aiomysql.create_pool(minsize=1, maxsize=1, **kwargs)
     if settings["ENGINE"] == "asyncmy":  # the raw connection and the driver's pool: asyncmy's
         raw = await asyncmy.connect(**asyncmy_kwargs(settings))
         peer = await asyncmy.create_pool(minsize=1, maxsize=10, **asyncmy_kwargs(settings))
@@ -86,6 +92,27 @@ async def measure(settings: dict[str, Any], part: str, n: int) -> None:
     async def coroutine() -> None:
         pass
 
+    async def scarce_scope() -> None:
+        async with scarce.scope():
+            await scarce.connection()
+            await asyncio.sleep(0)
+
+    async def scarce_acquire() -> None:
+        async with scarce_pool.acquire():
+            await asyncio.sleep(0)
+
+    async def one_yield() -> None:
+        await asyncio.sleep(0)
+
+    async def contended() -> None:
+        await asyncio.gather(scarce_scope(), scarce_scope())
+
+    async def contended_pool() -> None:
+        await asyncio.gather(scarce_acquire(), scarce_acquire())
+
+    async def gather() -> None:
+        await asyncio.gather(one_yield(), one_yield())
+
     async def aiomysql_pool_only() -> None:
         async with aiomysql_pool.acquire():
             pass
@@ -108,7 +135,8 @@ async def measure(settings: dict[str, Any], part: str, n: int) -> None:
     unit = {
         "scope": whole, "scope-otel": whole, "scope-otel-nouse": whole, "scope-only": scope_only,
         "take-release": take_release, "liveness": liveness,
-        "coroutine": coroutine, "aiomysql-pool": aiomysql_pool_only, "driver-pool": driver_pool,
+        "coroutine": coroutine, "contended": contended, "contended-pool": contended_pool, "gather": gather,
+        "aiomysql-pool": aiomysql_pool_only, "driver-pool": driver_pool,
         "select-raw": select_raw, "select-scope": select_scope, "select-pool": select_pool,
     }[part]  # fmt: skip
     for _ in range(200):  # warm: the same state in the 0 and the N runs
@@ -116,10 +144,11 @@ async def measure(settings: dict[str, Any], part: str, n: int) -> None:
     for _ in range(n):
         await unit()
     raw.close()
-    for pool in {id(peer): peer, id(aiomysql_pool): aiomysql_pool}.values():
+    for pool in {id(peer): peer, id(aiomysql_pool): aiomysql_pool, id(scarce_pool): scarce_pool}.values():
         pool.close()
         await pool.wait_closed()
     await handler.aclose()
+    await scarce.aclose()
 
 
 def count(settings_json: str, part: str, n: int) -> int:

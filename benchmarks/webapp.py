@@ -113,6 +113,84 @@ def build_pg_app(variant: str, settings: dict[str, Any]) -> Any:
     return Starlette(routes=[Route("/", pool_endpoint)], lifespan=lifespan)
 
 
+#: benchmarks/web.py's matrix: per driver, the hand-rolled driver pool app, aconn's middleware (health
+#: checks off and on) and aconn's scope inside the endpoint
+MATRIX_VARIANTS = ("pool", "middleware", "middleware-health", "endpoint")
+
+
+def build_matrix_app(driver: str, variant: str, cap: int, query: str, settings: dict[str, Any]) -> Any:
+    """One endpoint running ``query`` on ``driver`` (aiomysql, asyncmy, asyncpg), ``cap`` connections."""
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    async def run(conn: Any) -> Any:
+        if driver == "asyncpg":
+            return await conn.fetchval(query)
+        async with conn.cursor() as cur:
+            await cur.execute(query)
+            return (await cur.fetchone())[0]
+
+    if variant == "pool":
+        from peers import asyncmy_kwargs, driver_kwargs
+
+        state: dict[str, Any] = {}
+
+        @contextlib.asynccontextmanager
+        async def lifespan(app: Any) -> AsyncIterator[None]:
+            if driver == "asyncpg":
+                import asyncpg
+
+                s = settings
+                state["pool"] = await asyncpg.create_pool(
+                    host=s["HOST"], port=s["PORT"], user=s["USER"], password=s["PASSWORD"], database=s["NAME"],
+                    min_size=1, max_size=cap,
+                )  # fmt: skip
+                yield
+                await state["pool"].close()
+                return
+            if driver == "asyncmy":
+                import asyncmy
+
+                state["pool"] = await asyncmy.create_pool(minsize=1, maxsize=cap, **asyncmy_kwargs(settings))
+            else:
+                import aiomysql
+
+                state["pool"] = await aiomysql.create_pool(minsize=1, maxsize=cap, **driver_kwargs(settings))
+            yield
+            state["pool"].close()
+            await state["pool"].wait_closed()
+
+        async def pool_endpoint(request: Request) -> PlainTextResponse:
+            async with state["pool"].acquire() as conn:
+                return PlainTextResponse(str(await run(conn)))
+
+        return Starlette(routes=[Route("/", pool_endpoint)], lifespan=lifespan)
+
+    import aconn
+    from aconn.asgi import ConnectionsMiddleware
+
+    engine = {"aiomysql": "mysql", "asyncmy": "asyncmy", "asyncpg": "asyncpg"}[driver]
+    entry = {**settings, "ENGINE": engine, "CONN_MAX_AGE": 3600, "MAX_CONNS": cap, "ACQUIRE_TIMEOUT": 60,
+             "CONN_HEALTH_CHECKS": variant == "middleware-health", "RESET_ON_RELEASE": False}  # fmt: skip
+    connections = aconn.Connections({"default": entry})
+    if variant == "endpoint":
+
+        async def scoped_endpoint(request: Request) -> PlainTextResponse:
+            async with connections.scope():
+                return PlainTextResponse(str(await run(await connections.connection())))
+
+        return Starlette(routes=[Route("/", scoped_endpoint)], lifespan=connections.lifespan)
+
+    async def endpoint(request: Request) -> PlainTextResponse:
+        return PlainTextResponse(str(await run(await connections.connection())))
+
+    middleware = [Middleware(ConnectionsMiddleware, connections=connections)]
+    return Starlette(routes=[Route("/", endpoint)], middleware=middleware)
+
+
 def build_app(variant: str, settings: dict[str, Any]) -> Any:
     if variant in SA_VARIANTS:
         return build_sa_app(variant, settings)
@@ -248,17 +326,30 @@ def main() -> None:
     serve.add_argument("--settings", required=True, help="a DATABASES entry as JSON")
     serve.add_argument("--loop", default="asyncio", choices=["asyncio", "uvloop"])
     serve.add_argument("--cpu", type=int, help="pin the server process to this CPU")
+    matrix = sub.add_parser("serve-matrix", help="benchmarks/web.py's apps")
+    matrix.add_argument("driver", choices=["aiomysql", "asyncmy", "asyncpg"])
+    matrix.add_argument("variant", choices=MATRIX_VARIANTS)
+    matrix.add_argument("--cap", type=int, required=True)
+    matrix.add_argument("--query", required=True)
+    matrix.add_argument("--port", type=int, required=True)
+    matrix.add_argument("--settings", required=True, help="a DATABASES entry as JSON")
+    matrix.add_argument("--loop", default="asyncio", choices=["asyncio", "uvloop"])
+    matrix.add_argument("--cpu", type=int, help="pin the server process to this CPU")
     gen = sub.add_parser("load")
     gen.add_argument("--port", type=int, required=True)
     gen.add_argument("--seconds", type=float, default=5)
     gen.add_argument("--connections", type=int, default=20)
     args = parser.parse_args()
-    if args.command == "serve":
+    if args.command in ("serve", "serve-matrix"):
         import uvicorn
 
         if args.cpu is not None:
             os.sched_setaffinity(0, {args.cpu})
-        app = build_app(args.variant, json.loads(args.settings))
+        settings = json.loads(args.settings)
+        if args.command == "serve":
+            app = build_app(args.variant, settings)
+        else:
+            app = build_matrix_app(args.driver, args.variant, args.cap, args.query, settings)
         uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", loop=args.loop, access_log=False)
     else:
         print(json.dumps(asyncio.run(load(args.port, args.seconds, args.connections))))
