@@ -79,12 +79,14 @@ def bench(session: nox.Session) -> None:
     """aconn against aiomysql.Pool, asyncmy.Pool, SQLAlchemy and connect-per-request; writes
     docs/performance.md and .png; then on PostgreSQL against asyncpg.Pool and psycopg_pool:
     docs/performance-postgresql.md; then what RESET_ON_RELEASE costs (printed); then SQLAlchemy over
-    aconn against plain SQLAlchemy: the SQLAlchemy section of docs/performance.md."""
+    aconn against plain SQLAlchemy: the SQLAlchemy section of docs/performance.md; then the web
+    workload with connections scarce and plentiful on three drivers: its section there too."""
     session.install("-e", ".[test,bench]")
     session.run("python", "benchmarks/run.py", *session.posargs)
     session.run("python", "benchmarks/postgresql.py", *[a for a in session.posargs if a == "--quick"])
     session.run("python", "benchmarks/reset_cost.py", *(["--rounds", "1"] if "--quick" in session.posargs else []))
     session.run("python", "benchmarks/sqlalchemy_on_aconn.py", *[a for a in session.posargs if a == "--quick"])
+    session.run("python", "benchmarks/web.py", *[a for a in session.posargs if a == "--quick"])
 
 
 @nox.session
