@@ -204,9 +204,9 @@ def load_app(pid: int, port: int, seconds: int) -> dict[str, float]:
 _WRK_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
-def _wrk(port: int, seconds: int) -> dict[str, float]:
+def _wrk(port: int, seconds: int, clients: int = 20) -> dict[str, float]:
     out = subprocess.run(
-        ["wrk", "-t1", "-c20", f"-d{seconds}s", "--latency", f"http://127.0.0.1:{port}/"],
+        ["wrk", "-t1", f"-c{clients}", f"-d{seconds}s", "--latency", f"http://127.0.0.1:{port}/"],
         capture_output=True, text=True, check=True, timeout=120,
     ).stdout  # fmt: skip
     result: dict[str, float] = {"errors": 0.0}

@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -33,7 +34,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from mariadb import MariaDB, free_port  # noqa: E402
 from postgres import PostgreSQL  # noqa: E402
-from run import MEASURED_CPU, PINNED, SERVER_CPU, _cpu_seconds, pin_to, wait_port  # noqa: E402
+from run import MEASURED_CPU, PINNED, SERVER_CPU, _cpu_seconds, _wrk, pin_to, wait_port  # noqa: E402
 from webapp import MATRIX_VARIANTS  # noqa: E402
 
 import aconn  # noqa: E402
@@ -57,14 +58,19 @@ NAMES = {
 }
 
 
-def load(pid: int, port: int, seconds: float, clients: int) -> dict[str, float]:
+def load(pid: int, port: int, seconds: int, clients: int) -> dict[str, float]:
+    """``clients`` keep-alive clients for ``seconds``: wrk when installed (one thread, in C: it takes far
+    less CPU from the server's core), else ``benchmarks/webapp.py load``."""
     cpu_before = _cpu_seconds(pid)
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "webapp.py"), "load", "--port", str(port),
-         "--seconds", str(seconds), "--connections", str(clients)],
-        capture_output=True, text=True, check=True, timeout=120,
-    )  # fmt: skip
-    result: dict[str, float] = dict(json.loads(out.stdout))
+    if shutil.which("wrk"):
+        result = _wrk(port, seconds, clients)
+    else:
+        out = subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / "webapp.py"), "load", "--port", str(port),
+             "--seconds", str(seconds), "--connections", str(clients)],
+            capture_output=True, text=True, check=True, timeout=120,
+        )  # fmt: skip
+        result = dict(json.loads(out.stdout))
     result["cpu_us"] = (_cpu_seconds(pid) - cpu_before) / max(result["rps"] * seconds, 1) * 1e6
     return result
 
@@ -86,14 +92,14 @@ def group(
         for _, port in servers.values():
             wait_port(port)
         for proc, port in servers.values():
-            load(proc.pid, port, 0.5, clients)  # warm up: every connection opened
+            load(proc.pid, port, 1, clients)  # warm up: every connection opened
         results: dict[str, list[dict[str, float]]] = {v: [] for v in MATRIX_VARIANTS}
         order = list(servers.items())
         shuffle = random.Random(29).shuffle
         for _ in range(rounds):
             shuffle(order)
             for variant, (proc, port) in order:
-                results[variant].append(load(proc.pid, port, 1.0, clients))
+                results[variant].append(load(proc.pid, port, 1, clients))
         return results
     finally:
         pin_to(MEASURED_CPU)
@@ -172,10 +178,12 @@ def main() -> int:
             "## The web workload, connections scarce and plentiful",
             f"Written by `python benchmarks/web.py{' --quick' if args.quick else ''}` (also run by `nox -s bench`):"
             f" Python {platform.python_version()}, aconn {aconn.__version__}; each app in its own uvicorn process"
-            f" on core {MEASURED_CPU}, the servers and the load generator (`benchmarks/webapp.py load`, keep-alive"
-            f" HTTP/1.1 clients) on core {SERVER_CPU}; {rounds} interleaved rounds of 1 s; medians, and medians of"
-            " per-round ratios to the hand-rolled driver-pool app. aconn runs with RESET_ON_RELEASE off, as the"
-            " aiomysql and asyncmy pools (asyncpg.Pool resets at every release: its app here keeps that cost).",
+            f" on core {MEASURED_CPU}, the servers and the load generator ("
+            + ("wrk -t1" if shutil.which("wrk") else "`benchmarks/webapp.py load`; install wrk")
+            + f", keep-alive HTTP/1.1 clients) on core {SERVER_CPU}; {rounds} interleaved rounds of 1 s;"
+            " medians, and medians of per-round ratios to the hand-rolled driver-pool app. aconn runs with"
+            " RESET_ON_RELEASE off, as the aiomysql and asyncmy pools (asyncpg.Pool resets at every release:"
+            " its app here keeps that cost).",
             "### Targets",
             targets(summary),
             "### Tables",
