@@ -23,7 +23,9 @@ transaction of ``aconn.testing``, the driver's own ``begin()``) is a savepoint
 that the enclosing transaction commits or rolls back; and ``atomic()`` inside a
 SQLAlchemy transaction is a savepoint of it. (On asyncpg SQLAlchemy drives
 asyncpg's own transaction objects, which nest the same way.) Connections stay
-in aconn's autocommit mode between transactions.
+in aconn's autocommit mode between transactions. On an alias with ``AUTOCOMMIT``
+off, the outermost transaction is the one the driver opens by itself with its first
+statement, as under SQLAlchemy's own pool: no ``BEGIN`` is sent.
 
 SQLAlchemy's pool arguments are refused, naming the aconn setting that does the
 job; ``engine.dispose()`` leaves the connections to the handler. See
@@ -34,7 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from typing import Any, Final
 
 from sqlalchemy import pool as sa_pool
@@ -85,6 +87,13 @@ _POOL_ARGUMENTS: Final[Mapping[str, str]] = {
 
 
 _SAVEPOINTS = itertools.count(1)
+
+#: MySQL's server status flag of an open transaction; libpq's idle transaction status
+_SERVER_STATUS_IN_TRANS: Final = 1
+_PG_IDLE: Final = 0
+
+#: the token of a transaction the driver opened by itself (the alias' AUTOCOMMIT off): no BEGIN sent
+_IMPLICIT: Final = object()
 
 
 def create_async_engine(connections: Connections, alias: str = "default", **kwargs: Any) -> AsyncEngine:
@@ -378,17 +387,39 @@ class _Transactions(_OneTaskAtATime):
         if state.autocommit:
             return  # isolation_level="AUTOCOMMIT": each statement on its own
         backend = dbapi_connection.info["aconn_lease"].backend
-        outermost = not backend.in_transaction(conn)
-        token = await_only(backend.begin_block(conn, None if outermost else f"aconn_sa_{next(_SAVEPOINTS)}"))
+        if backend.settings.autocommit:
+            outermost = not backend.in_transaction(conn)
+        else:
+            outermost = not self._transaction_open(conn)
+        if outermost and not backend.settings.autocommit:
+            # the alias' AUTOCOMMIT off: the driver begins the transaction with its first
+            # statement, as under SQLAlchemy's own pool (no BEGIN round trip)
+            token = _IMPLICIT
+        else:
+            token = await_only(backend.begin_block(conn, None if outermost else f"aconn_sa_{next(_SAVEPOINTS)}"))
         state.blocks.append((backend, token))
         isolation = state.isolation
         if isolation is not None and outermost:
             await_only(backend.execute(conn, f"SET TRANSACTION ISOLATION LEVEL {isolation}"))
 
+    def _transaction_open(self, conn: Any) -> bool:
+        """A transaction is open on ``conn`` now (the backend's ``in_transaction`` says "maybe"
+        whenever autocommit is off)."""
+        return bool(conn.in_transaction)  # aiosqlite's; psycopg's and the MySQL drivers' below
+
     def do_commit(self, dbapi_connection: Any) -> None:
         _end(dbapi_connection.driver_connection, True)
 
     def do_rollback(self, dbapi_connection: Any) -> None:
+        try:
+            leased = "aconn_lease" in dbapi_connection.info
+        except NotImplementedError:  # the ad-hoc connection of SQLAlchemy's first connect event
+            leased = False
+        if not leased:
+            # SQLAlchemy setting up a connection it sees for the first time: its own rollback,
+            # as under its own pool (its setup queries may have opened a transaction)
+            super().do_rollback(dbapi_connection)  # type: ignore[misc]
+            return
         _end(dbapi_connection.driver_connection, False)
 
     def set_isolation_level(self, dbapi_connection: Any, level: Any) -> None:
@@ -414,19 +445,30 @@ def _end(conn: Any, commit: bool) -> None:
             # which a ROLLBACK would wait behind: the release stops it, then rolls back (or discards)
             return
         try:
-            await_only(backend.end_block(conn, token, commit))
+            await_only(_ending(backend, conn, token, commit))
         except BaseException:
             if commit and backend.in_transaction(conn):
                 try:
-                    await_only(backend.end_block(conn, token, False))
+                    await_only(_ending(backend, conn, token, False))
                 except Exception:
                     backend.abort(conn)  # neither committed nor rolled back: aconn discards it
             raise
     finally:
-        backend.left_block(conn)
+        if token is not _IMPLICIT:
+            backend.left_block(conn)
+
+
+def _ending(backend: Any, conn: Any, token: Any, commit: bool) -> Coroutine[Any, Any, None]:
+    """What ends the block: the backend's, or the driver's COMMIT/ROLLBACK for an implicit transaction."""
+    if token is not _IMPLICIT:
+        return backend.end_block(conn, token, commit)  # type: ignore[no-any-return]
+    return conn.commit() if commit else backend.rollback(conn)  # type: ignore[no-any-return]
 
 
 class _MySQL(_Transactions):
+    def _transaction_open(self, conn: Any) -> bool:
+        return bool(conn.server_status & _SERVER_STATUS_IN_TRANS)
+
     def _set_isolation(self, dbapi_connection: Any, conn: Any, level: str) -> None:
         # SQLAlchemy's own adds a COMMIT, which would end an enclosing atomic() block
         cursor = dbapi_connection.cursor()
@@ -435,6 +477,9 @@ class _MySQL(_Transactions):
 
 
 class _Psycopg(_Transactions):
+    def _transaction_open(self, conn: Any) -> bool:
+        return bool(conn.pgconn.transaction_status != _PG_IDLE)
+
     def _set_isolation(self, dbapi_connection: Any, conn: Any, level: str) -> None:
         # psycopg's isolation_level applies to the BEGIN psycopg sends itself, never sent here:
         # do_begin sets it on the transaction

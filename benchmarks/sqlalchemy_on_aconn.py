@@ -49,6 +49,7 @@ NAMES = {
     "sa-pre-ping": "plain SQLAlchemy, pool_pre_ping=True",
     "sa-aconn": "SQLAlchemy on aconn, a scope per unit (the middleware)",
     "sa-aconn-unit": "SQLAlchemy on aconn, no scope (a unit per session)",
+    "sa-aconn-implicit": "SQLAlchemy on aconn, a scope per unit, AUTOCOMMIT off (no BEGIN sent)",
 }
 TASKS, CAP = 20, 10
 
@@ -75,6 +76,12 @@ async def in_process(driver: str, settings: dict[str, Any], rounds: int, seconds
         "sa-aconn": (ours, connections),
         "sa-aconn-unit": (ours, None),
     }
+    implicit: aconn.Connections | None = None
+    if driver == "aiomysql":  # asyncpg has no autocommit switch
+        implicit = aconn.Connections({"default": {**settings, "ENGINE": engine_name, "CONN_MAX_AGE": 3600,
+                                                  "MAX_CONNS": CAP, "RESET_ON_RELEASE": False,
+                                                  "AUTOCOMMIT": False}})  # fmt: skip
+        engines["sa-aconn-implicit"] = (aconn.sqlalchemy.create_async_engine(implicit), implicit)
     statement = text("SELECT 1")
 
     async def run(engine: AsyncEngine, scopes: aconn.Connections | None) -> tuple[float, float]:
@@ -114,6 +121,8 @@ async def in_process(driver: str, settings: dict[str, Any], rounds: int, seconds
         for engine, _ in engines.values():
             await engine.dispose()
         await connections.aclose()
+        if implicit is not None:
+            await implicit.aclose()
     return {name: [v for pair in runs for v in pair] for name, runs in results.items()}
 
 

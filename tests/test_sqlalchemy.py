@@ -15,6 +15,7 @@
 | ATOMIC_REQUESTS: a request's sessions commit with it, or not at all | test_atomic_requests |
 | a session in the driver's own transaction: a savepoint | test_session_inside_the_drivers_own_transaction |
 | isolation_level="AUTOCOMMIT" and a named level | test_isolation_levels |
+| AUTOCOMMIT off: implicit transactions, no BEGIN sent (as SQLAlchemy's own pool) | test_autocommit_off_is_implicit |
 | engine.dispose() leaves the connections to the handler | test_dispose_leaves_the_connections |
 | a connection SQLAlchemy finds disconnected is discarded, not reused | test_invalidated_connection_is_discarded |
 | one engine across event loops | test_one_engine_across_event_loops |
@@ -342,6 +343,38 @@ async def test_session_inside_the_drivers_own_transaction(setup: tuple[aconn.Con
             await session.commit()
     assert await names(engine) == ["kept"]
     assert connections.stats().opened == 1
+
+
+@pytest.mark.parametrize("name", [p for p in DIALECT_PARAMS if getattr(p, "values", [p])[0] != "asyncpg"])
+async def test_autocommit_off_is_implicit(request: pytest.FixtureRequest, name: str, make: Any, tmp_path: Any) -> None:
+    connections = make({"default": settings_for(request, name, tmp_path, CONN_MAX_AGE=60, AUTOCOMMIT=False)})
+    engine = create_async_engine(connections)
+    async with engine.begin() as conn:
+        await conn.run_sync(metadata.drop_all)
+        await conn.run_sync(metadata.create_all)
+    mysql = engine.dialect.name == "mysql"
+
+    async def begins(session: AsyncSession) -> int:
+        """BEGIN statements the session's connection has sent (MySQL counts them)."""
+        row = (await session.execute(text("SHOW SESSION STATUS LIKE 'Com_begin'"))).one()
+        return int(row[1])
+
+    async with AsyncSession(engine) as session:
+        before = await begins(session) if mysql else 0
+        await session.execute(insert(items).values(id=1, name="committed"))
+        await session.commit()
+        await session.execute(insert(items).values(id=2, name="rolled back"))
+        await session.rollback()
+        if mysql:
+            assert await begins(session) == before  # the driver's implicit transactions: no BEGIN
+    async with connections.scope(), AsyncSession(engine) as session:
+        await session.execute(insert(items).values(id=3, name="in a scope"))
+        nested = await session.begin_nested()
+        await session.execute(insert(items).values(id=4, name="savepoint"))
+        await nested.rollback()
+        await session.commit()
+    assert await names(engine) == ["committed", "in a scope"]
+    assert connections.stats().in_use == 0
 
 
 async def test_isolation_levels(setup: tuple[aconn.Connections, AsyncEngine]) -> None:
