@@ -118,18 +118,16 @@ def create_async_engine(connections: Connections, alias: str = "default", **kwar
                 f"aconn.sqlalchemy.create_async_engine() got SQLAlchemy's pool argument {key!r}; "
                 f"aconn is the pool here: use {_POOL_ARGUMENTS[key]}",
             )
-    dialect, driver = _DIALECTS[settings.engine]
+    dialect, dialect_class = _DIALECTS[settings.engine]
     url = URL.create(
-        f"{dialect}+{_driver_name(driver)}",
+        f"{dialect}+{_driver_name(dialect_class)}",
         username=settings.user or None,  # never the password: it is the handler's
         host=settings.host or None,
         port=settings.port,
         database=settings.name or None,
     )
     lender = _Lender(connections, alias, read_only)
-    pool = _Pool(
-        _creator, lender, echo=kwargs.pop("echo_pool", None), logging_name=kwargs.pop("pool_logging_name", None)
-    )
+    pool = _Pool(lender, echo=kwargs.pop("echo_pool", None), logging_name=kwargs.pop("pool_logging_name", None))
     return _sa_create_async_engine(url, pool=pool, **kwargs)
 
 
@@ -225,17 +223,6 @@ def _end_unit(unit: Unit) -> None:
     ending.add_done_callback(_ENDING.discard)
 
 
-def _creator(record: sa_pool.ConnectionPoolEntry) -> Any:
-    """The pool's creator: wraps the driver connection being lent in SQLAlchemy's adapter."""
-    pool = record._ConnectionRecord__pool  # type: ignore[attr-defined]
-    conn = pool._lending
-
-    async def ready() -> Any:
-        return conn
-
-    return pool._dialect.dbapi.connect(async_creator_fn=ready)
-
-
 class _Pool(sa_pool.Pool):
     """SQLAlchemy's pool interface over aconn: each checkout lends an aconn connection.
 
@@ -244,10 +231,19 @@ class _Pool(sa_pool.Pool):
     has seen before is not set up again.
     """
 
-    def __init__(self, creator: Any, lender: _Lender, **kwargs: Any) -> None:
-        super().__init__(creator, **kwargs)
+    def __init__(self, lender: _Lender, **kwargs: Any) -> None:
+        super().__init__(self._adapt, **kwargs)
         self._lender = lender
-        self._lending: Any = None  # the driver connection the creator wraps next
+        self._lending: Any = None  # the driver connection _adapt wraps next
+
+    def _adapt(self, rec: sa_pool.ConnectionPoolEntry) -> Any:
+        """The pool's creator: the driver connection being lent, in SQLAlchemy's adapter."""
+        conn = self._lending
+
+        async def ready() -> Any:
+            return conn
+
+        return self._dialect.dbapi.connect(async_creator_fn=ready)  # type: ignore[union-attr]
 
     def _do_get(self) -> sa_pool.ConnectionPoolEntry:
         lease = await_only(self._lender.lend())
@@ -283,7 +279,6 @@ class _Pool(sa_pool.Pool):
 
     def recreate(self) -> _Pool:
         return _Pool(
-            self._creator,
             self._lender,
             echo=self.echo,
             logging_name=self._orig_logging_name,
