@@ -109,6 +109,7 @@ class ConnectionsMiddleware:
         """One request in a scope; no connection to be had before the response started: 503."""
         started = False
         own = self.connections.scope()
+        release_early = self.release_early  # and only for a scope of its own: see below
 
         async def tracking_send(message: Message) -> None:
             nonlocal started
@@ -127,11 +128,10 @@ class ConnectionsMiddleware:
                 return
             await send(message)
 
-        # a call inside a scope of the same task (an in-process test client) joins that scope:
-        # its connections are the caller's, given back when the caller's scope ends
-        release_early = self.release_early
         try:
             async with own as request:
+                # a call inside a scope of the same task (an in-process test client) joins that
+                # scope: its connections are the caller's, given back when the caller's scope ends
                 release_early = release_early and request is own
                 if self.atomic_aliases:
                     await self._in_transactions(scope, receive, tracking_send)

@@ -333,39 +333,41 @@ class _OneTaskAtATime:
         return cls  # this class, not the driver's plain one (psycopg's names its async dialect)
 
     def do_execute(self, cursor: Any, statement: Any, parameters: Any, context: Any = None) -> None:
-        state = _enter(cursor._connection)
-        try:
+        with _Running(cursor._connection):
             super().do_execute(cursor, statement, parameters, context)  # type: ignore[misc]
-        finally:
-            state.user = None
 
     def do_executemany(self, cursor: Any, statement: Any, parameters: Any, context: Any = None) -> None:
-        state = _enter(cursor._connection)
-        try:
+        with _Running(cursor._connection):
             super().do_executemany(cursor, statement, parameters, context)  # type: ignore[misc]
-        finally:
-            state.user = None
 
     def do_execute_no_params(self, cursor: Any, statement: Any, context: Any = None) -> None:
-        state = _enter(cursor._connection)
-        try:
+        with _Running(cursor._connection):
             super().do_execute_no_params(cursor, statement, context)  # type: ignore[misc]
-        finally:
-            state.user = None
 
 
-def _enter(conn: Any) -> _ConnState:
-    state = _state(conn)
-    user = state.user
-    task = task_of(asyncio.get_running_loop())
-    if user is not None and user is not task:
-        raise ScopeError(
-            f"one SQLAlchemy session (or engine connection) was used by task {_name(task)!r} while task "
-            f"{_name(user)!r} ran a statement on it: a session belongs to one task at a time. Give each "
-            "task its own session (async_sessionmaker), as for asyncio.gather over queries"
-        )
-    state.user = task
-    return state
+class _Running:
+    """``with _Running(conn):`` around a statement: the current task is the connection's user
+    meanwhile; another task's statement then fails at once with a ``ScopeError``."""
+
+    __slots__ = ("shared",)
+
+    def __init__(self, conn: Any) -> None:
+        state = self.shared = _state(conn)
+        user = state.user
+        task = task_of(asyncio.get_running_loop())
+        if user is not None and user is not task:
+            raise ScopeError(
+                f"one SQLAlchemy session (or engine connection) was used by task {_name(task)!r} while "
+                f"task {_name(user)!r} ran a statement on it: a session belongs to one task at a time. "
+                "Give each task its own session (async_sessionmaker), as for asyncio.gather over queries"
+            )
+        state.user = task
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(self, *exc: object) -> None:
+        self.shared.user = None
 
 
 def _name(task: asyncio.Task[Any] | None) -> str:
@@ -382,13 +384,12 @@ class _Transactions(_OneTaskAtATime):
         if state.autocommit:
             return  # isolation_level="AUTOCOMMIT": each statement on its own
         backend = dbapi_connection.info["aconn_lease"].backend
-        if backend.settings.autocommit:
-            outermost = not backend.in_transaction(conn)
-        else:
-            outermost = not self._transaction_open(conn)
-        if outermost and not backend.settings.autocommit:
-            # the alias' AUTOCOMMIT off: the driver begins the transaction with its first
-            # statement, as under SQLAlchemy's own pool (no BEGIN round trip)
+        # the alias' AUTOCOMMIT off: the driver begins the outermost transaction with its first
+        # statement, as under SQLAlchemy's own pool (no BEGIN round trip); the backend's
+        # in_transaction() says "maybe" whenever autocommit is off, so ask the driver
+        implicit = not backend.settings.autocommit
+        outermost = not (self._transaction_open(conn) if implicit else backend.in_transaction(conn))
+        if outermost and implicit:
             token = _IMPLICIT
         else:
             token = await_only(backend.begin_block(conn, None if outermost else f"aconn_sa_{next(_SAVEPOINTS)}"))
@@ -398,8 +399,7 @@ class _Transactions(_OneTaskAtATime):
             await_only(backend.execute(conn, f"SET TRANSACTION ISOLATION LEVEL {isolation}"))
 
     def _transaction_open(self, conn: Any) -> bool:
-        """A transaction is open on ``conn`` now (the backend's ``in_transaction`` says "maybe"
-        whenever autocommit is off)."""
+        """A transaction is open on ``conn`` now, as the driver knows it."""
         return bool(conn.in_transaction)  # aiosqlite's; psycopg's and the MySQL drivers' below
 
     def do_commit(self, dbapi_connection: Any) -> None:

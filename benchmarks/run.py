@@ -177,6 +177,40 @@ def web(settings: dict[str, Any], quick: bool, loop_name: str, title: str) -> pe
     return table
 
 
+def interleave_apps(
+    apps: dict[str, list[str]], rounds: int, load: Callable[[int, int], dict[str, float]]
+) -> dict[str, list[dict[str, float]]]:
+    """Each app (``benchmarks/webapp.py`` arguments; ``--port`` and ``--cpu`` added) in a uvicorn
+    process of its own on the measured core; each loaded once to warm up, then once per round in
+    an order shuffled each round. ``load(pid, port)`` measures one run; the runs, per app."""
+    servers: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
+    pin_to(SERVER_CPU)  # the load generator runs beside the server, away from the apps
+    try:
+        for name, arguments in apps.items():
+            port = free_port()
+            cpu = ["--cpu", str(MEASURED_CPU)] if PINNED else []
+            command = [sys.executable, str(ROOT / "benchmarks" / "webapp.py"), *arguments, "--port", str(port), *cpu]
+            env = {**os.environ, "PYTHONHASHSEED": "0"}  # same dict layouts in every process
+            servers[name] = (subprocess.Popen(command, cwd=ROOT, env=env), port)
+        for _, port in servers.values():
+            wait_port(port)
+        for proc, port in servers.values():
+            load(proc.pid, port)  # warm up: every connection opened
+        results: dict[str, list[dict[str, float]]] = {name: [] for name in apps}
+        order = list(servers.items())
+        shuffle = random.Random(29).shuffle
+        for _ in range(rounds):
+            shuffle(order)
+            for name, (proc, port) in order:
+                results[name].append(load(proc.pid, port))
+        return results
+    finally:
+        pin_to(MEASURED_CPU)
+        for proc, _ in servers.values():
+            proc.terminate()
+            proc.wait(30)
+
+
 def _cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far."""
     with open(f"/proc/{pid}/stat") as stat:
@@ -290,14 +324,27 @@ def write_report(tables: dict[str, list[peers.Table]], server_version: str, path
                 parts += [f"**{table.title}**", "", table.note, ""]
             else:
                 parts += [table.render(), ""]
-    # sections other scripts write into this file (benchmarks/sqlalchemy_on_aconn.py) stay
+    # the sections other scripts write into this file (write_section) stay
     previous = path.read_text() if path.exists() else ""
-    kept = re.findall(r"<!-- (benchmarks/[\w.]+) -->.*?<!-- /\1 -->", previous, flags=re.S)
-    for name in kept:
-        start = previous.index(f"<!-- {name} -->")
-        end = previous.index(f"<!-- /{name} -->") + len(f"<!-- /{name} -->")
-        parts += ["", previous[start:end]]
+    for kept in re.finditer(r"<!-- (benchmarks/[\w.]+) -->.*?<!-- /\1 -->", previous, flags=re.S):
+        parts += ["", kept.group(0)]
     path.write_text("\n".join(parts) + "\n")
+
+
+def write_section(script: str, parts: list[str]) -> str:
+    """Write the section of docs/performance.md that ``script`` (``"benchmarks/web.py"``) owns,
+    between its markers, in place of its previous one (else at the end); :func:`write_report`
+    keeps it. Returns the section."""
+    start, end = f"<!-- {script} -->", f"<!-- /{script} -->"
+    section = "\n\n".join([start, *parts, end])
+    path = ROOT / "docs" / "performance.md"
+    doc = path.read_text()
+    if start in doc:
+        doc = doc[: doc.index(start)] + section + doc[doc.index(end) + len(end) :]
+    else:
+        doc = doc.rstrip("\n") + "\n\n" + section + "\n"
+    path.write_text(doc)
+    return section
 
 
 def targets(tables: dict[str, list[peers.Table]]) -> str:

@@ -18,11 +18,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import platform
 import random
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,9 +31,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import sqlalchemy  # noqa: E402
-from mariadb import MariaDB, free_port  # noqa: E402
+from mariadb import MariaDB  # noqa: E402
 from postgres import PostgreSQL  # noqa: E402
-from run import MEASURED_CPU, PINNED, SERVER_CPU, load_app, pin_to, wait_port  # noqa: E402
+from run import MEASURED_CPU, SERVER_CPU, interleave_apps, load_app, pin_to, write_section  # noqa: E402
 from sqlalchemy import text  # noqa: E402
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine  # noqa: E402
 from webapp import SA_VARIANTS  # noqa: E402
@@ -43,7 +41,6 @@ from webapp import SA_VARIANTS  # noqa: E402
 import aconn  # noqa: E402
 import aconn.sqlalchemy  # noqa: E402
 
-START, END = "<!-- benchmarks/sqlalchemy_on_aconn.py -->", "<!-- /benchmarks/sqlalchemy_on_aconn.py -->"
 NAMES = {
     "sa": "plain SQLAlchemy",
     "sa-pre-ping": "plain SQLAlchemy, pool_pre_ping=True",
@@ -145,32 +142,8 @@ def table_s1(driver: str, results: dict[str, list[float]]) -> str:
 def web(driver: str, settings: dict[str, Any], rounds: int) -> str:
     """S2: the three apps under uvicorn, interleaved; requests/s and app CPU per request."""
     variants = [v for v in SA_VARIANTS if v.startswith(driver + ":")]
-    servers: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
-    pin_to(SERVER_CPU)
-    try:
-        for variant in variants:
-            port = free_port()
-            cpu = ["--cpu", str(MEASURED_CPU)] if PINNED else []
-            command = [sys.executable, str(ROOT / "benchmarks" / "webapp.py"), "serve", variant,
-                       "--port", str(port), "--settings", json.dumps(settings), *cpu]  # fmt: skip
-            proc = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "PYTHONHASHSEED": "0"})
-            servers[variant] = (proc, port)
-        for _, port in servers.values():
-            wait_port(port)
-        for proc, port in servers.values():
-            load_app(proc.pid, port, 1)  # warm up
-        results: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
-        order = list(servers.items())
-        shuffle = random.Random(29).shuffle
-        for _ in range(rounds):
-            shuffle(order)
-            for variant, (proc, port) in order:
-                results[variant].append(load_app(proc.pid, port, 1))
-    finally:
-        pin_to(MEASURED_CPU)
-        for proc, _ in servers.values():
-            proc.terminate()
-            proc.wait(30)
+    apps = {v: ["serve", v, "--settings", json.dumps(settings)] for v in variants}
+    results = interleave_apps(apps, rounds, lambda pid, port: load_app(pid, port, 1))
     base = results[f"{driver}:sa"]
     lines = [
         f"**S2, {driver}: the web workload, an AsyncSession per request (uvicorn, 20 clients, {CAP} connections)**",
@@ -207,9 +180,9 @@ def main() -> int:
     finally:
         mariadb.close()
         postgres.close()
-    section = "\n\n".join(
+    section = write_section(
+        "benchmarks/sqlalchemy_on_aconn.py",
         [
-            START,
             "## SQLAlchemy on aconn",
             f"Written by `python benchmarks/sqlalchemy_on_aconn.py{' --quick' if args.quick else ''}` (also run by"
             f" `nox -s bench`): Python {platform.python_version()}, SQLAlchemy {sqlalchemy.__version__},"
@@ -220,16 +193,8 @@ def main() -> int:
             " (docs/sqlalchemy.md: why). On asyncpg both send BEGIN + SELECT + ROLLBACK. aconn runs with"
             " RESET_ON_RELEASE off, as SQLAlchemy's pool (which rolls back, and resets nothing else).",
             *tables,
-            END,
-        ]
+        ],
     )
-    path = ROOT / "docs" / "performance.md"
-    doc = path.read_text()
-    if START in doc:
-        doc = doc[: doc.index(START)] + section + doc[doc.index(END) + len(END) :]
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(doc)
     print(section)
     return 0
 

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
-import random
 import shutil
 import statistics
 import subprocess
@@ -32,14 +30,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from mariadb import MariaDB, free_port  # noqa: E402
+from mariadb import MariaDB  # noqa: E402
 from postgres import PostgreSQL  # noqa: E402
-from run import MEASURED_CPU, PINNED, SERVER_CPU, _cpu_seconds, _wrk, pin_to, wait_port  # noqa: E402
+from run import MEASURED_CPU, SERVER_CPU, _cpu_seconds, _wrk, interleave_apps, pin_to, write_section  # noqa: E402
 from webapp import MATRIX_VARIANTS  # noqa: E402
 
 import aconn  # noqa: E402
 
-START, END = "<!-- benchmarks/web.py -->", "<!-- /benchmarks/web.py -->"
 QUERIES = {
     "SELECT 1": {"aiomysql": "SELECT 1", "asyncmy": "SELECT 1", "asyncpg": "SELECT 1"},
     "2 ms query": {
@@ -79,33 +76,9 @@ def group(
     driver: str, settings: dict[str, Any], query: str, cap: int, clients: int, loop: str, rounds: int
 ) -> dict[str, list[dict[str, float]]]:
     """The four apps of one driver, query and setting, in interleaved rounds."""
-    servers: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
-    pin_to(SERVER_CPU)
-    try:
-        for variant in MATRIX_VARIANTS:
-            port = free_port()
-            cpu = ["--cpu", str(MEASURED_CPU)] if PINNED else []
-            command = [sys.executable, str(ROOT / "benchmarks" / "webapp.py"), "serve-matrix", driver, variant,
-                       "--cap", str(cap), "--query", query, "--port", str(port), "--settings", json.dumps(settings),
-                       "--loop", loop, *cpu]  # fmt: skip
-            servers[variant] = (subprocess.Popen(command, cwd=ROOT, env={**os.environ, "PYTHONHASHSEED": "0"}), port)
-        for _, port in servers.values():
-            wait_port(port)
-        for proc, port in servers.values():
-            load(proc.pid, port, 1, clients)  # warm up: every connection opened
-        results: dict[str, list[dict[str, float]]] = {v: [] for v in MATRIX_VARIANTS}
-        order = list(servers.items())
-        shuffle = random.Random(29).shuffle
-        for _ in range(rounds):
-            shuffle(order)
-            for variant, (proc, port) in order:
-                results[variant].append(load(proc.pid, port, 1, clients))
-        return results
-    finally:
-        pin_to(MEASURED_CPU)
-        for proc, _ in servers.values():
-            proc.terminate()
-            proc.wait(30)
+    common = ["--cap", str(cap), "--query", query, "--settings", json.dumps(settings), "--loop", loop]
+    apps = {variant: ["serve-matrix", driver, variant, *common] for variant in MATRIX_VARIANTS}
+    return interleave_apps(apps, rounds, lambda pid, port: load(pid, port, 1, clients))
 
 
 def render(title: str, results: dict[str, list[dict[str, float]]]) -> tuple[str, dict[str, float]]:
@@ -172,9 +145,9 @@ def main() -> int:
     finally:
         mariadb.close()
         postgres.close()
-    section = "\n\n".join(
+    write_section(
+        "benchmarks/web.py",
         [
-            START,
             "## The web workload, connections scarce and plentiful",
             f"Written by `python benchmarks/web.py{' --quick' if args.quick else ''}` (also run by `nox -s bench`):"
             f" Python {platform.python_version()}, aconn {aconn.__version__}; each app in its own uvicorn process"
@@ -188,16 +161,8 @@ def main() -> int:
             targets(summary),
             "### Tables",
             *tables,
-            END,
-        ]
+        ],
     )
-    path = ROOT / "docs" / "performance.md"
-    doc = path.read_text()
-    if START in doc:
-        doc = doc[: doc.index(START)] + section + doc[doc.index(END) + len(END) :]
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(doc)
     return 0
 
 

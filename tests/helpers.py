@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from mariadb import APP_PASSWORD
 
 import aconn
@@ -80,3 +81,24 @@ class ProcesslistSampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
+
+
+#: aconn's ENGINE for each of the five drivers
+ENGINES = {"sqlite": "sqlite", "aiomysql": "mysql", "asyncmy": "asyncmy", "psycopg": "postgresql", "asyncpg": "asyncpg"}
+#: the five drivers as pytest parameters, the server ones marked for the server they need
+DRIVER_PARAMS = [
+    "sqlite",
+    pytest.param("aiomysql", marks=pytest.mark.mysql),
+    pytest.param("asyncmy", marks=pytest.mark.mysql),
+    pytest.param("psycopg", marks=pytest.mark.postgresql),
+    pytest.param("asyncpg", marks=pytest.mark.postgresql),
+]
+
+
+def settings_for(request: pytest.FixtureRequest, driver: str, tmp_path: Any, **overrides: Any) -> dict[str, Any]:
+    """A DATABASES entry on ``driver``: a SQLite file in ``tmp_path``, or the session's MariaDB
+    or PostgreSQL (through their ``db`` and ``pg`` fixtures)."""
+    if driver == "sqlite":
+        return {"ENGINE": "sqlite", "NAME": str(tmp_path / "app.db"), **overrides}
+    server = request.getfixturevalue("db" if driver in ("aiomysql", "asyncmy") else "pg")
+    return dict(server.settings(ENGINE=ENGINES[driver], **overrides))

@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+from helpers import DRIVER_PARAMS, settings_for
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.middleware import Middleware
@@ -30,24 +31,10 @@ from test_driver_transactions import DRIVERS
 import aconn
 from aconn.asgi import ConnectionsMiddleware
 
-ENGINES = {"sqlite": "sqlite", "aiomysql": "mysql", "asyncmy": "asyncmy", "psycopg": "postgresql", "asyncpg": "asyncpg"}
 
-
-@pytest.fixture(
-    params=[
-        "sqlite",
-        pytest.param("aiomysql", marks=pytest.mark.mysql),
-        pytest.param("asyncmy", marks=pytest.mark.mysql),
-        pytest.param("psycopg", marks=pytest.mark.postgresql),
-        pytest.param("asyncpg", marks=pytest.mark.postgresql),
-    ]
-)
+@pytest.fixture(params=DRIVER_PARAMS)
 def backend(request: pytest.FixtureRequest, tmp_path: Any) -> tuple[str, dict[str, Any]]:
-    name = request.param
-    if name == "sqlite":
-        return name, {"ENGINE": "sqlite", "NAME": str(tmp_path / "r.db"), "CONN_MAX_AGE": 60}
-    server = request.getfixturevalue("db" if name in ("aiomysql", "asyncmy") else "pg")
-    return name, dict(server.settings(ENGINE=ENGINES[name], CONN_MAX_AGE=60))
+    return request.param, settings_for(request, request.param, tmp_path, CONN_MAX_AGE=60)
 
 
 async def call(app: Any, path: str) -> httpx.Response:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from helpers import DRIVER_PARAMS, settings_for
 
 import aconn
 from aconn.testing import TestTransaction
@@ -120,27 +121,13 @@ DRIVERS = {
 }
 
 
-@pytest.fixture(
-    params=[
-        "sqlite",
-        pytest.param("aiomysql", marks=pytest.mark.mysql),
-        pytest.param("asyncmy", marks=pytest.mark.mysql),
-        pytest.param("psycopg", marks=pytest.mark.postgresql),
-        pytest.param("asyncpg", marks=pytest.mark.postgresql),
-    ]
-)
+@pytest.fixture(params=DRIVER_PARAMS)
 async def setup(
     request: pytest.FixtureRequest, make: Any, tmp_path: Any
 ) -> AsyncIterator[tuple[aconn.Connections, Driver]]:
     """A handler of one connection (so that every scope reuses it) on a fresh table."""
-    name = request.param
-    driver = DRIVERS[name]
-    if name == "sqlite":
-        settings: dict[str, Any] = {"ENGINE": "sqlite", "NAME": str(tmp_path / "t.db")}
-    elif name in ("aiomysql", "asyncmy"):
-        settings = request.getfixturevalue("db").settings(ENGINE="mysql" if name == "aiomysql" else "asyncmy")
-    else:
-        settings = request.getfixturevalue("pg").settings(ENGINE="postgresql" if name == "psycopg" else "asyncpg")
+    driver = DRIVERS[request.param]
+    settings = settings_for(request, request.param, tmp_path)
     connections = make({"default": {**settings, "CONN_MAX_AGE": 60, "MAX_CONNS": 1}})
     async with connections.acquire() as conn:
         await driver.run(conn, f"DROP TABLE IF EXISTS {TABLE}")

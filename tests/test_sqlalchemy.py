@@ -31,6 +31,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from helpers import DRIVER_PARAMS, settings_for
 from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -42,33 +43,21 @@ from aconn.testing import TestTransaction
 metadata = MetaData()
 items = Table("aconn_sa_items", metadata, Column("id", Integer, primary_key=True), Column("name", String(40)))
 
-ENGINES = {"sqlite": "sqlite", "aiomysql": "mysql", "asyncmy": "asyncmy", "psycopg": "postgresql", "asyncpg": "asyncpg"}
-DIALECT_PARAMS = [
-    "sqlite",
-    pytest.param("aiomysql", marks=pytest.mark.mysql),
-    pytest.param("asyncmy", marks=pytest.mark.mysql),
-    pytest.param("psycopg", marks=pytest.mark.postgresql),
-    pytest.param("asyncpg", marks=pytest.mark.postgresql),
-]
+async def engine_with_a_fresh_table(connections: aconn.Connections) -> AsyncEngine:
+    engine = create_async_engine(connections)
+    async with engine.begin() as conn:
+        await conn.run_sync(metadata.drop_all)
+        await conn.run_sync(metadata.create_all)
+    return engine
 
 
-def settings_for(request: pytest.FixtureRequest, name: str, tmp_path: Any, **overrides: Any) -> dict[str, Any]:
-    if name == "sqlite":
-        return {"ENGINE": "sqlite", "NAME": str(tmp_path / "sa.db"), **overrides}
-    server = request.getfixturevalue("db" if name in ("aiomysql", "asyncmy") else "pg")
-    return dict(server.settings(ENGINE=ENGINES[name], **overrides))
-
-
-@pytest.fixture(params=DIALECT_PARAMS)
+@pytest.fixture(params=DRIVER_PARAMS)
 async def setup(
     request: pytest.FixtureRequest, make: Any, tmp_path: Any
 ) -> AsyncIterator[tuple[aconn.Connections, AsyncEngine]]:
     """A handler of at most 3 connections, an engine on it, a fresh table."""
     connections = make({"default": settings_for(request, request.param, tmp_path, CONN_MAX_AGE=60, MAX_CONNS=3)})
-    engine = create_async_engine(connections)
-    async with engine.begin() as conn:
-        await conn.run_sync(metadata.drop_all)
-        await conn.run_sync(metadata.create_all)
+    engine = await engine_with_a_fresh_table(connections)
     yield connections, engine
     await engine.dispose()
 
@@ -287,7 +276,7 @@ async def test_test_transaction_rolls_back_committed_sessions(setup: tuple[aconn
     assert await names(engine) == []  # the test's transaction took them all back
 
 
-@pytest.mark.parametrize("name", DIALECT_PARAMS)
+@pytest.mark.parametrize("name", DRIVER_PARAMS)
 async def test_atomic_requests(request: pytest.FixtureRequest, name: str, make: Any, tmp_path: Any) -> None:
     import httpx
     from starlette.applications import Starlette
@@ -299,10 +288,7 @@ async def test_atomic_requests(request: pytest.FixtureRequest, name: str, make: 
     from aconn.asgi import ConnectionsMiddleware
 
     connections = make({"default": settings_for(request, name, tmp_path, CONN_MAX_AGE=60, ATOMIC_REQUESTS=True)})
-    engine = create_async_engine(connections)
-    async with engine.begin() as conn:
-        await conn.run_sync(metadata.drop_all)
-        await conn.run_sync(metadata.create_all)
+    engine = await engine_with_a_fresh_table(connections)
 
     async def add(request: Request) -> PlainTextResponse:
         ident = int(request.query_params["id"])
@@ -345,13 +331,10 @@ async def test_session_inside_the_drivers_own_transaction(setup: tuple[aconn.Con
     assert connections.stats().opened == 1
 
 
-@pytest.mark.parametrize("name", [p for p in DIALECT_PARAMS if getattr(p, "values", [p])[0] != "asyncpg"])
+@pytest.mark.parametrize("name", [p for p in DRIVER_PARAMS if getattr(p, "values", [p])[0] != "asyncpg"])
 async def test_autocommit_off_is_implicit(request: pytest.FixtureRequest, name: str, make: Any, tmp_path: Any) -> None:
     connections = make({"default": settings_for(request, name, tmp_path, CONN_MAX_AGE=60, AUTOCOMMIT=False)})
-    engine = create_async_engine(connections)
-    async with engine.begin() as conn:
-        await conn.run_sync(metadata.drop_all)
-        await conn.run_sync(metadata.create_all)
+    engine = await engine_with_a_fresh_table(connections)
     mysql = engine.dialect.name == "mysql"
 
     async def begins(session: AsyncSession) -> int:

@@ -24,7 +24,7 @@ from typing import Any
 
 import anyio
 import pytest
-from helpers import ProcesslistSampler
+from helpers import ENGINES, ProcesslistSampler
 from sqlalchemy import Column, Integer, MetaData, Table, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.ext.asyncio import create_async_engine as plain_create_async_engine
@@ -35,7 +35,6 @@ from aconn.sqlalchemy import create_async_engine
 CAP = 5
 SCHEMES = {"aiomysql": "mysql+aiomysql", "asyncmy": "mysql+asyncmy", "psycopg": "postgresql+psycopg",
            "asyncpg": "postgresql+asyncpg"}  # fmt: skip
-ENGINES = {"aiomysql": "mysql", "asyncmy": "asyncmy", "psycopg": "postgresql", "asyncpg": "asyncpg"}
 SERVER_DRIVERS = [
     pytest.param("aiomysql", marks=pytest.mark.mysql),
     pytest.param("psycopg", marks=pytest.mark.postgresql),
