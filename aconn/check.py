@@ -22,7 +22,7 @@ from .backends.base import Backend, ServerLimits
 from .backends.pgcommon import PostgresBackend
 from .errors import AconnError
 from .handler import Connections
-from .rules import Verdict, evaluate, idle_limit_from_server
+from .rules import Verdict, evaluate, idle_limit_from_server, node_budget_rule
 from .settings import MYSQL_ENGINES, POSTGRESQL_ENGINES, Settings, parse_databases
 
 __all__ = ("main", "run_check")
@@ -76,9 +76,16 @@ async def check_alias(settings: Settings, workers: int) -> dict[str, Any]:
     """Connect once and report on one alias; never raises for a connection problem."""
     report: dict[str, Any] = {"alias": settings.alias, "engine": settings.engine, "target": settings.target}
     backend = load_backend(settings)
+    nodes: list[dict[str, Any]] = []
+    node_verdicts: list[Verdict] = []
+    if settings.cluster_kind is not None:
+        nodes, node_verdicts = await _nodes(settings, backend, workers)
+        report["nodes"] = nodes
     try:
+        # a multi-host alias: the first node that answered (the rules below read its limits)
+        address = next((tuple(n["address"]) for n in nodes if n["reachable"]), None)
         async with asyncio.timeout(settings.connect_timeout):
-            conn, limits = await backend.connect()
+            conn, limits = await backend.connect(address)
     except TimeoutError:
         report.update(reachable=False, reason=f"no answer within CONNECT_TIMEOUT={settings.connect_timeout:g}s")
         return report
@@ -118,7 +125,7 @@ async def check_alias(settings: Settings, workers: int) -> dict[str, Any]:
                         "set POOLER='pgbouncer'",
                     )
                 ]
-        report["rules"] = [dataclasses.asdict(v) for v in verdicts]
+        report["rules"] = [dataclasses.asdict(v) for v in verdicts + node_verdicts]
     finally:
         try:
             async with asyncio.timeout(5):
@@ -127,6 +134,44 @@ async def check_alias(settings: Settings, workers: int) -> dict[str, Any]:
             backend.abort(conn)
         await backend.aclose()
     return report
+
+
+async def _nodes(settings: Settings, backend: Backend, workers: int) -> tuple[list[dict[str, Any]], list[Verdict]]:
+    """Each host of a multi-host alias: reachable or why not, its state and cluster size, and
+    whether every process' MAX_CONNS fits in its max_connections."""
+    from .pool.nodes import Nodes
+
+    judge = Nodes(settings, backend)
+
+    async def one(address: tuple[str, int]) -> tuple[dict[str, Any], Verdict | None]:
+        node = judge.node_at(address)
+        assert node is not None
+        entry: dict[str, Any] = {"host": node.name, "address": list(address)}
+        try:
+            async with asyncio.timeout(settings.connect_timeout):
+                conn, limits = await backend.connect(address)
+                try:
+                    state = await backend.node_state(conn, judge.cluster)
+                finally:
+                    await backend.close(conn)
+        except Exception as exc:
+            reason = (
+                "no answer within CONNECT_TIMEOUT" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
+            )
+            entry.update(reachable=False, reason=reason)
+            return entry, None
+        entry.update(
+            reachable=True,
+            cluster=state.cluster,
+            state=state.summary,
+            cluster_size=state.size,
+            serves=judge.serves(state),
+            max_connections=limits.max_connections,
+        )
+        return entry, node_budget_rule(settings, node.name, limits, workers)
+
+    found = await asyncio.gather(*(one(address) for address in settings.addresses))
+    return [entry for entry, _ in found], [verdict for _, verdict in found if verdict is not None]
 
 
 async def _mysql_details(conn: Any, limits: ServerLimits) -> dict[str, Any]:
@@ -226,6 +271,14 @@ def render(reports: Sequence[dict[str, Any]], workers: int, out: TextIO) -> None
             print(f"  UNREACHABLE  {report['reason']}", file=out)
             continue
         print(f"  reachable    server {report['version']}", file=out)
+        for node in report.get("nodes", ()):
+            if node["reachable"]:
+                size = f", cluster of {node['cluster_size']}" if node["cluster_size"] else ""
+                serves = "serves TARGET" if node["serves"] else "does NOT serve TARGET"
+                shown = f"{node['state']}{size}; {serves}; max_connections={node['max_connections']}"
+            else:
+                shown = f"UNREACHABLE {node['reason']}"
+            print(f"  node         {node['host']}: {shown}", file=out)
         if "limits" in report:
             limits = report["limits"]
             shown = ", ".join(f"{k}={v if v is not None else '-'}" for k, v in limits.items())

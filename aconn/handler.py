@@ -335,13 +335,13 @@ class Connections:
         self._sources[alias] = source if source is not None else self._pools[alias]
 
     @overload
-    def atomic(self, alias: str = "default", *, durable: bool = False) -> Atomic: ...
+    def atomic(self, alias: str = "default", *, durable: bool = False, retries: int = 0) -> Atomic: ...
 
     @overload
     def atomic(self, alias: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]: ...
 
     def atomic(
-        self, alias: str | Callable[P, Awaitable[R]] = "default", *, durable: bool = False
+        self, alias: str | Callable[P, Awaitable[R]] = "default", *, durable: bool = False, retries: int = 0
     ) -> Atomic | Callable[P, Awaitable[R]]:
         """A transaction, Django's ``atomic``: ``async with connections.atomic("default") as conn:``.
 
@@ -353,13 +353,21 @@ class Connections:
         ``durable=True`` (Django's): the block must be the outermost, so that leaving it
         commits; entered inside another block it raises ``TransactionError``.
 
+        ``retries=N``, on a decorated function only (``@connections.atomic("default", retries=3)``):
+        a call whose transaction fails with a serialization or certification conflict (MySQL and
+        MariaDB 1213 and 1205, a Galera certification failure included; PostgreSQL 40001, 40P01)
+        runs again whole, up to N more times, with jittered backoff within ``ACQUIRE_TIMEOUT``;
+        counted in ``stats().transaction_retries``. The function must be safe to run again (no
+        side effect outside the transaction). ``async with atomic(retries=N)`` raises
+        ``TransactionError``: a block cannot be run again.
+
         :raises TransactionError: on misuse: the transaction ended by hand inside the block,
             the block left in another task or out of order, a durable block nested.
         :raises ConfigError: for an unknown alias.
         """
         if callable(alias):
             return Atomic(self, "default")(alias)
-        return Atomic(self, alias, durable)
+        return Atomic(self, alias, durable, retries)
 
     async def on_commit(self, callback: OnCommit, alias: str = "default", *, robust: bool = False) -> None:
         """Call ``callback()`` (awaited if it returns an awaitable) once the transaction of the

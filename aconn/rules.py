@@ -105,6 +105,19 @@ def _budget_rule(settings: Settings, limits: ServerLimits, workers: int) -> Verd
     return Verdict("MAX_CONNS", True, f"{budget_text} within max_connections={total}")
 
 
+def node_budget_rule(settings: Settings, node: str, limits: ServerLimits, workers: int) -> Verdict:
+    """One node of a multi-host alias: every process may open MAX_CONNS on it, plus its side
+    session (CANCEL_ON_SERVER) and the monitor session of the node checks."""
+    budget = workers * (settings.max_conns + 2)
+    text = f"node {node}: {workers} process(es) x (MAX_CONNS={settings.max_conns} + 2 side/monitor sessions) = {budget}"
+    total = limits.max_user_connections or limits.max_connections
+    name = "max_user_connections" if limits.max_user_connections else "max_connections"
+    if total and budget > total:
+        fix = f"set MAX_CONNS to at most {max(1, total // workers - 2)} or raise {name} on every node"
+        return Verdict("NODES", False, f"{text} is above its {name}={total}", fix)
+    return Verdict("NODES", True, f"{text} within its {name}={total if total else 'unlimited'}")
+
+
 def _cancel_rule(settings: Settings, limits: ServerLimits) -> Verdict:
     bound = (
         f"STATEMENT_TIMEOUT={settings.statement_timeout:g}s bounds each statement"

@@ -17,7 +17,10 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from .errors import ConfigError
 
-__all__ = ("Settings", "parse_databases", "parse_settings")
+__all__ = ("Address", "Settings", "parse_databases", "parse_settings")
+
+#: one server of an alias: ``(host, port)``
+Address = tuple[str, int]
 
 #: Engine names accepted for each built-in backend.
 ENGINE_ALIASES: Mapping[str, str] = {
@@ -231,6 +234,36 @@ def _port(alias: str, key: str, value: Any) -> int | None:
     return value
 
 
+def _host_entry(alias: str, key: str, entry: str) -> tuple[str, int | None]:
+    """``host``, ``host:port``, ``[v6]:port`` or a bare IPv6 address -> ``(host, port or None)``."""
+    entry = entry.strip()
+    if not entry:
+        raise ConfigError(alias, key, "an empty host in the list")
+    if entry.startswith("["):
+        host, _, rest = entry[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+        if rest and not rest.startswith(":"):
+            raise ConfigError(alias, key, f"cannot read the host {entry!r}")
+    elif entry.count(":") == 1:
+        host, _, port = entry.partition(":")
+    else:
+        host, port = entry, ""
+    return host, _port(alias, key, port) if port else None
+
+
+def _hosts(alias: str, key: str, value: Any) -> str:
+    """HOST: one host, libpq's comma-separated list, or a list; stored as the comma form."""
+    if isinstance(value, list | tuple):
+        if not value or not all(isinstance(v, str) for v in value):
+            raise ConfigError(alias, key, f"must be a host or a non-empty list of hosts, got {value!r}")
+        value = ",".join(value)
+    host = _string(alias, key, value)
+    if host and not host.startswith("/"):
+        for entry in host.split(","):
+            _host_entry(alias, key, entry)
+    return host
+
+
 def _options(alias: str, key: str, value: Any) -> Mapping[str, Any]:
     if value is None:
         value = {}
@@ -282,6 +315,51 @@ def _pooler_of(alias: str, key: str, value: Any, parsed: Mapping[str, Any]) -> s
     return _pooler(alias, value, parsed["engine"])
 
 
+#: CLUSTER's values: what the node state checks read (``detect``: ask the server)
+CLUSTERS = ("galera", "postgresql", "detect")
+#: TARGET's values per family: libpq's ``target_session_attrs`` names; a Galera cluster has no
+#: standbys: ``read-write`` is the one node that takes writes, ``any`` every synced node
+TARGETS: Mapping[str, tuple[str, ...]] = {
+    "postgresql": ("read-write", "primary", "any", "read-only", "standby", "prefer-standby"),
+    "mysql": ("read-write", "primary", "any"),
+}
+HOST_ORDERS = ("in-order", "round-robin")
+
+
+def _family(engine: str) -> str | None:
+    return "postgresql" if engine in POSTGRESQL_ENGINES else "mysql" if engine in MYSQL_ENGINES else None
+
+
+def _cluster_of(alias: str, key: str, value: Any, parsed: Mapping[str, Any]) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or value.lower() not in CLUSTERS:
+        raise ConfigError(alias, key, f"must be None or one of {', '.join(map(repr, CLUSTERS))}, got {value!r}")
+    cluster = value.lower()
+    family = _family(parsed["engine"])
+    if (
+        family is None
+        or (cluster == "galera" and family != "mysql")
+        or (cluster == "postgresql" and family != "postgresql")
+    ):
+        raise ConfigError(alias, key, f"{cluster!r} does not apply to ENGINE {parsed['engine']!r}")
+    return cluster
+
+
+def _target_of(alias: str, key: str, value: Any, parsed: Mapping[str, Any]) -> str:
+    family = _family(parsed["engine"])
+    allowed = TARGETS.get(family or "", ("read-write",))
+    if not isinstance(value, str) or value.lower() not in allowed:
+        raise ConfigError(alias, key, f"must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+    return value.lower()
+
+
+def _host_order(alias: str, key: str, value: Any) -> str:
+    if not isinstance(value, str) or value.lower() not in HOST_ORDERS:
+        raise ConfigError(alias, key, f"must be one of {', '.join(map(repr, HOST_ORDERS))}, got {value!r}")
+    return value.lower()
+
+
 _STRING = _alone(None, _string)
 _BOOL = _alone("bool", _boolean)
 
@@ -299,7 +377,9 @@ class Settings:
     name: str = setting("NAME", Parser(None, _name), "", "the database (SQLite: the file, or ':memory:')")
     user: str = setting("USER", _STRING, "", "as in Django")
     password: str = setting("PASSWORD", _STRING, "", "as in Django; never shown", secret=True)
-    host: str = setting("HOST", _STRING, "", "as in Django")
+    host: str = setting(
+        "HOST", _alone(None, _hosts), "", "as in Django; several: a list, or libpq's 'db1,db2:3307' (failover)"
+    )
     port: int | None = setting("PORT", _alone(None, _port), None, "as in Django; an int or a string")
     options: Mapping[str, Any] = setting(
         "OPTIONS", _alone(None, _options), MappingProxyType({}), "the driver's connect options"
@@ -409,6 +489,27 @@ class Settings:
         url=("max_replica_lag",),
     )
 
+    #: what the node state checks read on a multi-host alias (None: ``detect`` when HOST lists several)
+    cluster: str | None = setting(
+        "CLUSTER",
+        Parser("str", _cluster_of),
+        None,
+        "'galera', 'postgresql' or 'detect': a connection only on a node in the right state",
+        url=("cluster",),
+    )
+    #: which node a connection goes to (libpq's target_session_attrs names)
+    target_node: str = setting(
+        "TARGET",
+        Parser("str", _target_of),
+        "read-write",
+        "the node a connection goes to: 'read-write', 'any', 'prefer-standby'...",
+        url=("target", "target_session_attrs"),
+    )
+    #: the order the hosts of a multi-host alias are tried in: the first healthy one, or in turn
+    host_order: str = setting(
+        "HOST_ORDER", _alone("str", _host_order), "in-order", "'in-order' or 'round-robin'", url=("host_order",)
+    )
+
     def __repr__(self) -> str:
         shown = []
         for f in fields(self):
@@ -428,8 +529,24 @@ class Settings:
         """Where this alias connects, for messages: never includes the password."""
         if self.engine == "sqlite":
             return f"sqlite {self.name if self.name == ':memory:' else os.path.abspath(self.name)}"
+        hosts = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.addresses)
+        return f"{self.engine} {self.user}@{hosts}/{self.name}"
+
+    @property
+    def addresses(self) -> tuple[Address, ...]:
+        """The servers of the alias, ``(host, port)`` each, in HOST's order (PORT the default port)."""
         port = self.port or DEFAULT_PORTS.get(self.engine, 3306)
-        return f"{self.engine} {self.user}@{self.host or 'localhost'}:{port}/{self.name}"
+        if not self.host or self.host.startswith("/"):
+            return ((self.host or "localhost", port),)  # a unix socket's directory or path (Django's)
+        entries = (_host_entry(self.alias, "HOST", e) for e in self.host.split(","))
+        return tuple((host, own or port) for host, own in entries)
+
+    @property
+    def cluster_kind(self) -> str | None:
+        """CLUSTER as it applies: ``detect`` for a multi-host alias that does not say."""
+        if self.cluster is None and "," in self.host:
+            return "detect"
+        return self.cluster
 
 
 def _check_replicas(parsed: Mapping[str, Settings]) -> None:
@@ -657,6 +774,10 @@ def _server_url(alias: str, scheme: str, rest: str, entry: dict[str, Any]) -> st
             "the user or password contains '/', '?' or '#': percent-encode them "
             "(urllib.parse.quote(password, safe=''))",
         )
+    netloc_end = min((i for i in (hostpart.find("/"), hostpart.find("?")) if i >= 0), default=len(hostpart))
+    several = hostpart[:netloc_end] if "," in hostpart[:netloc_end] else None
+    if several is not None:  # libpq's and SQLAlchemy's multi-host form: host1:port1,host2:port2
+        hostpart = "multi-host" + hostpart[netloc_end:]
     try:
         parts = urlsplit(f"{scheme}://{hostpart}")
         port = parts.port
@@ -665,7 +786,7 @@ def _server_url(alias: str, scheme: str, rest: str, entry: dict[str, Any]) -> st
     user, _, password = userinfo.partition(":")
     entry["USER"] = unquote(user)
     entry["PASSWORD"] = unquote(password)
-    entry["HOST"] = parts.hostname or ""
+    entry["HOST"] = several if several is not None else parts.hostname or ""
     entry["PORT"] = port
     entry["NAME"] = unquote(parts.path.lstrip("/"))
     return parts.query

@@ -57,6 +57,8 @@ class PoolStats:
     closed_error: int = 0
     #: connections closed by ``aclose()``
     closed_shutdown: int = 0
+    #: connections closed because their cluster node left the state TARGET needs (multi-host aliases)
+    closed_node: int = 0
     #: health-check pings run, and how many failed
     health_checks: int = total(0, Instrument("aconn.health_checks", "{ping}", "Health-check pings before hand-out"))
     health_checks_failed: int = total(
@@ -91,13 +93,24 @@ class PoolStats:
     overloaded: int = total()
     #: reads asked of this alias' replicas (read_only=True) that went to the primary: none was healthy
     replica_fallbacks: int = total()
+    #: functions ``atomic(retries=N)`` ran again after a serialization or certification conflict
+    transaction_retries: int = total(
+        0,
+        Instrument(
+            "aconn.transaction.retries",
+            "{retry}",
+            "Transactions run again after a conflict",
+        ),
+    )
+    #: times a multi-host alias found a node in the wrong state (a check, a connect or an error)
+    nodes_down: int = total(0, Instrument("aconn.nodes.down", "{node}", "Cluster nodes found in the wrong state"))
 
     @property
     def closed(self) -> int:
         """All connections closed, whatever the reason."""
         return (
             self.closed_max_age + self.closed_idle + self.closed_unusable
-            + self.closed_error + self.closed_shutdown
+            + self.closed_error + self.closed_shutdown + self.closed_node
         )  # fmt: skip
 
 

@@ -27,6 +27,7 @@ from types import TracebackType
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast
 
 from ._asyncio import run_shielded, task_of
+from ._backoff import Backoff
 from .errors import TransactionError
 from .pool import CLEANUP_TIMEOUT, Holder, HolderState, Pool
 from .scope import Scope
@@ -43,6 +44,9 @@ R = TypeVar("R")
 _SAVEPOINTS = itertools.count(1)
 #: the savepoint a test's transaction starts with: if it is gone at the end, the transaction was lost
 TEST_SAVEPOINT = "aconn_test"
+
+#: the backoff between the runs of a conflicted function (atomic(retries=N)): first, ceiling
+_RETRY_FIRST, _RETRY_CAP = 0.01, 0.5
 
 _HAND_ENDED = (
     "was committed or rolled back inside the block (a COMMIT or ROLLBACK sent by hand, or on "
@@ -118,26 +122,72 @@ class Atomic:
     ``durable=True``: the block must be the outermost, so that its exit is the COMMIT (a
     ``TransactionError`` when entered inside another block or a transaction the app opened;
     allowed directly inside a test's transaction, as Django's ``TestCase`` allows it).
+
+    ``retries=N``, on a decorated function only: a call whose transaction fails with a
+    serialization or certification conflict (MySQL/MariaDB 1213 and 1205, PostgreSQL 40001 and
+    40P01) is rolled back and the whole function run again, up to N more times, with jittered
+    backoff, while ``ACQUIRE_TIMEOUT`` from the first call lasts; only when its block was the
+    outermost (a savepoint's conflict aborted a transaction the function does not own).
     """
 
-    def __init__(self, handler: Handler, alias: str, durable: bool = False) -> None:
+    def __init__(self, handler: Handler, alias: str, durable: bool = False, retries: int = 0) -> None:
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"atomic({alias!r}): retries must be an integer, 0 or more, got {retries!r}")
         self._handler = handler
         self._alias = alias
         self._durable = durable
+        self._retries = retries
         self._blocks: list[_Block] = []  # one object entered again while in use (recursion)
+        #: the last block entered was the outermost (its own transaction): a retry may run it again
+        self._outermost = False
 
     def __call__(self, func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
-        handler, alias, durable = self._handler, self._alias, self._durable
+        handler, alias, durable, retries = self._handler, self._alias, self._durable, self._retries
+
+        if not retries:
+
+            @functools.wraps(func)
+            async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+                async with Atomic(handler, alias, durable):
+                    return await func(*args, **kwargs)
+
+            return wrapper
 
         @functools.wraps(func)
-        async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-            async with Atomic(handler, alias, durable):
-                return await func(*args, **kwargs)
+        async def retrying(*args: P.args, **kwargs: P.kwargs) -> R:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + handler.settings(alias).acquire_timeout
+            pause = Backoff(_RETRY_FIRST, _RETRY_CAP, jitter=0.5)
+            attempt = 0
+            while True:
+                block = Atomic(handler, alias, durable)
+                try:
+                    async with block:
+                        return await func(*args, **kwargs)
+                except Exception as exc:
+                    pool = handler._pool(alias)
+                    if attempt >= retries or not block._outermost or not pool.backend.is_conflict(exc):
+                        raise
+                    delay = pause.next_delay(deadline - loop.time())
+                    if loop.time() + delay >= deadline:
+                        raise
+                    attempt += 1
+                    pool.counters.transaction_retries += 1
+                    logger.info(
+                        "aconn alias %r: %s conflicted (%s); running it again (retry %d of %d)",
+                        alias, getattr(func, "__qualname__", func), exc, attempt, retries,
+                    )  # fmt: skip
+                await asyncio.sleep(delay)
 
-        return wrapper
+        return retrying
 
     async def __aenter__(self) -> Any:
         handler, alias = self._handler, self._alias
+        if self._retries:
+            raise TransactionError(
+                f"aconn alias {alias!r}: atomic(retries={self._retries}) re-runs a function, and a block "
+                "cannot be run again: decorate the function (@connections.atomic(alias, retries=N)) instead"
+            )
         if not handler.settings(alias).autocommit:  # ConfigError for an unknown alias
             raise TransactionError(
                 f"aconn alias {alias!r}: atomic() needs AUTOCOMMIT True (the default); with it off, "
@@ -167,6 +217,7 @@ class Atomic:
             if current is scope:
                 await scope.__aexit__(type(exc), exc, exc.__traceback__)
             raise
+        self._outermost = savepoint is None
         block = _Block(current, current is scope, holder, savepoint, token, task_of(asyncio.get_running_loop()))
         stack.append(block)
         self._blocks.append(block)

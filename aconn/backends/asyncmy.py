@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import asyncmy
 from asyncmy import errors
 
-from ..settings import Settings
+from ..settings import Address, Settings
 from .mysqlcommon import QUIT_PACKET, CheckedConnection, MySQLProtocolBackend, reusable_unless
 from .nesting import NestingBeginConnection
 
@@ -85,8 +85,8 @@ class AsyncmyBackend(MySQLProtocolBackend):
         super().__init__(settings)
         self._kwargs["connect_timeout"] = 10  # asyncmy refuses None here; replaced on the instance below
 
-    def _new_connection(self) -> Any:
-        conn = _Connection(**self._kwargs)
+    def _new_connection(self, address: Address | None) -> Any:
+        conn = _Connection(**self._kwargs_at(address))
         # None: asyncmy bounds its TCP open with asyncio.wait_for, which on Python 3.11 can swallow
         # the caller's cancellation and leave the rest of the handshake unbounded; with None it
         # awaits the open directly, and the pool bounds the whole connect with one asyncio.timeout

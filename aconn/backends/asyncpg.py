@@ -21,7 +21,7 @@ import asyncpg
 from asyncpg import connect_utils
 
 from ..errors import ConfigError
-from ..settings import DEFAULT_PORTS, Settings
+from ..settings import Address, Settings
 from .base import ErrorKind, ServerLimits, check_options, close_socket_of
 from .pgcommon import LIMITS_SQL, PostgresBackend, classify_sqlstate, limits_from_row
 
@@ -81,8 +81,7 @@ class AsyncpgBackend(PostgresBackend):
                 )
         if settings.statement_timeout is not None:
             server_settings["statement_timeout"] = str(max(1, round(settings.statement_timeout * 1000)))
-        self._host = settings.host or "localhost"
-        self._port = settings.port or DEFAULT_PORTS["asyncpg"]
+        self._host, self._port = settings.addresses[0]  # a multi-host alias: each connect names its node
         self._kwargs: dict[str, Any] = {
             "host": self._host,
             "port": self._port,
@@ -96,11 +95,11 @@ class AsyncpgBackend(PostgresBackend):
             **options,
         }
 
-    async def _open(self) -> Any:
-        return await asyncpg.connect(**self._kwargs)
+    async def _open(self, address: Address | None = None) -> Any:
+        return await asyncpg.connect(**self._kwargs_at(address))
 
-    async def connect(self) -> tuple[Any, ServerLimits]:
-        conn = await self._open()
+    async def connect(self, address: Address | None = None) -> tuple[Any, ServerLimits]:
+        conn = await self._open(address)
         try:
             row = await conn.fetchrow(LIMITS_SQL)
         except BaseException:

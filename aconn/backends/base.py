@@ -17,11 +17,12 @@ from typing import Any, ClassVar
 
 from .._backoff import Backoff
 from ..errors import ConfigError
-from ..settings import PEER_POOL_OPTIONS, Settings
+from ..settings import PEER_POOL_OPTIONS, Address, Settings
 
 __all__ = (
     "Backend",
     "ErrorKind",
+    "NodeState",
     "ServerLimits",
     "check_options",
     "close_socket_of",
@@ -111,6 +112,9 @@ class ErrorKind(enum.Enum):
     RETRYABLE = "retryable"
     #: the server refuses writes (a demoted primary after a failover): reconnect, do not reuse
     READ_ONLY = "read_only"
+    #: a cluster node not in a state to serve (Galera 1047, "WSREP has not yet prepared node"):
+    #: reconnect, to another node
+    NODE_NOT_READY = "node_not_ready"
     #: anything else (SQL errors, constraint violations...): the connection may be fine
     OTHER = "other"
 
@@ -140,6 +144,26 @@ class ServerLimits:
     idle_in_transaction_timeout: float | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class NodeState:
+    """What one check of a cluster node found (:meth:`Backend.node_state`)."""
+
+    #: "galera", "postgresql", or None: a plain server (no cluster to be in the wrong state of)
+    cluster: str | None
+    #: it serves statements (Galera: ``wsrep_ready=ON`` and Synced; PostgreSQL: always)
+    ready: bool
+    #: it takes writes (Galera: ready; PostgreSQL: a primary not in read-only mode)
+    writable: bool
+    #: a PostgreSQL standby (in recovery)
+    standby: bool = False
+    #: Galera ``wsrep_local_index``: the node that takes writes is the synced one with the lowest
+    index: int | None = None
+    #: Galera ``wsrep_cluster_size``
+    size: int | None = None
+    #: for people: "Synced, 3 nodes", "non-Primary, wsrep_ready=OFF", "primary", "standby"
+    summary: str = ""
+
+
 #: the pauses between the steps of a wait until the server has dropped a session
 _STEP_FIRST, _STEP_CAP = 0.002, 0.05
 
@@ -149,6 +173,18 @@ async def _until_done(step: Callable[[Any], Awaitable[bool]], conn: Any) -> None
     pause = Backoff(_STEP_FIRST, _STEP_CAP)
     while not await step(conn):
         await pause.sleep()
+
+
+class _Side:
+    """The side session to one server: its connection, the lock each stop takes it with, its users."""
+
+    __slots__ = ("conn", "lock", "loop", "users")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.lock = asyncio.Lock()
+        self.conn: Any = None
+        self.users = 0
 
 
 class Backend:
@@ -164,22 +200,36 @@ class Backend:
     #: short name used in messages and stats
     vendor: ClassVar[str] = "base"
 
+    #: the driver's connect keywords (host and port among them), for the socket backends
+    _kwargs: dict[str, Any]
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        # the side session that stops cancelled statements (CANCEL_ON_SERVER), one at most
-        self._side: Any = None
-        self._side_lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
-        self._side_users = 0
+        # the side session that stops cancelled statements (CANCEL_ON_SERVER), one at most per
+        # server (a multi-host alias stops a statement from a session on the same node)
+        self._sides: dict[Address | None, _Side] = {}
         #: side sessions lost mid-work (a network reset): the server may hold each until it has
         #: torn it down, one session above the "+1" of CANCEL_ON_SERVER's bound meanwhile
         self.side_sessions_lost = 0
 
-    async def connect(self) -> tuple[Any, ServerLimits]:
+    async def connect(self, address: Address | None = None) -> tuple[Any, ServerLimits]:
         """Open a connection, handshake and session setup included, and read the limits.
 
+        ``address``: the server of a multi-host alias to connect to (None: HOST and PORT).
         The caller bounds the whole call in time.
         """
         raise NotImplementedError
+
+    def _kwargs_at(self, address: Address | None) -> dict[str, Any]:
+        """The driver's connect keywords, aimed at ``address`` when given."""
+        if address is None:
+            return self._kwargs
+        return {**self._kwargs, "host": address[0], "port": address[1]}
+
+    async def node_state(self, conn: Any, cluster: str) -> NodeState:
+        """One round trip or two: the state of the node ``conn`` is on, as ``cluster`` reads it
+        ("galera", "postgresql", or "detect": whichever the server is part of, if any)."""
+        return NodeState(None, ready=True, writable=True, summary="a single server")
 
     async def close(self, conn: Any) -> None:
         """Close gracefully. The caller bounds it in time and calls :meth:`abort` on timeout."""
@@ -199,15 +249,18 @@ class Backend:
 
     def forget_own(self) -> None:
         """:meth:`forget` for what the backend itself holds (side sessions)."""
-        if self._side is not None:
-            side, self._side = self._side, None
-            self.forget(side)
+        for side in self._sides.values():
+            if side.conn is not None:
+                conn, side.conn = side.conn, None
+                self.forget(conn)
 
-    async def _open_side(self) -> Any:
+    async def _open_side(self, address: Address | None) -> Any:
         """A connection for the side session: through the handshake, no setup needed."""
         raise NotImplementedError
 
-    async def _on_another_session(self, via: Any, step: Callable[[Any], Awaitable[bool]]) -> None:
+    async def _on_another_session(
+        self, via: Any, step: Callable[[Any], Awaitable[bool]], address: Address | None = None
+    ) -> None:
         """Call ``step(conn)`` until it returns True (done), on ``via`` (an idle connection of the
         pool), else on the side session; a short backoff between calls.
 
@@ -217,6 +270,7 @@ class Backend:
         the KILL or the check of one stop never queues behind another's wait until its session
         is gone. It is opened again when it is lost or refused (a network reset, a server
         restarting), until the caller's time bound ends the retries; any other error is raised.
+        ``address``: the node of a multi-host alias the stopped session was on.
         """
         if via is not None:
             try:
@@ -227,24 +281,24 @@ class Backend:
                     raise
                 # that connection was lost too (the pool closes it at release): use the side session
         loop = asyncio.get_running_loop()
-        if self._side_lock is None or self._side_lock[0] is not loop:
-            self._side_lock = (loop, asyncio.Lock())
-        lock = self._side_lock[1]
-        self._side_users += 1
+        held = self._sides.get(address)
+        if held is None or held.loop is not loop:
+            held = self._sides[address] = _Side(loop)
+        held.users += 1
         try:
             pause = Backoff(_STEP_FIRST, _STEP_CAP)
             while True:
-                async with lock:
-                    side = self._side
+                async with held.lock:
+                    side = held.conn
                     try:
                         if side is None or self.is_dead(side, peek=False):
                             side = None
-                            side = self._side = await self._open_side()
+                            side = held.conn = await self._open_side(address)
                         if await step(side):
                             return
                     except Exception as exc:
-                        if self._side is side:
-                            self._side = None
+                        if held.conn is side:
+                            held.conn = None
                         if side is not None:
                             self.side_sessions_lost += 1
                             self.abort(side)
@@ -253,9 +307,9 @@ class Backend:
                         pause.reset()  # a refused connect is cheap: try again soon
                 await pause.sleep()  # outside the lock: the other stops take their steps meanwhile
         finally:
-            self._side_users -= 1
-            if self._side_users == 0 and self._side is not None:
-                side, self._side = self._side, None
+            held.users -= 1
+            if held.users == 0 and held.conn is not None:
+                side, held.conn = held.conn, None
                 await self.close(side)
 
     def is_dead(self, conn: Any, *, peek: bool = True) -> bool:
@@ -345,16 +399,22 @@ class Backend:
         """Tell what an exception means; ``connecting`` is True for errors from :meth:`connect`."""
         raise NotImplementedError
 
+    def is_conflict(self, exc: BaseException) -> bool:
+        """True if ``exc`` ended the transaction as a serialization or certification conflict, one
+        that running the whole transaction again may get past (``atomic(retries=N)``)."""
+        return False
+
     def left_running(self, conn: Any) -> bool:
         """True if a statement may still run on the server for a connection the client dropped
         mid-command (a cancelled caller, a lost or out-of-step stream). No I/O.
         """
         return False
 
-    async def cancel_on_server(self, conn: Any, via: Any = None) -> None:
+    async def cancel_on_server(self, conn: Any, via: Any = None, address: Address | None = None) -> None:
         """Stop the statement :meth:`left_running` reported, from another session, and wait until
         the server has let go of it. ``conn`` is already aborted; ``via`` is an idle connection
-        of the pool to send the request on, or None for a side session of the backend's own.
+        of the pool (on the same server) to send the request on, or None for a side session of
+        the backend's own, to ``address`` (a multi-host alias' node; None: HOST and PORT).
         The caller bounds it in time.
         """
 
@@ -363,6 +423,7 @@ class Backend:
 
     async def aclose(self) -> None:
         """Release what the backend itself holds, after every connection is closed."""
-        if self._side is not None:
-            side, self._side = self._side, None
-            self.abort(side)
+        for side in self._sides.values():
+            if side.conn is not None:
+                conn, side.conn = side.conn, None
+                self.abort(conn)

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import aiomysql
 import pymysql
 
+from ..settings import Address
 from .mysqlcommon import CheckedConnection, MySQLProtocolBackend, reusable_unless
 from .nesting import NestingBeginConnection
 
@@ -63,8 +64,8 @@ class MySQLBackend(MySQLProtocolBackend):
         "loop",
     }
 
-    def _new_connection(self) -> Any:
-        return _Connection(**self._kwargs)
+    def _new_connection(self, address: Address | None) -> Any:
+        return _Connection(**self._kwargs_at(address))
 
     async def _handshake(self, conn: Any) -> None:
         await conn._connect()

@@ -17,13 +17,22 @@ import ssl
 import struct
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from types import ModuleType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 from pymysql.constants import CLIENT, CR, ER, SERVER_STATUS
 
 from ..errors import ConfigError
-from ..settings import Settings
-from .base import Backend, ErrorKind, ServerLimits, check_options, close_socket_of, poll_liveness, polled_dead
+from ..settings import Address, Settings
+from .base import (
+    Backend,
+    ErrorKind,
+    NodeState,
+    ServerLimits,
+    check_options,
+    close_socket_of,
+    poll_liveness,
+    polled_dead,
+)
 from .nesting import CountsBlocks, forget_blocks
 
 __all__ = ("MySQLProtocolBackend", "cleartext_refused", "tls_not_offered")
@@ -45,6 +54,18 @@ _DISCONNECT_CODES = frozenset({
 })  # fmt: skip
 # server refused a new session for now: retry inside the acquire deadline
 # (max_connections, and max_user_connections of the account, in its two spellings)
+#: a Galera node's state (SHOW STATUS works on a node that refuses statements)
+_WSREP_STATUS_SQL: Final = (
+    "SHOW GLOBAL STATUS WHERE Variable_name IN ('wsrep_ready', 'wsrep_local_state', "
+    "'wsrep_local_state_comment', 'wsrep_local_index', 'wsrep_cluster_size', 'wsrep_cluster_status')"
+)
+#: wsrep_local_state 4: Synced (2 is Donor/Desynced, 1 Joining, 3 Joined)
+_GALERA_SYNCED: Final = "4"
+#: "WSREP has not yet prepared node for application use" (ER_UNKNOWN_COM_ERROR): a Galera node
+#: out of the primary component, or not synced
+_NODE_NOT_READY: Final = 1047
+#: a transaction that may succeed when run again: deadlock or certification conflict, lock wait timeout
+_CONFLICT_CODES: Final = frozenset({ER.LOCK_DEADLOCK, ER.LOCK_WAIT_TIMEOUT})
 _RETRY_CODES = frozenset({ER.CON_COUNT_ERROR, ER.TOO_MANY_USER_CONNECTIONS, ER.USER_LIMIT_REACHED})
 # no privilege to read the replica status
 _NO_PRIVILEGE_CODES = frozenset({ER.SPECIFIC_ACCESS_DENIED_ERROR, ER.DBACCESS_DENIED_ERROR, ER.ACCESS_DENIED_ERROR})
@@ -269,8 +290,9 @@ class MySQLProtocolBackend(CountsBlocks, Backend):
             options["ssl"] = _tls_context(alias, options["ssl"])
         self._tls_required = "ssl" in options
         self._kwargs: dict[str, Any] = {
-            "host": settings.host or "localhost",
-            "port": settings.port or 3306,
+            # a multi-host alias: the first; each connect names its node
+            "host": settings.addresses[0][0],
+            "port": settings.addresses[0][1],
             "user": settings.user or None,
             "password": settings.password,
             self.database_key: settings.name or None,
@@ -284,8 +306,8 @@ class MySQLProtocolBackend(CountsBlocks, Backend):
 
     # -- the driver's hooks -------------------------------------------------------------
 
-    def _new_connection(self) -> Any:
-        """The driver's connection object, built from ``self._kwargs``, not yet connected."""
+    def _new_connection(self, address: Address | None) -> Any:
+        """The driver's connection object, built from ``self._kwargs`` (aimed at ``address``), not yet connected."""
         raise NotImplementedError
 
     async def _handshake(self, conn: Any) -> None:
@@ -316,13 +338,13 @@ class MySQLProtocolBackend(CountsBlocks, Backend):
 
     # -- shared ----------------------------------------------------------------------------
 
-    async def _open(self) -> Any:
+    async def _open(self, address: Address | None = None) -> Any:
         """A connection through the handshake (TLS and authentication checked), no session setup.
 
         The connection object is built first, so that its socket is closed whatever happens
         (a driver's own ``connect()`` leaves it open when cancelled mid-handshake).
         """
-        conn = self._new_connection()
+        conn = self._new_connection(address)
         try:
             await self._handshake(conn)
             transport = self.transport_of(conn)
@@ -357,8 +379,8 @@ class MySQLProtocolBackend(CountsBlocks, Backend):
         async with conn.cursor() as cur:
             await self._set_up(cur, "mariadb" in conn.server_version.lower())
 
-    async def connect(self) -> tuple[Any, ServerLimits]:
-        conn = await self._open()
+    async def connect(self, address: Address | None = None) -> tuple[Any, ServerLimits]:
+        conn = await self._open(address)
         try:
             mariadb = "mariadb" in conn.server_version.lower()
             statement_time = _MARIADB_STATEMENT_TIME if mariadb else _MYSQL_STATEMENT_TIME
@@ -489,17 +511,49 @@ class MySQLProtocolBackend(CountsBlocks, Backend):
         # behind ProxySQL or RDS Proxy a KILL id names no session of ours: POOLER turns it off
         return self.dropped_mid_command(conn) and conn.aconn_session_id is not None and self.settings.pooler is None
 
-    async def cancel_on_server(self, conn: Any, via: Any = None) -> None:
+    async def cancel_on_server(self, conn: Any, via: Any = None, address: Address | None = None) -> None:
         """``KILL CONNECTION`` the session from another one, then wait until the server drops it.
 
         KILL CONNECTION, not KILL QUERY: the connection is discarded anyway, and ending the
         session at once rolls back its transaction and releases its locks. KILL returns
         before the killed thread ends, so the processlist is read until it is gone.
         """
-        await self._on_another_session(via, _kill_step(self.errors, conn.aconn_session_id))
+        await self._on_another_session(via, _kill_step(self.errors, conn.aconn_session_id), address)
 
-    async def _open_side(self) -> Any:
-        return await self._open()
+    async def _open_side(self, address: Address | None) -> Any:
+        return await self._open(address)
+
+    async def node_state(self, conn: Any, cluster: str) -> NodeState:
+        """A Galera node's state from ``SHOW GLOBAL STATUS`` (allowed while the node refuses
+        statements); with ``detect``, a server whose ``wsrep_on`` is off is a plain server."""
+        async with conn.cursor() as cur:
+            if cluster == "detect":
+                await cur.execute("SHOW GLOBAL VARIABLES LIKE 'wsrep_on'")
+                row = await cur.fetchone()
+                if row is None or str(row[1]).upper() != "ON":
+                    return NodeState(None, ready=True, writable=True, summary="a single server (wsrep_on is OFF)")
+            await cur.execute(_WSREP_STATUS_SQL)
+            status = {str(name).lower(): str(value) for name, value in await cur.fetchall()}
+        ready = status.get("wsrep_ready", "").upper() == "ON"
+        state = status.get("wsrep_local_state", "")
+        primary = status.get("wsrep_cluster_status", "") == "Primary"
+        synced = ready and primary and state == _GALERA_SYNCED
+        size = int(status["wsrep_cluster_size"]) if status.get("wsrep_cluster_size", "").isdigit() else None
+        index = int(status["wsrep_local_index"]) if status.get("wsrep_local_index", "").isdigit() else None
+        comment = status.get("wsrep_local_state_comment") or f"state {state or '?'}"
+        if synced:
+            summary = f"{comment}, {size} node(s), index {index}"
+        else:
+            summary = (
+                f"{comment}, {status.get('wsrep_cluster_status') or 'no cluster'}, "
+                f"wsrep_ready={status.get('wsrep_ready') or '?'}"
+            )
+        return NodeState("galera", ready=synced, writable=synced, index=index, size=size, summary=summary)
+
+    def is_conflict(self, exc: BaseException) -> bool:
+        # 1213: a deadlock, or a Galera certification conflict (the transaction was rolled back);
+        # 1205: a lock wait timeout (aconn rolls the whole transaction back before a retry)
+        return isinstance(exc, self.errors.MySQLError) and bool(exc.args) and exc.args[0] in _CONFLICT_CODES
 
     def classify(self, exc: BaseException, *, connecting: bool = False) -> ErrorKind:
         errors = self.errors
@@ -511,6 +565,8 @@ class MySQLProtocolBackend(CountsBlocks, Backend):
                 return ErrorKind.DISCONNECT
             if code == _OPTION_PREVENTS_STATEMENT and "read-only" in str(exc.args[-1]).lower():
                 return ErrorKind.READ_ONLY  # --read-only: the primary was demoted
+            if code == _NODE_NOT_READY:
+                return ErrorKind.NODE_NOT_READY
         if isinstance(exc, errors.InterfaceError | errors.InternalError | OSError | EOFError):
             return ErrorKind.DISCONNECT
         if isinstance(exc, RuntimeError) and "another coroutine" in str(exc):

@@ -11,7 +11,8 @@ import math
 from collections.abc import Callable
 from typing import Any, Final
 
-from .base import Backend, ErrorKind, ServerLimits, poll_liveness, polled_dead
+from ..settings import Address
+from .base import Backend, ErrorKind, NodeState, ServerLimits, poll_liveness, polled_dead
 
 __all__ = ("LIMITS_SQL", "PostgresBackend", "classify_sqlstate", "limits_from_row")
 
@@ -38,6 +39,10 @@ _RETRY_STATES: Final = frozenset({"53300", "57P03", "57P01"})
 _GONE_STATES: Final = frozenset({"57P01", "57P02", "57P03"})
 #: read_only_sql_transaction: "cannot execute INSERT in a read-only transaction"
 _READ_ONLY_STATE: Final = "25006"
+#: serialization_failure, deadlock_detected: the transaction may succeed when run again
+_CONFLICT_STATES: Final = frozenset({"40001", "40P01"})
+#: what libpq's target_session_attrs reads of a server: in recovery (a standby), read-only
+NODE_STATE_SQL: Final = "SELECT pg_is_in_recovery(), current_setting('transaction_read_only')"
 #: what libpq says, with no SQLSTATE, when the server refuses a new session for now
 _RETRY_MESSAGES: Final = (
     "too many clients",
@@ -93,7 +98,7 @@ class PostgresBackend(Backend):
 
     # -- driver-specific ------------------------------------------------------------------
 
-    async def _open(self) -> Any:
+    async def _open(self, address: Address | None = None) -> Any:
         raise NotImplementedError
 
     async def _fetch_one(self, conn: Any, sql: str) -> Any:
@@ -130,7 +135,10 @@ class PostgresBackend(Backend):
         fd = self._socket(conn)
         return super().liveness(conn) if fd is None else poll_liveness(conn, fd, self._flagged_dead)
 
-    async def cancel_on_server(self, conn: Any, via: Any = None) -> None:
+    def is_conflict(self, exc: BaseException) -> bool:
+        return getattr(exc, "sqlstate", None) in _CONFLICT_STATES
+
+    async def cancel_on_server(self, conn: Any, via: Any = None, address: Address | None = None) -> None:
         """The driver's cancel request, then a wait until the server has dropped the session.
 
         The client side is closed already, so once the statement stops the server ends the
@@ -145,10 +153,24 @@ class PostgresBackend(Backend):
         async def gone(over: Any) -> bool:
             return await self._fetch_one(over, sql) is None
 
-        await self._on_another_session(via, gone)
+        await self._on_another_session(via, gone, address)
 
-    async def _open_side(self) -> Any:
-        return await self._open()
+    async def _open_side(self, address: Address | None) -> Any:
+        return await self._open(address)
+
+    async def node_state(self, conn: Any, cluster: str) -> NodeState:
+        """Primary or standby (``pg_is_in_recovery()``), and whether it takes writes, as libpq's
+        ``target_session_attrs`` reads them."""
+        row = await self._fetch_one(conn, NODE_STATE_SQL)
+        await self._end_read(conn)
+        standby, read_only = bool(row[0]), str(row[1]).lower() == "on"
+        summary = "standby" if standby else "primary, read-only" if read_only else "primary"
+        return NodeState(
+            "postgresql", ready=True, writable=not standby and not read_only, standby=standby, summary=summary
+        )
+
+    async def _end_read(self, conn: Any) -> None:
+        """End the transaction a read opened when AUTOCOMMIT is off (psycopg); nothing by default."""
 
     async def replica_lag(self, conn: Any) -> float | None:
         """0 on a primary; on a standby, the age of the last transaction replayed, or 0 when it has

@@ -24,7 +24,7 @@ from psycopg import generators, pq
 from psycopg.waiting import wait_async, wait_conn_async
 
 from ..errors import ConfigError
-from ..settings import DEFAULT_PORTS, Settings
+from ..settings import Address, Settings
 from .base import ErrorKind, ServerLimits, check_options
 from .pgcommon import LIMITS_SQL, PostgresBackend, classify_sqlstate, limits_from_row
 
@@ -170,8 +170,7 @@ class PsycopgBackend(PostgresBackend):
             if not isinstance(role, str) or not role:
                 raise ConfigError(alias, "OPTIONS.assume_role", f"must be a role name, got {role!r}")
             self._setup_sql = 'SET ROLE "{}"'.format(role.replace('"', '""'))
-        self._host = settings.host or "localhost"
-        self._port = settings.port or DEFAULT_PORTS["postgresql"]
+        self._host, self._port = settings.addresses[0]  # a multi-host alias: each connect names its node
         self._kwargs: dict[str, Any] = {
             "host": self._host,
             "port": self._port,
@@ -182,11 +181,11 @@ class PsycopgBackend(PostgresBackend):
             **options,
         }
 
-    async def _open(self) -> Any:
-        return await _Connection.connect(**self._kwargs)
+    async def _open(self, address: Address | None = None) -> Any:
+        return await _Connection.connect(**self._kwargs_at(address))
 
-    async def connect(self) -> tuple[Any, ServerLimits]:
-        conn = await self._open()
+    async def connect(self, address: Address | None = None) -> tuple[Any, ServerLimits]:
+        conn = await self._open(address)
         try:
             if self._setup_sql:
                 await conn.execute(self._setup_sql)
@@ -273,6 +272,10 @@ class PsycopgBackend(PostgresBackend):
     async def _fetch_one(self, conn: Any, sql: str) -> Any:
         cur = await conn.execute(sql)
         return await cur.fetchone()
+
+    async def _end_read(self, conn: Any) -> None:
+        if not self.settings.autocommit:
+            await conn.rollback()
 
     def left_running(self, conn: Any) -> bool:
         # psycopg cancels a cancelled caller's statement itself and waits for the server before

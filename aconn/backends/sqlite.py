@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import aiosqlite
 
 from ..errors import ConfigError
-from ..settings import Settings
+from ..settings import Address, Settings
 from .base import Backend, ErrorKind, ServerLimits, check_options
 from .nesting import CountsBlocks, NestingConnection, forget_blocks
 
@@ -80,7 +80,7 @@ class SQLiteBackend(CountsBlocks, Backend):
         # isolation_level=None: autocommit, the driver never opens a transaction by itself
         self._kwargs: dict[str, Any] = {"isolation_level": None if settings.autocommit else "DEFERRED", **options}
 
-    async def connect(self) -> tuple[Any, ServerLimits]:
+    async def connect(self, address: Address | None = None) -> tuple[Any, ServerLimits]:
         if self._kwargs.get("uri") and self._anchor is None and "mode=memory" in self._database:
             # keep the shared in-memory database alive between connections
             self._anchor = sqlite3.connect(self._database, uri=True, check_same_thread=False)

@@ -13,6 +13,7 @@ from ..errors import AcquireTimeout
 from ..settings import Settings
 from .counters import Counters
 from .holder import Holder
+from .nodes import Node, NodeReadyError, Nodes
 
 __all__ = ("MAX_BACKOFF", "Connector")
 
@@ -35,9 +36,16 @@ class Connector:
     """
 
     def __init__(
-        self, settings: Settings, backend: Backend, counters: Counters, background: set[asyncio.Task[Any]]
+        self,
+        settings: Settings,
+        backend: Backend,
+        counters: Counters,
+        background: set[asyncio.Task[Any]],
+        nodes: Nodes | None = None,
     ) -> None:
         self.settings = settings
+        #: a multi-host alias' nodes: each connect goes to one that qualifies (None: HOST alone)
+        self.nodes = nodes
         self.alias = settings.alias
         self.backend = backend
         self.counters = counters
@@ -53,8 +61,8 @@ class Connector:
         timed_out: Callable[[], AcquireTimeout],
         rest: Callable[[float, float], Awaitable[Holder | None]] | None = None,
         background: bool = False,
-    ) -> tuple[Any, ServerLimits] | Holder:
-        """A new driver connection and the server's limits.
+    ) -> tuple[Any, ServerLimits, Node | None] | Holder:
+        """A new driver connection, the server's limits, and the node it is on (multi-host aliases).
 
         :param rest: how to spend a backoff after a refusal, ``rest(seconds, deadline)``: the pool
             queues the caller as a waiter meanwhile, and a connection given back to it ends the
@@ -77,9 +85,9 @@ class Connector:
             bound = min(remaining, settings.connect_timeout)
             try:
                 if background:
-                    conn, limits = await self._finished_if_cancelled(loop, bound)
+                    conn, limits, node = await self._finished_if_cancelled(loop, bound, deadline)
                 else:
-                    conn, limits = await self._attempt(bound)
+                    conn, limits, node = await self._attempt(bound, deadline)
             except TimeoutError:
                 counters.connect_errors += 1
                 counters.acquire_timeouts += 1
@@ -90,13 +98,25 @@ class Connector:
                 ) from None
             except Exception as exc:
                 counters.connect_errors += 1
-                if self.backend.classify(exc, connecting=True) is not ErrorKind.RETRYABLE:
+                if isinstance(exc, NodeReadyError) and not exc.retryable:
+                    # every host failed with an error retrying will not lift: the first, with them all
+                    first = exc.first or exc
+                    first.add_note(f"aconn alias {self.alias!r}: connecting to {settings.target}: {exc}")
+                    raise first from None
+                if not isinstance(exc, NodeReadyError) and (
+                    self.backend.classify(exc, connecting=True) is not ErrorKind.RETRYABLE
+                ):
                     # the driver's own error, still catchable as such, now saying where it happened
                     exc.add_note(f"aconn alias {self.alias!r}: connecting to {settings.target}")
                     raise
                 refused += 1
                 remaining = deadline - loop.time()
                 if remaining <= backoff.current:
+                    if isinstance(exc, NodeReadyError):
+                        raise AcquireTimeout(
+                            f"aconn alias {self.alias!r}: {exc}, until ACQUIRE_TIMEOUT="
+                            f"{settings.acquire_timeout:g}s ran out ({refused} round(s) over the hosts)"
+                        ) from None
                     raise AcquireTimeout(self._budget_message(exc, refused)) from exc
                 if not self._refusing:  # once per outage, not once per waiter
                     self._refusing = True
@@ -114,24 +134,29 @@ class Connector:
             else:
                 self._refusing = False
                 self.limits = limits
-                return conn, limits
+                return conn, limits, node
 
-    async def _attempt(self, bound: float) -> tuple[Any, ServerLimits]:
+    async def _attempt(self, bound: float, deadline: float) -> tuple[Any, ServerLimits, Node | None]:
+        if self.nodes is not None:  # each host bounded by CONNECT_TIMEOUT, the whole by the deadline
+            return await self.nodes.connect(deadline)
         async with asyncio.timeout(bound):
-            return await self.backend.connect()
+            conn, limits = await self.backend.connect()
+        return conn, limits, None
 
-    async def _finished_if_cancelled(self, loop: asyncio.AbstractEventLoop, bound: float) -> tuple[Any, ServerLimits]:
+    async def _finished_if_cancelled(
+        self, loop: asyncio.AbstractEventLoop, bound: float, deadline: float
+    ) -> tuple[Any, ServerLimits, Node | None]:
         """:meth:`_attempt`, not cut short mid-handshake when the caller is cancelled (the handler
         closing), where drivers leave futures and half-open TLS sessions behind (asyncpg logged
         "Future exception was never retrieved"): it finishes within its bound, the pool's close
         waiting for it, and what it opened is closed."""
-        attempt = loop.create_task(self._attempt(bound))
+        attempt = loop.create_task(self._attempt(bound, deadline))
         try:
             return await asyncio.shield(attempt)
         except asyncio.CancelledError:
             backend, background = self.backend, self._background
 
-            def finished(task: asyncio.Task[tuple[Any, ServerLimits]]) -> None:
+            def finished(task: asyncio.Task[tuple[Any, ServerLimits, Node | None]]) -> None:
                 background.discard(task)
                 if not task.cancelled() and task.exception() is None:  # retrieved: a failure is nobody's
                     backend.abort(task.result()[0])

@@ -34,6 +34,8 @@ class Counters:
     server_cancels_failed: int
     overloaded: int
     replica_fallbacks: int
+    transaction_retries: int
+    nodes_down: int
 
     def __init__(self) -> None:
         for name in TOTALS:

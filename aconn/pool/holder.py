@@ -19,9 +19,12 @@ import asyncio
 import enum
 import traceback
 from collections.abc import Callable, Coroutine
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from ..backends.base import Backend
+
+if TYPE_CHECKING:
+    from .nodes import Node
 from ..errors import InternalError
 
 __all__ = ("SLOT", "CloseReason", "Holder", "HolderState", "SlotOwner", "Watch")
@@ -47,6 +50,8 @@ class CloseReason(enum.Enum):
     UNUSABLE = "unusable"
     ERROR = "error"
     SHUTDOWN = "shutdown"
+    #: its cluster node left the state TARGET needs (multi-host aliases)
+    NODE = "node"
 
     @property
     def message(self) -> str:
@@ -60,6 +65,7 @@ _REASON_MESSAGES: Final = {
     CloseReason.UNUSABLE: "found dead by a check",
     CloseReason.ERROR: "saw an error, a cancellation or a timeout",
     CloseReason.SHUTDOWN: "shutdown",
+    CloseReason.NODE: "its node left the state TARGET needs",
 }
 
 _OPENING, _IDLE, _IN_USE, _PINNED, _CLOSING, _CLOSED = (
@@ -127,6 +133,7 @@ class Holder:
         "idle_limit",
         "last_used",
         "leak_timer",
+        "node",
         "opened_at",
         "pool",
         "state",
@@ -150,6 +157,8 @@ class Holder:
         self.taken_at = now
         self.taken_stack: list[str] | None = None
         self.leak_timer: asyncio.TimerHandle | None = None
+        #: the cluster node it is on (a multi-host alias), else None
+        self.node: Node | None = None
 
     def __repr__(self) -> str:
         return f"<Holder {self.state.value} conn={type(self.conn).__name__}@{id(self.conn):#x}>"

@@ -29,6 +29,7 @@ from ..stats import PoolStats
 from .connect import Connector
 from .counters import Counters
 from .holder import SLOT, CloseReason, Holder, HolderState, Watch, _Slot
+from .nodes import Node, Nodes
 from .waiters import Waiters
 
 __all__ = ("CLEANUP_TIMEOUT", "PING_BYPASS", "Pool")
@@ -42,8 +43,9 @@ CLEANUP_TIMEOUT: Final = 5.0
 
 # bound to module globals: the scope path reads them as fast as it read strings
 _IDLE, _IN_USE, _PINNED = HolderState.IDLE, HolderState.IN_USE, HolderState.PINNED
-_MAX_AGE, _IDLE_LIMIT, _UNUSABLE, _ERROR, _SHUTDOWN = (
-    CloseReason.MAX_AGE, CloseReason.IDLE, CloseReason.UNUSABLE, CloseReason.ERROR, CloseReason.SHUTDOWN
+_MAX_AGE, _IDLE_LIMIT, _UNUSABLE, _ERROR, _SHUTDOWN, _NODE = (
+    CloseReason.MAX_AGE, CloseReason.IDLE, CloseReason.UNUSABLE, CloseReason.ERROR, CloseReason.SHUTDOWN,
+    CloseReason.NODE,
 )  # fmt: skip
 
 
@@ -60,6 +62,8 @@ class HealthCheck(enum.Enum):
 
 
 _PASSED, _DROPPED, _STOPPING = HealthCheck.PASSED, HealthCheck.DROPPED, HealthCheck.STOPPING
+#: errors after which a connection is not reused, and new ones are opened
+_NEW_CONNECTION_KINDS: Final = (ErrorKind.DISCONNECT, ErrorKind.READ_ONLY, ErrorKind.NODE_NOT_READY)
 
 
 def _never(conn: Any) -> bool:
@@ -79,7 +83,13 @@ class Pool:
         self.closed = False
         self.counters = Counters()
         self._background: set[asyncio.Task[Any]] = set()
-        self._connector = Connector(settings, backend, self.counters, self._background)
+        #: a multi-host alias' nodes (or one node with CLUSTER set); None: HOST alone, unchecked
+        self.nodes: Nodes | None = None
+        if settings.cluster_kind is not None:
+            self.nodes = Nodes(settings, backend)
+            self.nodes.on_down = self._node_down
+            self.nodes.on_writer_moved = self._retire_node
+        self._connector = Connector(settings, backend, self.counters, self._background, self.nodes)
         self._idle: list[Holder] = []  # a stack: the most recently used on top
         self._holders: set[Holder] = set()  # every open connection, for error messages
         self._waiters = Waiters(self._timed_out, self._regrant, self.counters)
@@ -237,7 +247,7 @@ class Pool:
     def _unusable_reason(self, holder: Holder, now: float) -> CloseReason | None:
         """Why an idle connection must not be handed out (a close reason), or None: no round trip."""
         if now >= holder.close_at:
-            return _MAX_AGE
+            return _NODE if holder.close_at == -math.inf else _MAX_AGE
         if now - holder.last_used >= holder.idle_limit:
             return _IDLE_LIMIT
         if not holder.alive():
@@ -340,7 +350,7 @@ class Pool:
         if isinstance(opened, Holder):  # given back to us while the connect backed off
             self._abandon_opening()
             return opened
-        conn, limits = opened
+        conn, limits, node = opened
         if self.closed:
             self.backend.abort(conn)
             self._abandon_opening()
@@ -350,6 +360,9 @@ class Pool:
             self._warn_rules_once(limits)
         now = monotonic()
         holder = Holder(self, conn, self.backend.liveness(conn), now, *self._deadlines(limits))
+        holder.node = node
+        if node is not None:
+            self.nodes.watch()  # type: ignore[union-attr]  # a node comes from the nodes
         self._holders.add(holder)
         holder.opened()
         if self.hooks.wants("connect"):
@@ -487,8 +500,11 @@ class Pool:
         elif backend.left_running(conn):
             # a statement still in flight, its caller timed out and went on: stopped in the background
             reason = _ERROR
-        elif exc is not None and (kind := backend.classify(exc)) in (ErrorKind.DISCONNECT, ErrorKind.READ_ONLY):
-            if kind is ErrorKind.READ_ONLY:
+        elif exc is not None and (kind := backend.classify(exc)) in _NEW_CONNECTION_KINDS:
+            if holder.node is not None and self.nodes is not None and self.nodes.error_marks_down(kind):
+                # a multi-host alias: that node is out (Galera 1047, a standby after a failover)
+                self.nodes.mark_down(holder.node, f"a statement failed: {exc}")
+            elif kind is not ErrorKind.DISCONNECT:
                 # a demoted primary: the idle connections reach the same server; new ones, after a
                 # DNS or proxy failover, reach the new primary
                 self._retire_idle()
@@ -519,6 +535,8 @@ class Pool:
         if reason is None:
             if self.closed:
                 reason = _SHUTDOWN
+            elif holder.node is not None and holder.close_at == -math.inf:
+                reason = _NODE
             elif now >= holder.close_at:
                 reason = _MAX_AGE
         if reason is None:
@@ -602,11 +620,14 @@ class Pool:
         statement, a lost network path, a ping cut short); then free its slot. Bounded."""
         # an idle connection of the pool sends the KILL if there is one (no extra session on
         # the server); else the backend opens its side session, outside the cap
-        via = self._pop_idle() if not self._waiters and not self.closed else None
+        # (a multi-host alias: the side session of the node the session is on)
+        node = holder.node
+        via = self._pop_idle() if not self._waiters and not self.closed and node is None else None
         via_exc: BaseException | None = None
         try:
             async with asyncio.timeout(CLEANUP_TIMEOUT):
-                await self.backend.cancel_on_server(holder.conn, via.conn if via else None)
+                address = node.address if node is not None else None
+                await self.backend.cancel_on_server(holder.conn, via.conn if via else None, address)
             self.counters.server_cancels += 1
             self._stops_failing = False
         except Exception as exc:
@@ -668,6 +689,26 @@ class Pool:
         for holder in idle:
             self._discard(holder, _UNUSABLE)
 
+    def _node_down(self, node: Node) -> None:
+        """A node left the state TARGET needs: counted, its connections retired."""
+        self.counters.nodes_down += 1
+        self._retire_node(node)
+
+    def _retire_node(self, node: Node) -> None:
+        """A node left the state TARGET needs (or stopped taking the writes): its idle connections
+        close now, its in-use ones at release (their deadline set in the past: the scope path
+        needs no check of its own for it)."""
+        idle = self._idle
+        keep = [h for h in idle if h.node is not node]
+        for holder in idle:
+            if holder.node is node:
+                holder.close_at = -math.inf
+                self._discard(holder, _NODE)
+        idle[:] = keep
+        for holder in self._holders:
+            if holder.node is node:
+                holder.close_at = -math.inf
+
     def sweep(self) -> None:
         """Close idle connections past their deadline or idle limit (no I/O on healthy ones)."""
         if not self._idle:
@@ -696,6 +737,8 @@ class Pool:
             holder.closing(_SHUTDOWN)
             closes.append(self._finish_close(holder))
         await asyncio.gather(*closes, *self._background, return_exceptions=True)
+        if self.nodes is not None:
+            await self.nodes.aclose()
 
     def reopen(self) -> None:
         """Serve again after :meth:`close`; only when quiet (nothing of the old life left running)."""
@@ -715,6 +758,8 @@ class Pool:
             self.backend.forget(holder.conn)
             self._free_slot()  # no waiter can be left in a loop that has ended
         self.backend.forget_own()
+        if self.nodes is not None:
+            self.nodes.forget()
 
     async def fill(self) -> None:
         """Open one more connection into the idle set, if below the cap (for MIN_CONNS)."""

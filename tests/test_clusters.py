@@ -1,0 +1,555 @@
+"""Multi-host aliases against a real 3-node MariaDB Galera cluster and a PostgreSQL primary with
+its streaming standby, both started by the suite.
+
+| promise | test |
+|---|---|
+| HOST lists several hosts: a refused one is passed over | test_a_dead_host_is_passed_over |
+| HOST_ORDER="round-robin": new connections in turn | test_round_robin_spreads_new_connections |
+| every host failing: the error lists each host and why | test_all_hosts_failing_lists_each |
+| Galera: writes go to one node, the synced one with the lowest wsrep_local_index | test_galera_writes_go_to_one_node |
+| an isolated node (non-Primary, 1047): nothing new goes to it; back once synced | test_galera_isolated_node |
+| a killed node: new connections on the others at once; it rejoins | test_galera_killed_node |
+| a certification conflict: atomic(retries=N) runs the function again | test_galera_certification_conflict_retried |
+| PostgreSQL: TARGET picks the primary or the standby | test_postgresql_targets |
+| PostgreSQL: the standby promoted, the writes follow | test_postgresql_failover |
+| check lists the nodes with their state | test_check_lists_the_nodes |
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from galera import GaleraCluster, galera_available
+from helpers import eventually, scalar
+from mariadb import MariaDB, SessionSampler, free_port
+from postgres import PostgreSQL
+
+import aconn
+from aconn.errors import AcquireTimeout, TransactionError
+
+pytestmark = pytest.mark.timeout(180)
+
+#: what each scope of a load did: (monotonic time, the node it ran on, "ok" or the error)
+Log = list[tuple[float, str, str]]
+
+
+@pytest.fixture(scope="module")
+def galera() -> Iterator[GaleraCluster]:
+    reason = galera_available()
+    if reason is not None:
+        pytest.fail(reason)  # CI installs it: a missing package is a failure, not a skip
+    cluster = GaleraCluster().start()
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def cluster(galera: GaleraCluster) -> Iterator[GaleraCluster]:
+    """The cluster with every node running, synced and joined, as each test expects it."""
+    for node in galera.nodes:
+        if node.frozen:
+            node.thaw()
+        if node.proc is None:
+            node.start()
+        elif node.status().get("wsrep_ready") != "ON":
+            node.rejoin()
+    for node in galera.nodes:
+        node.wait_synced()
+    node0 = galera.nodes[0]
+    node0.sql("DROP TABLE IF EXISTS aconn_test.g", "CREATE TABLE aconn_test.g (id INT PRIMARY KEY, n INT)")
+    node0.sql("INSERT INTO aconn_test.g VALUES (1, 0)")
+    yield galera
+
+
+async def node_name(connections: aconn.Connections, alias: str = "default") -> str:
+    """The node the scope's connection is on (a variable read: answered even by a node out of the cluster)."""
+    async with connections.scope():
+        return str(await scalar(await connections.connection(alias), "SELECT @@wsrep_node_name"))
+
+
+async def writer_known(connections: aconn.Connections, alias: str = "default") -> None:
+    """Until a round of background checks has found the node that takes the writes."""
+    nodes = connections.pool(alias).nodes
+    assert nodes is not None
+    await eventually(lambda: nodes.writer is not None and all(n.up is not None for n in nodes), timeout=15)
+
+
+# -- hosts: order, failures -----------------------------------------------------------------
+
+
+async def test_a_dead_host_is_passed_over(db: MariaDB, make: Any) -> None:
+    dead = free_port()
+    connections = make({"default": db.settings(HOST=[f"127.0.0.1:{dead}", f"127.0.0.1:{db.port}"], CONN_MAX_AGE=0)})
+    async with connections.scope():
+        assert await scalar(await connections.connection(), "SELECT @@port") == db.port
+    nodes = connections.pool().nodes
+    assert nodes is not None
+    first, second = nodes.nodes
+    assert first.up is False and "2003" in first.reason
+    assert second.up is True  # a plain server (wsrep_on OFF): nothing to be in the wrong state of
+    assert second.found is not None and second.found.cluster is None
+    # the next connects try the refused host last
+    assert [n.address[1] for n in nodes.candidates()] == [db.port, dead]
+
+
+async def test_round_robin_spreads_new_connections(db: MariaDB, make: Any) -> None:
+    """The same server under two names: in turn, new connections alternate between them."""
+    hosts = [f"127.0.0.1:{db.port}", f"localhost:{db.port}"]
+    connections = make({"default": db.settings(HOST=hosts, HOST_ORDER="round-robin", CONN_MAX_AGE=0)})
+    seen = []
+    for _ in range(4):
+        async with connections.scope():
+            await connections.connection()
+            seen.append(connections.pool()._holders.copy().pop().node.address[0])  # type: ignore[union-attr]
+    assert seen == ["127.0.0.1", "localhost", "127.0.0.1", "localhost"]
+
+
+async def test_all_hosts_failing_lists_each(db: MariaDB, make: Any) -> None:
+    dead1, dead2 = free_port(), free_port()
+    connections = make(
+        {"default": db.settings(HOST=f"127.0.0.1:{dead1},127.0.0.1:{dead2}", ACQUIRE_TIMEOUT=0.5, CONNECT_TIMEOUT=0.3)}
+    )
+    with pytest.raises(AcquireTimeout) as caught:
+        async with connections.scope():
+            await connections.connection()
+    message = str(caught.value)
+    assert f"127.0.0.1:{dead1}" in message and f"127.0.0.1:{dead2}" in message
+    assert "ACQUIRE_TIMEOUT" in message and db.settings()["PASSWORD"] not in message
+
+    # an error retrying will not lift (a wrong password on every host): the driver's, naming each host
+    wrong = make({"default": db.settings(HOST=[f"127.0.0.1:{db.port}", f"localhost:{db.port}"], PASSWORD="nope")})
+    with pytest.raises(db.errors.OperationalError) as denied:
+        async with wrong.scope():
+            await wrong.connection()
+    assert denied.value.args[0] == 1045
+    notes = " ".join(getattr(denied.value, "__notes__", []))
+    assert f"127.0.0.1:{db.port}" in notes and f"localhost:{db.port}" in notes
+
+
+def test_host_lists_parse() -> None:
+    from aconn.errors import ConfigError
+    from aconn.settings import parse_settings
+
+    url = parse_settings("a", "postgresql://u:pw@db1:5433,db2,[::1]:6000/app?target_session_attrs=prefer-standby")
+    assert url.addresses == (("db1", 5433), ("db2", 5432), ("::1", 6000))
+    assert url.target_node == "prefer-standby" and url.cluster_kind == "detect" and url.name == "app"
+    listed = parse_settings("b", {"ENGINE": "mysql", "HOST": ["db1", "db2:3307"], "PORT": 3310, "CLUSTER": "galera"})
+    assert listed.addresses == (("db1", 3310), ("db2", 3307)) and listed.cluster_kind == "galera"
+    assert "pw" not in repr(url) and "db1:5433,db2:5432" in url.target
+    single = parse_settings("c", {"ENGINE": "mysql", "HOST": "db1"})
+    assert single.cluster_kind is None and single.addresses == (("db1", 3306),)
+    for bad, key in (
+        ({"ENGINE": "mysql", "HOST": ["db1", ""]}, "HOST"),
+        ({"ENGINE": "mysql", "HOST": "db1:99999,db2"}, "HOST"),
+        ({"ENGINE": "mysql", "CLUSTER": "postgresql"}, "CLUSTER"),
+        ({"ENGINE": "sqlite", "NAME": "x.db", "CLUSTER": "galera"}, "CLUSTER"),
+        ({"ENGINE": "mysql", "TARGET": "standby"}, "TARGET"),
+        ({"ENGINE": "asyncpg", "HOST_ORDER": "random"}, "HOST_ORDER"),
+    ):
+        with pytest.raises(ConfigError) as caught:
+            parse_settings("x", bad)
+        assert f"['{key}']" in str(caught.value), (bad, caught.value)
+
+
+# -- Galera -------------------------------------------------------------------------------
+
+
+async def test_galera_writes_go_to_one_node(cluster: GaleraCluster, make: Any) -> None:
+    # HOST in reverse order: the writer is chosen by wsrep_local_index, not by HOST's order
+    hosts = list(reversed(cluster.hosts()))
+    connections = make({"default": cluster.settings(HOST=hosts, CONN_MAX_AGE=60, MAX_CONNS=4)})
+    await node_name(connections)
+    await writer_known(connections)
+    expected = f"node{cluster.writer().index}"
+
+    async def worker() -> set[str]:
+        return {await node_name(connections) for _ in range(10)}
+
+    seen = set().union(*await asyncio.gather(*(worker() for _ in range(4))))
+    assert seen == {expected}
+    # TARGET="any": every synced node takes connections (in turn here)
+    spread = make({"any": cluster.settings(TARGET="any", HOST_ORDER="round-robin", CONN_MAX_AGE=0)})
+    names = {await node_name(spread, "any") for _ in range(6)}
+    assert names == {"node0", "node1", "node2"}
+
+
+async def run_load(connections: aconn.Connections, stop: asyncio.Event, log: Log) -> None:
+    """A write and a read per scope until ``stop``: each scope's (time, node, outcome)."""
+    while not stop.is_set():
+        node = "?"
+        try:
+            async with connections.scope():
+                conn = await connections.connection()
+                node = str(await scalar(conn, "SELECT @@wsrep_node_name"))
+                async with conn.cursor() as cur:
+                    await cur.execute("UPDATE g SET n = n + 1 WHERE id = 1")
+                    await cur.execute("SELECT n FROM g WHERE id = 1")
+                    await cur.fetchone()
+            log.append((time.monotonic(), node, "ok"))
+        except Exception as exc:
+            log.append((time.monotonic(), node, f"{type(exc).__name__}{exc.args[:1]}"))
+        await asyncio.sleep(0.005)
+
+
+async def fault_under_load(
+    connections: aconn.Connections, cluster: GaleraCluster, fault: Any, seconds_after: float = 4.0
+) -> tuple[Log, float, list[int]]:
+    """Load on 4 tasks; ``fault()`` after 1 s (in a thread: it returns once the node is out); the log,
+    and when the fault was complete (an isolated node takes seconds to leave the primary component,
+    and the whole cluster's writes wait meanwhile), and the most sessions of the alias sampled on
+    each node."""
+    stop = asyncio.Event()
+    log: Log = []
+    with contextlib.ExitStack() as samplers:
+        sampled = [samplers.enter_context(SessionSampler(node)) for node in cluster.nodes]
+        tasks = [asyncio.create_task(run_load(connections, stop, log)) for _ in range(4)]
+        try:
+            await asyncio.sleep(1.0)
+            await asyncio.to_thread(fault)
+            at = time.monotonic()
+            await asyncio.sleep(seconds_after)
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks)
+    return log, at, [sampler.max_sessions for sampler in sampled]
+
+
+def report(request: pytest.FixtureRequest, what: str, log: Log, at: float, bad: str, sessions: list[int]) -> None:
+    errors = [entry for entry in log if entry[2] != "ok"]
+    first = next((t - at for t, node, outcome in log if t > at and outcome == "ok" and node != bad), None)
+    request.node.user_properties.append(
+        (
+            "figures",
+            f"{what}: {len(log)} scopes, {len(errors)} errors ({len(errors) * 10000 // max(1, len(log))} per 10k), "
+            f"first success on another node {first if first is None else round(first, 3)}s "
+            f"after the fault; sessions per node at most {sessions} (MAX_CONNS=4, +1 side, +1 monitor); "
+            f"errors: {sorted({e[2] for e in errors})}",
+        )
+    )
+
+
+async def test_galera_isolated_node(cluster: GaleraCluster, make: Any, request: pytest.FixtureRequest) -> None:
+    """A node cut off answers pings and variable reads but refuses statements (1047): once a check
+    or a 1047 finds it out, no scope gets a connection on it; it is used again once synced."""
+    connections = make({"default": cluster.settings(CONN_MAX_AGE=60, MAX_CONNS=4, ACQUIRE_TIMEOUT=10)})
+    await node_name(connections)
+    await writer_known(connections)
+    bad = cluster.writer()
+    nodes = connections.pool().nodes
+    assert nodes is not None
+    bad_node = next(n for n in nodes if n.address[1] == bad.port)
+    log, at, sessions = await fault_under_load(connections, cluster, bad.isolate)
+    assert max(sessions) <= 4 + 2, sessions
+    assert bad_node.up is False and "wsrep_ready=OFF" in bad_node.reason
+    known_down = bad_node.checked_at  # monotonic, like the log
+    # only the scopes on the node before aconn knew it was out may fail; none after
+    late = [entry for entry in log if entry[1] == f"node{bad.index}" and entry[0] > known_down + 0.05]
+    assert late == []
+    errors = [entry for entry in log if entry[2] != "ok"]
+    # at most two per connection: a COMMIT cut as the node left the cluster (1180, the connection
+    # still sound), then 1047 on the next statement, which tells aconn the node is out
+    assert len(errors) <= 2 * 4, errors
+    assert all(any(code in e[2] for code in ("1047", "1180", "2013")) for e in errors), errors
+    assert any(outcome == "ok" and node != f"node{bad.index}" for t, node, outcome in log if t > at)
+    report(request, "galera, writer isolated", log, at, f"node{bad.index}", sessions)
+    assert connections.stats().nodes_down >= 1
+    # back: the check qualifies it again once synced
+    await asyncio.to_thread(bad.rejoin)
+    await eventually(lambda: bad_node.up is True, timeout=15)
+    async with connections.scope():
+        assert await scalar(await connections.connection(), "SELECT n FROM g WHERE id = 1") > 0
+
+
+async def test_galera_killed_node(cluster: GaleraCluster, make: Any, request: pytest.FixtureRequest) -> None:
+    connections = make({"default": cluster.settings(CONN_MAX_AGE=60, MAX_CONNS=4, ACQUIRE_TIMEOUT=10)})
+    await node_name(connections)
+    await writer_known(connections)
+    bad = cluster.writer()
+    log, at, sessions = await fault_under_load(connections, cluster, bad.kill, seconds_after=8.0)
+    assert max(sessions) <= 4 + 2, sessions
+    errors = [entry for entry in log if entry[2] != "ok"]
+    assert len(errors) <= 4 + 4, errors  # in flight on the killed node, or taken idle before the news
+    after = [entry for entry in log if entry[0] > at + 1.5]
+    assert after and all(outcome == "ok" and node != f"node{bad.index}" for _, node, outcome in after)
+    report(request, "galera, writer killed", log, at, f"node{bad.index}", sessions)
+    await asyncio.to_thread(bad.start)  # rejoins the cluster (state transfer), then serves again
+    nodes = connections.pool().nodes
+    assert nodes is not None
+    await eventually(lambda: next(n for n in nodes if n.address[1] == bad.port).up is True, timeout=30)
+
+
+async def test_galera_certification_conflict_retried(cluster: GaleraCluster, make: Any) -> None:
+    """A transaction on one node whose row another node changes meanwhile fails (1213, a brute-force
+    abort or a certification failure): atomic(retries=N) runs the function again, whole."""
+    first, second = cluster.nodes[0], cluster.nodes[1]
+    connections = make(
+        {
+            "a": cluster.settings(HOST=[f"127.0.0.1:{first.port}"], CLUSTER="galera", TARGET="any"),
+            "b": cluster.settings(HOST=[f"127.0.0.1:{second.port}"], CLUSTER="galera", TARGET="any"),
+        }
+    )
+    calls = 0
+    updated = asyncio.Event()
+
+    @connections.atomic("a", retries=3)
+    async def add_one() -> int:
+        nonlocal calls
+        calls += 1
+        conn = await connections.connection("a")
+        async with conn.cursor() as cur:
+            await cur.execute("SELECT n FROM g WHERE id = 1 FOR UPDATE")
+            (n,) = await cur.fetchone()
+            if calls == 1:
+                # meanwhile another node commits a change to the same row
+                async with connections.scope():
+                    other = await connections.connection("b")
+                    async with other.cursor() as cur2:
+                        await cur2.execute("UPDATE g SET n = n + 100 WHERE id = 1")
+                updated.set()
+                await asyncio.sleep(0.3)  # the replicated change reaches this node and aborts us
+            await cur.execute("UPDATE g SET n = %s WHERE id = 1", (n + 1,))
+        return int(n) + 1
+
+    assert await add_one() == 101  # the second run saw the other node's change
+    assert calls == 2 and updated.is_set()
+    assert connections.stats("a").transaction_retries == 1
+    async with connections.scope():
+        assert await scalar(await connections.connection("b"), "SELECT n FROM g WHERE id = 1") == 101
+    # a block cannot be run again: retries on the context-manager form is refused
+    with pytest.raises(TransactionError, match="decorate the function"):
+        async with connections.atomic("a", retries=2):
+            pass
+
+
+async def test_galera_conflict_storm(cluster: GaleraCluster, make: Any, request: pytest.FixtureRequest) -> None:
+    """Writes to every node at once (TARGET="any"), all on one row: conflicts galore, each function
+    run again until it commits; no increment lost, none doubled, no error surfaced."""
+    connections = make(
+        {"default": cluster.settings(TARGET="any", HOST_ORDER="round-robin", MAX_CONNS=6, CONN_MAX_AGE=60)}
+    )
+
+    @connections.atomic("default", retries=30)
+    async def add_one() -> None:
+        conn = await connections.connection()
+        async with conn.cursor() as cur:
+            await cur.execute("SELECT n FROM g WHERE id = 1 FOR UPDATE")
+            (n,) = await cur.fetchone()
+            await cur.execute("UPDATE g SET n = %s WHERE id = 1", (n + 1,))
+
+    async def worker() -> None:
+        for _ in range(25):
+            async with connections.scope():
+                await add_one()
+
+    await asyncio.gather(*(worker() for _ in range(6)))
+    async with connections.scope():
+        assert await scalar(await connections.connection(), "SELECT n FROM g WHERE id = 1") == 150
+    retries = connections.stats().transaction_retries
+    request.node.user_properties.append(
+        ("figures", f"galera conflict storm: 150 increments on 3 nodes, {retries} retries, 0 lost")
+    )
+
+
+async def test_check_lists_the_nodes(cluster: GaleraCluster) -> None:
+    import io
+
+    from aconn.check import check_alias, render
+    from aconn.settings import parse_settings
+
+    settings = parse_settings("default", cluster.settings(MAX_CONNS=60))
+    report_ = await check_alias(settings, workers=3)
+    json.dumps(report_)  # what --json prints
+    assert [n["host"] for n in report_["nodes"]] == cluster.hosts()
+    assert all("Synced" in n["state"] and n["cluster_size"] == 3 and n["serves"] for n in report_["nodes"])
+    # 3 processes x (MAX_CONNS=60 + side and monitor sessions) above each node's max_connections=151
+    failed = [rule for rule in report_["rules"] if rule["rule"] == "NODES" and not rule["ok"]]
+    assert len(failed) == 3 and "max_connections=151" in failed[0]["message"]
+    out = io.StringIO()
+    render([report_], 3, out)
+    assert out.getvalue().count("  node  ") == 3 and "Synced" in out.getvalue()
+    assert cluster.settings()["PASSWORD"] not in out.getvalue()
+
+
+# -- PostgreSQL: a primary and its standby behind one alias ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def pg_failover_pair() -> Iterator[tuple[PostgreSQL, PostgreSQL]]:
+    primary = PostgreSQL(extra_args=["-c", "wal_level=replica"]).start()
+    standby = PostgreSQL(standby_of=primary).start()
+    try:
+        yield primary, standby
+    finally:
+        standby.close()
+        primary.close()
+
+
+async def in_recovery(connections: aconn.Connections, alias: str) -> bool:
+    async with connections.scope():
+        conn = await connections.connection(alias)
+        if connections.settings(alias).engine == "asyncpg":
+            return bool(await conn.fetchval("SELECT pg_is_in_recovery()"))
+        return bool((await (await conn.execute("SELECT pg_is_in_recovery()")).fetchone())[0])
+
+
+@pytest.mark.parametrize("engine", ["postgresql", "asyncpg"])
+async def test_postgresql_targets(pg_failover_pair: tuple[PostgreSQL, PostgreSQL], make: Any, engine: str) -> None:
+    primary, standby = pg_failover_pair
+    hosts = [f"127.0.0.1:{standby.port}", f"127.0.0.1:{primary.port}"]  # the standby first
+    connections = make(
+        {
+            target: primary.settings(ENGINE=engine, HOST=hosts, TARGET=target, CONN_MAX_AGE=0)
+            for target in ("read-write", "standby", "prefer-standby", "any")
+        }
+    )
+    assert await in_recovery(connections, "read-write") is False
+    assert await in_recovery(connections, "standby") is True
+    assert await in_recovery(connections, "prefer-standby") is True
+    assert await in_recovery(connections, "any") is True  # the first host in order
+    nodes = connections.pool("read-write").nodes
+    assert nodes is not None and nodes.cluster == "postgresql"
+    assert [n.up for n in nodes] == [False, True] and "standby" in nodes.nodes[0].reason
+
+
+async def test_postgresql_failover(make: Any, request: pytest.FixtureRequest) -> None:
+    """The primary stopped, the standby promoted: the alias' writes go to the new primary."""
+    primary = PostgreSQL(extra_args=["-c", "wal_level=replica"]).start()
+    standby = PostgreSQL(standby_of=primary).start()
+    try:
+        hosts = [f"127.0.0.1:{primary.port}", f"127.0.0.1:{standby.port}"]
+        connections = make({"default": primary.settings(HOST=hosts, CONN_MAX_AGE=60, MAX_CONNS=4, ACQUIRE_TIMEOUT=15)})
+        async with connections.scope():
+            conn = await connections.connection()
+            await conn.execute("CREATE TABLE failover_t (id int primary key, n int)")
+            await conn.execute("INSERT INTO failover_t VALUES (1, 0)")
+        stop = asyncio.Event()
+        log: list[tuple[float, str, str]] = []
+
+        async def load() -> None:
+            while not stop.is_set():
+                port = "?"
+                try:
+                    async with connections.scope():
+                        conn = await connections.connection()
+                        port = str((await (await conn.execute("SELECT current_setting('port')")).fetchone())[0])
+                        await conn.execute("UPDATE failover_t SET n = n + 1 WHERE id = 1")
+                    log.append((time.monotonic(), port, "ok"))
+                except Exception as exc:
+                    log.append((time.monotonic(), port, type(exc).__name__))
+                await asyncio.sleep(0.005)
+
+        def fail_over() -> None:
+            primary.stop()
+            standby.sql("SELECT pg_promote()")
+
+        tasks = [asyncio.create_task(load()) for _ in range(4)]
+        try:
+            await asyncio.sleep(1.0)
+            at = time.monotonic()
+            await asyncio.to_thread(fail_over)
+            promoted = time.monotonic()
+            await asyncio.sleep(3.0)
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks)
+        after = [entry for entry in log if entry[0] > promoted + 1.5]
+        assert after and all(o == "ok" and p == str(standby.port) for _, p, o in after), after[:5]
+        errors = [entry for entry in log if entry[2] != "ok"]
+        # the scopes in flight when the primary went, at most two per connection (the statement,
+        # then a write refused by a connection the news had not reached); the rest waited and went on
+        assert len(errors) <= 2 * 4, errors
+        first = next(t - promoted for t, p, o in log if t > promoted and o == "ok")
+        figures = (
+            f"postgresql failover: {len(log)} scopes, {len(errors)} errors, first success "
+            f"{first:.3f}s after the promotion ({promoted - at:.2f}s to stop the primary and promote)"
+        )
+        request.node.user_properties.append(("figures", figures))
+    finally:
+        standby.close()
+        primary.close()
+
+
+# -- atomic(retries=N) on PostgreSQL: a serialization failure (40001) ---------------------------
+
+
+async def test_retries_on_a_serialization_failure(pg: PostgreSQL, make: Any) -> None:
+    connections = make({"default": pg.settings(ENGINE="postgresql")})
+    async with connections.scope():
+        conn = await connections.connection()
+        await conn.execute("DROP TABLE IF EXISTS ser")
+        await conn.execute("CREATE TABLE ser (id int primary key, n int)")
+        await conn.execute("INSERT INTO ser VALUES (1, 0)")
+    calls = 0
+
+    async def bump_elsewhere() -> None:
+        async with connections.scope():  # another session: a child task's scope of its own
+            await (await connections.connection()).execute("UPDATE ser SET n = n + 100 WHERE id = 1")
+
+    @connections.atomic(retries=2)
+    async def add_one() -> int:
+        nonlocal calls
+        calls += 1
+        conn = await connections.connection()
+        await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        (n,) = await (await conn.execute("SELECT n FROM ser WHERE id = 1")).fetchone()
+        if calls == 1:
+            await asyncio.create_task(bump_elsewhere())
+        await conn.execute("UPDATE ser SET n = %s WHERE id = 1", (n + 1,))  # 40001 on the first run
+        return int(n) + 1
+
+    assert await add_one() == 101 and calls == 2
+    assert connections.stats().transaction_retries == 1
+
+    # not retried: a nested block (the conflict aborted a transaction it does not own), another error,
+    # and a conflict past the retries
+    @connections.atomic(retries=5)
+    async def inner() -> None:
+        await add_one_always_conflicting(isolation=False)
+
+    async def add_one_always_conflicting(isolation: bool = True) -> None:
+        conn = await connections.connection()
+        if isolation:
+            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        await conn.execute("SELECT n FROM ser WHERE id = 1")
+        await asyncio.create_task(bump_elsewhere())
+        await conn.execute("UPDATE ser SET n = n + 1 WHERE id = 1")
+
+    import psycopg
+
+    with pytest.raises(psycopg.errors.SerializationFailure):
+        async with connections.atomic():
+            await (await connections.connection()).execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            await inner()  # nested: its savepoint's conflict is the outer block's to handle
+    assert connections.stats().transaction_retries == 1
+
+    @connections.atomic(retries=3)
+    async def broken() -> None:
+        nonlocal calls
+        calls += 1
+        await (await connections.connection()).execute("SELECT * FROM no_such_table")
+
+    calls = 0
+    with pytest.raises(psycopg.errors.UndefinedTable):
+        await broken()
+    assert calls == 1
+
+    @connections.atomic(retries=2)
+    async def always() -> None:
+        nonlocal calls
+        calls += 1
+        await add_one_always_conflicting()
+
+    calls = 0
+    with pytest.raises(psycopg.errors.SerializationFailure):
+        await always()
+    assert calls == 3 and connections.stats().transaction_retries == 3
+    with pytest.raises(ValueError, match="retries"):
+        connections.atomic(retries=-1)
