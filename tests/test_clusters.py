@@ -11,6 +11,10 @@ its streaming standby, both started by the suite.
 | a killed node: new connections on the others at once; it rejoins | test_galera_killed_node |
 | a certification conflict: atomic(retries=N) runs the function again | test_galera_certification_conflict_retried |
 | PostgreSQL: TARGET picks the primary or the standby | test_postgresql_targets |
+| a write refused as read-only (25006) marks the node down; a check brings it back | test_postgresql_read_only_error_marks_the_node_down |
+| Galera: reads on the other nodes through REPLICAS, read-your-writes | test_galera_reads_on_the_other_nodes |
+| a conflict storm on every node: each function retried until it commits | test_galera_conflict_storm |
+| atomic(retries=N) on PostgreSQL: 40001 retried; nested, other errors, exhausted: not | test_retries_on_a_serialization_failure |
 | PostgreSQL: the standby promoted, the writes follow | test_postgresql_failover |
 | check lists the nodes with their state | test_check_lists_the_nodes |
 """
@@ -358,6 +362,36 @@ async def test_galera_conflict_storm(cluster: GaleraCluster, make: Any, request:
     )
 
 
+async def test_galera_reads_on_the_other_nodes(cluster: GaleraCluster, make: Any) -> None:
+    """Writes on the cluster alias' one node, reads with read_only=True on the nodes listed as its
+    REPLICAS (one alias per node), read-your-writes in a scope."""
+    others = [f"node{i}" for i in range(3)]
+    connections = make(
+        {
+            "default": cluster.settings(REPLICAS=others, CONN_MAX_AGE=60),
+            **{
+                f"node{node.index}": cluster.settings(HOST=[f"127.0.0.1:{node.port}"], CLUSTER="galera", TARGET="any")
+                for node in cluster.nodes
+            },
+        }
+    )
+    await node_name(connections)
+    await writer_known(connections)
+    writer = f"node{cluster.writer().index}"
+    reads = set()
+    for _ in range(6):
+        async with connections.scope():
+            reads.add(str(await scalar(await connections.connection(read_only=True), "SELECT @@wsrep_node_name")))
+    assert reads == set(others)  # in turn over the healthy replicas
+    async with connections.scope():
+        conn = await connections.connection()
+        assert await scalar(conn, "SELECT @@wsrep_node_name") == writer
+        async with conn.cursor() as cur:
+            await cur.execute("UPDATE g SET n = 7 WHERE id = 1")
+        again = await connections.connection(read_only=True)  # after a write: the primary's own
+        assert again is conn
+
+
 async def test_check_lists_the_nodes(cluster: GaleraCluster) -> None:
     import io
 
@@ -417,6 +451,44 @@ async def test_postgresql_targets(pg_failover_pair: tuple[PostgreSQL, PostgreSQL
     nodes = connections.pool("read-write").nodes
     assert nodes is not None and nodes.cluster == "postgresql"
     assert [n.up for n in nodes] == [False, True] and "standby" in nodes.nodes[0].reason
+
+
+async def test_postgresql_read_only_error_marks_the_node_down(
+    pg_failover_pair: tuple[PostgreSQL, PostgreSQL], make: Any
+) -> None:
+    """A write refused as read-only (25006) marks that node down at once; nothing new goes to it
+    until a check finds it writable again."""
+    primary, standby = pg_failover_pair
+    hosts = [f"127.0.0.1:{primary.port}", f"127.0.0.1:{standby.port}"]
+    connections = make({"default": primary.settings(HOST=hosts, CONN_MAX_AGE=60, ACQUIRE_TIMEOUT=1)})
+    assert await in_recovery(connections, "default") is False
+    nodes = connections.pool().nodes
+    assert nodes is not None
+    node = nodes.nodes[0]
+    primary.sql("ALTER SYSTEM SET default_transaction_read_only = on", "SELECT pg_reload_conf()")
+    try:
+        import psycopg
+
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            async with connections.scope():
+                conn = await connections.connection()
+                await eventually_read_only(conn)
+                await conn.execute("CREATE TEMPORARY TABLE t (x int)")  # any CREATE: refused as read-only
+        assert node.up is False and connections.stats().nodes_down >= 1
+        assert connections.stats().idle == 0  # its connections closed
+        with pytest.raises(AcquireTimeout, match="read-only"):  # the standby does not qualify either
+            await in_recovery(connections, "default")
+    finally:
+        primary.sql("ALTER SYSTEM RESET default_transaction_read_only", "SELECT pg_reload_conf()")
+    await eventually(lambda: node.up is True, timeout=10)
+    assert await in_recovery(connections, "default") is False
+
+
+async def eventually_read_only(conn: Any) -> None:
+    """Until the session sees the reloaded setting (a reload reaches each backend asynchronously)."""
+    async with asyncio.timeout(5):
+        while (await (await conn.execute("SHOW default_transaction_read_only")).fetchone())[0] != "on":
+            await asyncio.sleep(0.01)
 
 
 async def test_postgresql_failover(make: Any, request: pytest.FixtureRequest) -> None:
