@@ -11,10 +11,10 @@ its streaming standby, both started by the suite.
 | a killed node: new connections on the others at once; it rejoins | test_galera_killed_node |
 | a certification conflict: atomic(retries=N) runs the function again | test_galera_certification_conflict_retried |
 | PostgreSQL: TARGET picks the primary or the standby | test_postgresql_targets |
-| a write refused as read-only (25006) marks the node down; a check brings it back | test_postgresql_read_only_error_marks_the_node_down |
+| 25006 (a write refused as read-only) marks a node down | test_postgresql_read_only_error_marks_the_node_down |
 | Galera: reads on the other nodes through REPLICAS, read-your-writes | test_galera_reads_on_the_other_nodes |
 | a conflict storm on every node: each function retried until it commits | test_galera_conflict_storm |
-| atomic(retries=N) on PostgreSQL: 40001 retried; nested, other errors, exhausted: not | test_retries_on_a_serialization_failure |
+| retries on PostgreSQL: 40001 retried; not nested, other errors, past N | test_retries_on_a_serialization_failure |
 | PostgreSQL: the standby promoted, the writes follow | test_postgresql_failover |
 | check lists the nodes with their state | test_check_lists_the_nodes |
 """
@@ -240,10 +240,17 @@ def report(request: pytest.FixtureRequest, what: str, log: Log, at: float, bad: 
     )
 
 
-async def test_galera_isolated_node(cluster: GaleraCluster, make: Any, request: pytest.FixtureRequest) -> None:
+@pytest.mark.parametrize("driver", ["aiomysql", "asyncmy"])
+async def test_galera_isolated_node(
+    cluster: GaleraCluster, make: Any, request: pytest.FixtureRequest, driver: str
+) -> None:
     """A node cut off answers pings and variable reads but refuses statements (1047): once a check
     or a 1047 finds it out, no scope gets a connection on it; it is used again once synced."""
-    connections = make({"default": cluster.settings(CONN_MAX_AGE=60, MAX_CONNS=4, ACQUIRE_TIMEOUT=10)})
+    cluster.driver = driver
+    try:
+        connections = make({"default": cluster.settings(CONN_MAX_AGE=60, MAX_CONNS=4, ACQUIRE_TIMEOUT=10)})
+    finally:
+        cluster.driver = "aiomysql"
     await node_name(connections)
     await writer_known(connections)
     bad = cluster.writer()
@@ -263,7 +270,7 @@ async def test_galera_isolated_node(cluster: GaleraCluster, make: Any, request: 
     assert len(errors) <= 2 * 4, errors
     assert all(any(code in e[2] for code in ("1047", "1180", "2013")) for e in errors), errors
     assert any(outcome == "ok" and node != f"node{bad.index}" for t, node, outcome in log if t > at)
-    report(request, "galera, writer isolated", log, at, f"node{bad.index}", sessions)
+    report(request, f"galera on {driver}, writer isolated", log, at, f"node{bad.index}", sessions)
     assert connections.stats().nodes_down >= 1
     # back: the check qualifies it again once synced
     await asyncio.to_thread(bad.rejoin)
@@ -428,10 +435,7 @@ def pg_failover_pair() -> Iterator[tuple[PostgreSQL, PostgreSQL]]:
 
 async def in_recovery(connections: aconn.Connections, alias: str) -> bool:
     async with connections.scope():
-        conn = await connections.connection(alias)
-        if connections.settings(alias).engine == "asyncpg":
-            return bool(await conn.fetchval("SELECT pg_is_in_recovery()"))
-        return bool((await (await conn.execute("SELECT pg_is_in_recovery()")).fetchone())[0])
+        return bool(await pg_value(await connections.connection(alias), "SELECT pg_is_in_recovery()"))
 
 
 @pytest.mark.parametrize("engine", ["postgresql", "asyncpg"])
@@ -491,13 +495,22 @@ async def eventually_read_only(conn: Any) -> None:
             await asyncio.sleep(0.01)
 
 
-async def test_postgresql_failover(make: Any, request: pytest.FixtureRequest) -> None:
+async def pg_value(conn: Any, sql: str) -> Any:
+    """The first column of the first row, on either PostgreSQL driver."""
+    if hasattr(conn, "fetchval"):
+        return await conn.fetchval(sql)
+    return (await (await conn.execute(sql)).fetchone())[0]
+
+
+@pytest.mark.parametrize("engine", ["postgresql", "asyncpg"])
+async def test_postgresql_failover(make: Any, request: pytest.FixtureRequest, engine: str) -> None:
     """The primary stopped, the standby promoted: the alias' writes go to the new primary."""
     primary = PostgreSQL(extra_args=["-c", "wal_level=replica"]).start()
     standby = PostgreSQL(standby_of=primary).start()
     try:
         hosts = [f"127.0.0.1:{primary.port}", f"127.0.0.1:{standby.port}"]
-        connections = make({"default": primary.settings(HOST=hosts, CONN_MAX_AGE=60, MAX_CONNS=4, ACQUIRE_TIMEOUT=15)})
+        settings = primary.settings(ENGINE=engine, HOST=hosts, CONN_MAX_AGE=60, MAX_CONNS=4, ACQUIRE_TIMEOUT=15)
+        connections = make({"default": settings})
         async with connections.scope():
             conn = await connections.connection()
             await conn.execute("CREATE TABLE failover_t (id int primary key, n int)")
@@ -511,7 +524,7 @@ async def test_postgresql_failover(make: Any, request: pytest.FixtureRequest) ->
                 try:
                     async with connections.scope():
                         conn = await connections.connection()
-                        port = str((await (await conn.execute("SELECT current_setting('port')")).fetchone())[0])
+                        port = str(await pg_value(conn, "SELECT current_setting('port')"))
                         await conn.execute("UPDATE failover_t SET n = n + 1 WHERE id = 1")
                     log.append((time.monotonic(), port, "ok"))
                 except Exception as exc:
@@ -540,7 +553,7 @@ async def test_postgresql_failover(make: Any, request: pytest.FixtureRequest) ->
         assert len(errors) <= 2 * 4, errors
         first = next(t - promoted for t, p, o in log if t > promoted and o == "ok")
         figures = (
-            f"postgresql failover: {len(log)} scopes, {len(errors)} errors, first success "
+            f"postgresql failover on {engine}: {len(log)} scopes, {len(errors)} errors, first success "
             f"{first:.3f}s after the promotion ({promoted - at:.2f}s to stop the primary and promote)"
         )
         request.node.user_properties.append(("figures", figures))
