@@ -80,13 +80,15 @@ def bench(session: nox.Session) -> None:
     docs/performance.md and .png; then on PostgreSQL against asyncpg.Pool and psycopg_pool:
     docs/performance-postgresql.md; then what RESET_ON_RELEASE costs (printed); then SQLAlchemy over
     aconn against plain SQLAlchemy: the SQLAlchemy section of docs/performance.md; then the web
-    workload with connections scarce and plentiful on three drivers: its section there too."""
+    workload with connections scarce and plentiful on three drivers: its section there too; then
+    where a web request's CPU goes (py-spy under wrk): a section there as well."""
     session.install("-e", ".[test,bench]")
     session.run("python", "benchmarks/run.py", *session.posargs)
     session.run("python", "benchmarks/postgresql.py", *[a for a in session.posargs if a == "--quick"])
     session.run("python", "benchmarks/reset_cost.py", *(["--rounds", "1"] if "--quick" in session.posargs else []))
     session.run("python", "benchmarks/sqlalchemy_on_aconn.py", *[a for a in session.posargs if a == "--quick"])
     session.run("python", "benchmarks/web.py", *[a for a in session.posargs if a == "--quick"])
+    session.run("python", "benchmarks/web_profile.py", *(["--rounds", "2"] if "--quick" in session.posargs else []))
 
 
 @nox.session

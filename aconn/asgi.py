@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from typing import Any
 
 from ._asyncio import run_shielded
@@ -28,6 +28,15 @@ ASGIApp = Callable[[ASGIScope, Receive, Send], Awaitable[None]]
 
 #: seconds a client is told to wait before retrying, when no connection was free (503)
 RETRY_AFTER = b"1"
+
+
+async def _send_then(send: Send, message: Message, slow: list[Coroutine[Any, Any, None]]) -> None:
+    """Send ``message``, then finish the releases' network work (each shielded), whatever happens."""
+    try:
+        await send(message)
+    finally:
+        for work in slow:
+            await run_shielded(work)
 
 
 class ConnectionsMiddleware:
@@ -111,7 +120,8 @@ class ConnectionsMiddleware:
         own = self.connections.scope()
         release_early = self.release_early  # and only for a scope of its own: see below
 
-        async def tracking_send(message: Message) -> None:
+        def tracking_send(message: Message) -> Awaitable[None]:
+            # a plain function returning the server's own awaitable: no coroutine of ours per message
             nonlocal started
             kind = message["type"]
             if kind == "http.response.start":
@@ -120,13 +130,9 @@ class ConnectionsMiddleware:
                 # the response is complete: its connections go back before its last bytes are
                 # written, so that a waiting request goes on meanwhile; a reset after them
                 slow = own.give_back_unused()
-                try:
-                    await send(message)
-                finally:
-                    for work in slow:
-                        await run_shielded(work)
-                return
-            await send(message)
+                if slow:
+                    return _send_then(send, message, slow)
+            return send(message)
 
         try:
             async with own as request:

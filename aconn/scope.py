@@ -76,11 +76,9 @@ class Scope:
     ``held`` maps each alias it took a connection of to its pool slot.
     """
 
-    # "_atomic" is set only when an atomic() block opens in the scope: the scope path never pays for it
     # "pin" is set only by connections.scope(pin=key): unset, it costs nothing
     __slots__ = ("_atomic", "_state", "_token", "held", "pin", "task")
 
-    _atomic: dict[str, list[object]]
     pin: Hashable
 
     def __init__(self, state: ScopeState) -> None:
@@ -88,12 +86,14 @@ class Scope:
         self.held: dict[str, Holder] = {}
         self.task: asyncio.Task[Any] | None = None
         self._token: Token[Scope | None] | None = None
+        # the atomic() blocks open in the scope, by alias; None until the first opens (a read of
+        # an unset slot raises inside getattr(): ten times the cost of this store)
+        self._atomic: dict[str, list[object]] | None = None
 
     def _blocks(self, alias: str) -> list[object]:
         """The ``atomic()`` blocks open in this scope on ``alias``, innermost last."""
-        try:
-            stacks = self._atomic
-        except AttributeError:
+        stacks = self._atomic
+        if stacks is None:
             stacks = self._atomic = {}
         return stacks.setdefault(alias, [])
 
@@ -112,7 +112,7 @@ class Scope:
         slow: list[Coroutine[Any, Any, None]] = []
         if not held:
             return slow
-        blocks: dict[str, list[object]] = getattr(self, "_atomic", None) or {}
+        blocks = self._atomic or {}
         for alias, holder in list(held.items()):
             if blocks.get(alias) or id(holder.conn) in LENT or not holder.pool.backend.reusable(holder.conn):
                 continue

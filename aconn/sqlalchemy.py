@@ -122,8 +122,9 @@ def create_async_engine(connections: Connections, alias: str = "default", **kwar
     url = URL.create(
         f"{dialect}+{_driver_name(dialect_class)}",
         username=settings.user or None,  # never the password: it is the handler's
-        host=settings.host or None,
-        port=settings.port,
+        # a multi-host alias: the first host (the URL is for reading; aconn picks the node)
+        host=settings.addresses[0][0] if settings.host else None,
+        port=settings.addresses[0][1] if settings.host else settings.port,
         database=settings.name or None,
     )
     lender = _Lender(connections, alias, read_only)

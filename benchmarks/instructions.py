@@ -38,6 +38,8 @@ PARTS = {
     "select-raw": "SELECT 1 on a raw held connection",
     "select-scope": "SELECT 1 in an aconn scope",
     "select-pool": "SELECT 1 through the driver's own pool",
+    "asgi-middleware": "one HTTP call through ConnectionsMiddleware: connection(), response start and body sent",
+    "asgi-pool": "the same call, the app acquiring from aiomysql.Pool itself (a hand-rolled app)",
 }
 ITERATIONS = {"select-raw": 1000, "select-scope": 1000, "select-pool": 1000}  # the rest: -n
 
@@ -132,12 +134,44 @@ async def measure(settings: dict[str, Any], part: str, n: int) -> None:
         async with peer.acquire() as conn:
             await select1(conn)
 
+    from aconn.asgi import ConnectionsMiddleware
+
+    start = {"type": "http.response.start", "status": 200, "headers": []}
+    body = {"type": "http.response.body", "body": b"1"}
+    request = {"type": "http", "method": "GET", "path": "/", "headers": []}
+
+    async def receive() -> Any:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: Any) -> None:
+        pass
+
+    async def app_on_aconn(scope: Any, receive: Any, send: Any) -> None:
+        await handler.connection()
+        await send(start)
+        await send(body)
+
+    async def app_on_pool(scope: Any, receive: Any, send: Any) -> None:
+        async with aiomysql_pool.acquire():
+            pass
+        await send(start)
+        await send(body)
+
+    middleware = ConnectionsMiddleware(app_on_aconn, connections=handler)
+
+    async def asgi_middleware() -> None:
+        await middleware(request, receive, send)
+
+    async def asgi_pool() -> None:
+        await app_on_pool(request, receive, send)
+
     unit = {
         "scope": whole, "scope-otel": whole, "scope-otel-nouse": whole, "scope-only": scope_only,
         "take-release": take_release, "liveness": liveness,
         "coroutine": coroutine, "contended": contended, "contended-pool": contended_pool, "gather": gather,
         "aiomysql-pool": aiomysql_pool_only, "driver-pool": driver_pool,
         "select-raw": select_raw, "select-scope": select_scope, "select-pool": select_pool,
+        "asgi-middleware": asgi_middleware, "asgi-pool": asgi_pool,
     }[part]  # fmt: skip
     for _ in range(200):  # warm: the same state in the 0 and the N runs
         await unit()

@@ -265,9 +265,11 @@ async def test_galera_isolated_node(
     late = [entry for entry in log if entry[1] == f"node{bad.index}" and entry[0] > known_down + 0.05]
     assert late == []
     errors = [entry for entry in log if entry[2] != "ok"]
-    # at most two per connection: a COMMIT cut as the node left the cluster (1180, the connection
-    # still sound), then 1047 on the next statement, which tells aconn the node is out
-    assert len(errors) <= 2 * 4, errors
+    # a few per connection slot, all before aconn knew (asserted above): a COMMIT cut as the node
+    # left the cluster (1180, the connection still sound), then 1047 on the next statement, which
+    # tells aconn the node is out; a slot whose connection closed meanwhile may have reopened there
+    # while the node still said it was ready
+    assert len(errors) <= 3 * 4, errors
     assert all(any(code in e[2] for code in ("1047", "1180", "2013")) for e in errors), errors
     assert any(outcome == "ok" and node != f"node{bad.index}" for t, node, outcome in log if t > at)
     report(request, f"galera on {driver}, writer isolated", log, at, f"node{bad.index}", sessions)
