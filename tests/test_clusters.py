@@ -257,13 +257,24 @@ async def test_galera_isolated_node(
     nodes = connections.pool().nodes
     assert nodes is not None
     bad_node = next(n for n in nodes if n.address[1] == bad.port)
+    downs: list[float] = []  # when aconn learnt the node was out (monotonic, like the log)
+    pool_down = nodes.on_down
+
+    def on_down(node: Any) -> None:
+        if node is bad_node:
+            downs.append(time.monotonic())
+        pool_down(node)
+
+    nodes.on_down = on_down
     log, at, sessions = await fault_under_load(connections, cluster, bad.isolate)
     assert max(sessions) <= 4 + 2, sessions
     assert bad_node.up is False and "wsrep_ready=OFF" in bad_node.reason
-    known_down = bad_node.checked_at  # monotonic, like the log
-    # only the scopes on the node before aconn knew it was out may fail; none after
-    late = [entry for entry in log if entry[1] == f"node{bad.index}" and entry[0] > known_down + 0.05]
+    assert len(downs) == 1  # once, by a check or by a 1047, whichever came first
+    # only the scopes on the node before aconn knew it was out may fail; a scope ending more than
+    # 0.5 s after (the statements in flight then end at once: 1047) ran on another node
+    late = [entry for entry in log if entry[1] == f"node{bad.index}" and entry[0] > downs[0] + 0.5]
     assert late == []
+    assert any(entry[0] > downs[0] + 0.5 for entry in log)  # the load went on after
     errors = [entry for entry in log if entry[2] != "ok"]
     # a few per connection slot, all before aconn knew (asserted above): a COMMIT cut as the node
     # left the cluster (1180, the connection still sound), then 1047 on the next statement, which
