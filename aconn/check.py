@@ -148,18 +148,14 @@ async def _nodes(settings: Settings, backend: Backend, workers: int) -> tuple[li
         assert node is not None
         entry: dict[str, Any] = {"host": node.name, "address": list(address)}
         try:
-            async with asyncio.timeout(settings.connect_timeout):
-                conn, limits = await backend.connect(address)
-                try:
-                    state = await backend.node_state(conn, judge.cluster)
-                finally:
-                    await backend.close(conn)
+            conn, limits, state = await judge.open_checked(node, settings.connect_timeout)
         except Exception as exc:
             reason = (
                 "no answer within CONNECT_TIMEOUT" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
             )
             entry.update(reachable=False, reason=reason)
             return entry, None
+        await judge.close_quietly(conn)
         entry.update(
             reachable=True,
             cluster=state.cluster,

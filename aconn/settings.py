@@ -234,6 +234,12 @@ def _port(alias: str, key: str, value: Any) -> int | None:
     return value
 
 
+def address_name(address: Address) -> str:
+    """``host:port`` for messages (``[v6]:port`` for an IPv6 address)."""
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _host_entry(alias: str, key: str, entry: str) -> tuple[str, int | None]:
     """``host``, ``host:port``, ``[v6]:port`` or a bare IPv6 address -> ``(host, port or None)``."""
     entry = entry.strip()
@@ -529,7 +535,7 @@ class Settings:
         """Where this alias connects, for messages: never includes the password."""
         if self.engine == "sqlite":
             return f"sqlite {self.name if self.name == ':memory:' else os.path.abspath(self.name)}"
-        hosts = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.addresses)
+        hosts = ",".join(map(address_name, self.addresses))
         return f"{self.engine} {self.user}@{hosts}/{self.name}"
 
     @property
@@ -687,7 +693,7 @@ def _plain(seconds: float) -> str:
 
 def _statement_timeout(alias: str, key: str, value: Any, engine: str) -> float | None:
     seconds = _checked_seconds(alias, key, value, allow_none=True, allow_zero=False)
-    family = "postgresql" if engine in POSTGRESQL_ENGINES else "mysql" if engine in MYSQL_ENGINES else None
+    family = _family(engine)
     if seconds is None or family is None:
         return seconds
     lowest, highest, server = _STATEMENT_TIMEOUT_RANGES[family]

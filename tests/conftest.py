@@ -14,6 +14,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.append(str(Path(__file__).parent.parent / "examples"))  # the ported apps: `import ported.asyncpg_app`
 
+from galera import find_galera
 from mariadb import DRIVERS, MariaDB, find_binary
 from pgbouncer import PgBouncer, find_pgbouncer
 from postgres import PostgreSQL, find_postgres
@@ -26,6 +27,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         ("mysql", find_binary("mariadbd", "mysqld"), "MariaDB", "mariadb-server"),
         ("postgresql", find_postgres(), "PostgreSQL", "postgresql"),
         ("pgbouncer", find_pgbouncer(), "PgBouncer", "pgbouncer"),
+        ("galera", find_galera(), "Galera (galera-4, rsync)", "galera-4 rsync"),
     )
     for marker, found, name, package in servers:
         if found:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pwd
 import shutil
 import socket
 import subprocess
@@ -21,31 +20,30 @@ from pathlib import Path
 from typing import Any
 
 import pymysql
-from mariadb import APP_PASSWORD, APP_USER, DATABASE, DRIVERS, MariaDB, find_binary, free_port
+from mariadb import APP_PASSWORD, APP_USER, DATABASE, MariaDB, as_user, find_binary, free_port
 
 PROVIDER = "/usr/lib/galera/libgalera_smm.so"
 SYNCED = "4"
 
 
-def galera_available() -> str | None:
-    """Why the cluster cannot run here, or None."""
-    if not Path(PROVIDER).exists():
-        return "galera-4 is not installed (apt-get install -y galera-4 rsync)"
-    if find_binary("rsync") is None:
-        return "rsync is not installed (apt-get install -y rsync)"
-    return None
+def find_galera() -> str | None:
+    """The Galera provider, when it and rsync (its state transfer) are installed; else None."""
+    return PROVIDER if Path(PROVIDER).exists() and find_binary("rsync") else None
 
 
-def _free_base_port() -> int:
-    """A port whose next one is free too (IST listens on base_port + 1)."""
+def _free_base_ports(count: int) -> list[int]:
+    """``count`` base ports 10 apart, each with its next port free too (IST listens on base_port + 1)."""
     for _ in range(200):
-        port = free_port()
-        if port >= 65000:
-            continue
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port + 1)) != 0:
-                return port
-    raise RuntimeError("no free pair of ports for a Galera node")
+        base = free_port()
+        ports = [base + 10 * i for i in range(count)]
+        if ports[-1] + 1 < 65536 and all(_nobody_listens(p + offset) for p in ports for offset in (0, 1)):
+            return ports
+    raise RuntimeError("no free base ports for the Galera nodes")
+
+
+def _nobody_listens(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) != 0
 
 
 class GaleraNode(MariaDB):
@@ -62,10 +60,7 @@ class GaleraNode(MariaDB):
             shutil.chown(self.dir, self.run_as, self.run_as)
 
     def _as_server_user(self) -> dict[str, Any]:
-        if not self.run_as:
-            return {}
-        entry = pwd.getpwnam(self.run_as)
-        return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": [], "cwd": str(self.dir)}
+        return as_user(self.run_as, self.dir)
 
     def start(self, *, bootstrap: bool = False) -> GaleraNode:
         if bootstrap and not self.datadir.exists():
@@ -140,22 +135,15 @@ class GaleraNode(MariaDB):
         self.sql("SET GLOBAL wsrep_provider_options='gmcast.isolate=0'")
         self.wait_synced()
 
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
 
 class GaleraCluster:
     """Three nodes on localhost; :meth:`start` forms the cluster."""
 
     def __init__(self, size: int = 3) -> None:
         self.nodes = [GaleraNode(self, i) for i in range(size)]
-        base = _free_base_port()
-        for i, node in enumerate(self.nodes):
-            node.base_port = base + 10 * i if i else base
-        ports = [node.base_port for node in self.nodes]
-        if len(set(ports)) != len(ports):
-            raise RuntimeError("Galera base ports collide")
+        ports = _free_base_ports(size)
+        for node, port in zip(self.nodes, ports, strict=True):
+            node.base_port = port
         self.gcomm = "gcomm://" + ",".join(f"127.0.0.1:{p}" for p in ports)
         self.driver = "aiomysql"
 
@@ -183,19 +171,10 @@ class GaleraCluster:
         return [f"127.0.0.1:{node.port}" for node in self.nodes]
 
     def settings(self, **overrides: Any) -> dict[str, Any]:
-        """An alias of the three nodes."""
-        entry: dict[str, Any] = {
-            "ENGINE": DRIVERS[self.driver][0],
-            "NAME": DATABASE,
-            "USER": APP_USER,
-            "PASSWORD": APP_PASSWORD,
-            "HOST": self.hosts(),
-        }
-        entry.update(overrides)
-        return entry
-
-    def node_on_port(self, port: int) -> GaleraNode:
-        return next(node for node in self.nodes if node.port == port)
+        """An alias of the three nodes (the first node's entry, with every node in HOST)."""
+        first = self.nodes[0]
+        first.driver = self.driver
+        return first.settings(**{"HOST": self.hosts(), **overrides})
 
     def synced(self) -> list[GaleraNode]:
         return [n for n in self.nodes if n.proc is not None and not n.frozen and _synced(n)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -46,6 +47,15 @@ def find_binary(*names: str) -> str | None:
         if path:
             return path
     return None
+
+
+def as_user(user: str | None, cwd: Path) -> dict[str, Any]:
+    """``subprocess`` arguments that run a program as ``user`` (itself, not a wrapper such as
+    runuser, so that signals reach the server); none when ``user`` is None (not root)."""
+    if not user:
+        return {}
+    entry = pwd.getpwnam(user)
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": [], "cwd": str(cwd)}
 
 
 def free_port() -> int:

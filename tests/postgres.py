@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from mariadb import APP_PASSWORD, APP_USER, DATABASE, free_port
+from mariadb import APP_PASSWORD, APP_USER, DATABASE, as_user, free_port
 
 __all__ = ("APP_PASSWORD", "APP_USER", "DATABASE", "PostgreSQL", "find_postgres")
 
@@ -58,10 +58,7 @@ class PostgreSQL:
 
     def _as_server_user(self) -> dict[str, Any]:
         """``subprocess`` arguments that run a program as the server's user (itself, not a wrapper)."""
-        if not self.run_as:
-            return {}
-        entry = pwd.getpwnam(self.run_as)
-        return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": [], "cwd": str(self.dir)}
+        return as_user(self.run_as, self.dir)
 
     # -- lifecycle ---------------------------------------------------------------------
 

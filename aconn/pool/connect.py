@@ -98,25 +98,19 @@ class Connector:
                 ) from None
             except Exception as exc:
                 counters.connect_errors += 1
-                if isinstance(exc, NodeReadyError) and not exc.retryable:
-                    # every host failed with an error retrying will not lift: the first, with them all
-                    first = exc.first or exc
-                    first.add_note(f"aconn alias {self.alias!r}: connecting to {settings.target}: {exc}")
-                    raise first from None
-                if not isinstance(exc, NodeReadyError) and (
-                    self.backend.classify(exc, connecting=True) is not ErrorKind.RETRYABLE
-                ):
+                if isinstance(exc, NodeReadyError):
+                    if not exc.retryable:
+                        # every host failed with an error retrying will not lift: the first, with them all
+                        first = exc.first or exc
+                        first.add_note(f"aconn alias {self.alias!r}: connecting to {settings.target}: {exc}")
+                        raise first from None
+                elif self.backend.classify(exc, connecting=True) is not ErrorKind.RETRYABLE:
                     # the driver's own error, still catchable as such, now saying where it happened
                     exc.add_note(f"aconn alias {self.alias!r}: connecting to {settings.target}")
                     raise
                 refused += 1
                 remaining = deadline - loop.time()
                 if remaining <= backoff.current:
-                    if isinstance(exc, NodeReadyError):
-                        raise AcquireTimeout(
-                            f"aconn alias {self.alias!r}: {exc}, until ACQUIRE_TIMEOUT="
-                            f"{settings.acquire_timeout:g}s ran out ({refused} round(s) over the hosts)"
-                        ) from None
                     raise AcquireTimeout(self._budget_message(exc, refused)) from exc
                 if not self._refusing:  # once per outage, not once per waiter
                     self._refusing = True
@@ -166,6 +160,11 @@ class Connector:
             raise
 
     def _budget_message(self, exc: BaseException, attempts: int) -> str:
+        if isinstance(exc, NodeReadyError):  # a multi-host alias: each host, and why it was passed over
+            return (
+                f"aconn alias {self.alias!r}: {exc}, until ACQUIRE_TIMEOUT={self.settings.acquire_timeout:g}s "
+                f"ran out ({attempts} round(s) over the hosts)"
+            )
         limit = self.limits.max_connections if self.limits else None
         server = f"the server's max_connections={limit}" if limit else "the server's max_connections"
         return (

@@ -22,10 +22,10 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from ..backends.base import Backend
+from ..errors import InternalError
 
 if TYPE_CHECKING:
     from .nodes import Node
-from ..errors import InternalError
 
 __all__ = ("SLOT", "CloseReason", "Holder", "HolderState", "SlotOwner", "Watch")
 

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from time import monotonic
 from typing import Any, Final
 
 from ..backends.base import Backend, ErrorKind, NodeState, ServerLimits
-from ..settings import Address, Settings
+from ..settings import Address, Settings, address_name
 
 __all__ = ("CHECK_INTERVAL", "Node", "NodeReadyError", "Nodes")
 
@@ -65,8 +65,7 @@ class Node:
 
     @property
     def name(self) -> str:
-        host, port = self.address
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return address_name(self.address)
 
     def __repr__(self) -> str:
         return f"<Node {self.name} {'up' if self.up else 'down' if self.up is False else 'unchecked'}>"
@@ -95,7 +94,7 @@ class Nodes:
         #: the background checks, started with the pool's first connection, stopped at its close
         self._watcher: asyncio.Task[None] | None = None
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[Node]:
         return iter(self.nodes)
 
     def node_at(self, address: Address) -> Node | None:
@@ -117,10 +116,15 @@ class Nodes:
             self._turn += 1
             nodes = nodes[start:] + nodes[:start]
         if self._one_writer():
-            ranked = sorted((n for n in nodes if n.up and n.found and n.found.index is not None),
-                            key=_index)  # fmt: skip
+            ranked = self._by_index(nodes)
             nodes = ranked + [n for n in nodes if n not in ranked]
         return [n for n in nodes if n.up is not False] + [n for n in nodes if n.up is False]
+
+    @staticmethod
+    def _by_index(nodes: list[Node]) -> list[Node]:
+        """The nodes a check found up with a Galera ``wsrep_local_index``, lowest first: the first
+        takes the writes."""
+        return sorted((n for n in nodes if n.up and n.found is not None and n.found.index is not None), key=_index)
 
     def _one_writer(self) -> bool:
         return self.target in ("read-write", "primary") and self.cluster != "postgresql"
@@ -177,35 +181,37 @@ class Nodes:
     def record(self, node: Node, state: NodeState | None, reason: str = "") -> None:
         """What a check (at connect, in the background) found; a node that leaves the right state
         is reported to the pool (``on_down``)."""
+        if state is not None and state.cluster is not None and self.cluster == "detect":
+            self.cluster = state.cluster  # detected once: the next checks skip the question
         node.checked_at = monotonic()
         node.found = state
         was = node.up
-        up = state is not None and self.serves(state)
-        node.up = up
-        if up:
+        node.up = state is not None and self.serves(state)
+        if node.up:
             node.reason = ""
         else:
             node.reason = reason or (f"{state.summary}: not {self.target}" if state is not None else "down")
-        if was and not up:
-            self.mark_down(node, node.reason, already=True)
-        elif was is False and up:
+        if was and not node.up:
+            self._went_down(node)
+        elif was is False and node.up:
             logger.info("aconn alias %r: node %s is back (%s)", self.alias, node.name, state.summary if state else "")
 
-    def mark_down(self, node: Node, reason: str, *, already: bool = False) -> None:
-        """A node found in the wrong state (by a check, or an error such as Galera's 1047 or
+    def mark_down(self, node: Node, reason: str) -> None:
+        """A node found in the wrong state by an error a statement raised (Galera's 1047,
         PostgreSQL's 25006): nothing new goes to it until a check qualifies it again."""
-        if not already:
-            if node.up is False:
-                return
+        if node.up is not False:
             node.up = False
             node.reason = reason
+            self._went_down(node)
+
+    def _went_down(self, node: Node) -> None:
         logger.warning(
             "aconn alias %r: node %s left the state TARGET=%r needs (%s): its connections are closed; "
             "new ones go to the other hosts until a check qualifies it again",
             self.alias,
             node.name,
             self.target,
-            reason,
+            node.reason,
         )
         self.on_down(node)
 
@@ -221,6 +227,7 @@ class Nodes:
 
         :raises NodeReadyError: listing each host and why it was passed over.
         """
+        self.watch()  # the background checks run from the pool's first connect on
         loop = asyncio.get_running_loop()
         failures: list[str] = []
         retryable = False
@@ -235,7 +242,7 @@ class Nodes:
                 break
             bound = min(remaining, self.connect_timeout)
             try:
-                conn, limits, state = await self._open_checked(node, bound)
+                conn, limits, state = await self.open_checked(node, bound)
             except TimeoutError:
                 reason = f"no connection within {bound:g}s"
                 self.record(node, None, reason)
@@ -254,21 +261,21 @@ class Nodes:
             self.record(node, state)
             if self.qualifies(node, state) and not (self.target == "prefer-standby" and not state.standby):
                 if fallback is not None:
-                    await self._close_quietly(fallback[0])
+                    await self.close_quietly(fallback[0])
                 return conn, limits, node
             if self.target == "prefer-standby" and fallback is None and self.serves(state):
                 fallback = (conn, limits, node)
                 continue
             failures.append(f"{node.name}: {state.summary}, not {self.target}")
             retryable = True
-            await self._close_quietly(conn)
+            await self.close_quietly(conn)
         if fallback is not None:
             return fallback
         message = "; ".join(failures) or "no host to try"
         raise NodeReadyError(f"no host in the state TARGET={self.target!r} needs ({message})", retryable, first)
 
-    async def _open_checked(self, node: Node, bound: float) -> tuple[Any, ServerLimits, NodeState]:
-        """Connect to ``node`` and check its state, within ``bound`` seconds."""
+    async def open_checked(self, node: Node, bound: float) -> tuple[Any, ServerLimits, NodeState]:
+        """Connect to ``node`` and read its state, within ``bound`` seconds (the caller records it)."""
         async with asyncio.timeout(bound):
             conn, limits = await self.backend.connect(node.address)
             try:
@@ -276,11 +283,10 @@ class Nodes:
             except BaseException:
                 self.backend.abort(conn)
                 raise
-        if state.cluster is not None and self.cluster == "detect":
-            self.cluster = state.cluster  # detected once: the next checks skip the question
         return conn, limits, state
 
-    async def _close_quietly(self, conn: Any) -> None:
+    async def close_quietly(self, conn: Any) -> None:
+        """Close ``conn`` within the check's bound, else abort it."""
         try:
             async with asyncio.timeout(CHECK_TIMEOUT):
                 await self.backend.close(conn)
@@ -294,8 +300,7 @@ class Nodes:
         MAX_CONNS: one session per node per process), all nodes at once."""
         await asyncio.gather(*(self._check(node) for node in self.nodes))
         if self._one_writer() and self.cluster == "galera":
-            writers = [n for n in self.nodes if n.up and n.found is not None and n.found.index is not None]
-            writer = min(writers, key=_index, default=None)
+            writer = next(iter(self._by_index(self.nodes)), None)
             if writer is not None and writer is not self.writer:
                 if self.writer is not None:
                     logger.info(
@@ -325,8 +330,6 @@ class Nodes:
             reason = "no answer to the check" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
             self.record(node, None, reason)
             return
-        if state.cluster is not None and self.cluster == "detect":
-            self.cluster = state.cluster
         self.record(node, state)
 
     def watch(self) -> None:
@@ -348,7 +351,7 @@ class Nodes:
         for node in self.nodes:
             if node.monitor is not None:
                 monitor, node.monitor = node.monitor, None
-                await self._close_quietly(monitor)
+                await self.close_quietly(monitor)
 
     def forget(self) -> None:
         """Drop the background checks and the monitor sessions with no I/O (their event loop is gone)."""

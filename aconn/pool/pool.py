@@ -62,6 +62,8 @@ class HealthCheck(enum.Enum):
 
 
 _PASSED, _DROPPED, _STOPPING = HealthCheck.PASSED, HealthCheck.DROPPED, HealthCheck.STOPPING
+#: the deadline of a connection whose node left the state TARGET needs: past for any clock
+_NODE_RETIRED: Final = -math.inf
 #: errors after which a connection is not reused, and new ones are opened
 _NEW_CONNECTION_KINDS: Final = (ErrorKind.DISCONNECT, ErrorKind.READ_ONLY, ErrorKind.NODE_NOT_READY)
 
@@ -247,7 +249,7 @@ class Pool:
     def _unusable_reason(self, holder: Holder, now: float) -> CloseReason | None:
         """Why an idle connection must not be handed out (a close reason), or None: no round trip."""
         if now >= holder.close_at:
-            return _NODE if holder.close_at == -math.inf else _MAX_AGE
+            return _NODE if holder.close_at == _NODE_RETIRED else _MAX_AGE
         if now - holder.last_used >= holder.idle_limit:
             return _IDLE_LIMIT
         if not holder.alive():
@@ -361,8 +363,6 @@ class Pool:
         now = monotonic()
         holder = Holder(self, conn, self.backend.liveness(conn), now, *self._deadlines(limits))
         holder.node = node
-        if node is not None:
-            self.nodes.watch()  # type: ignore[union-attr]  # a node comes from the nodes
         self._holders.add(holder)
         holder.opened()
         if self.hooks.wants("connect"):
@@ -535,7 +535,7 @@ class Pool:
         if reason is None:
             if self.closed:
                 reason = _SHUTDOWN
-            elif holder.node is not None and holder.close_at == -math.inf:
+            elif holder.close_at == _NODE_RETIRED:
                 reason = _NODE
             elif now >= holder.close_at:
                 reason = _MAX_AGE
@@ -698,16 +698,13 @@ class Pool:
         """A node left the state TARGET needs (or stopped taking the writes): its idle connections
         close now, its in-use ones at release (their deadline set in the past: the scope path
         needs no check of its own for it)."""
-        idle = self._idle
-        keep = [h for h in idle if h.node is not node]
-        for holder in idle:
-            if holder.node is node:
-                holder.close_at = -math.inf
-                self._discard(holder, _NODE)
-        idle[:] = keep
         for holder in self._holders:
             if holder.node is node:
-                holder.close_at = -math.inf
+                holder.close_at = _NODE_RETIRED
+        retired = [h for h in self._idle if h.node is node]
+        self._idle[:] = [h for h in self._idle if h.node is not node]
+        for holder in retired:
+            self._discard(holder, _NODE)
 
     def sweep(self) -> None:
         """Close idle connections past their deadline or idle limit (no I/O on healthy ones)."""
