@@ -165,11 +165,21 @@ class Connector:
                 f"aconn alias {self.alias!r}: {exc}, until ACQUIRE_TIMEOUT={self.settings.acquire_timeout:g}s "
                 f"ran out ({attempts} round(s) over the hosts)"
             )
+        return (
+            f"aconn alias {self.alias!r}: the server refused {attempts} new connection(s) until "
+            f"ACQUIRE_TIMEOUT={self.settings.acquire_timeout:g}s ran out ({exc}). {self.budget_hint()}"
+        )
+
+    @property
+    def refusing(self) -> bool:
+        """The server refuses new connections now (the last connect was refused, none succeeded since)."""
+        return self._refusing
+
+    def budget_hint(self) -> str:
+        """Why a server refuses a fleet's connections, and what to change."""
         limit = self.limits.max_connections if self.limits else None
         server = f"the server's max_connections={limit}" if limit else "the server's max_connections"
         return (
-            f"aconn alias {self.alias!r}: the server refused {attempts} new connection(s) until "
-            f"ACQUIRE_TIMEOUT={self.settings.acquire_timeout:g}s ran out ({exc}). Every process "
-            f"may open MAX_CONNS={self.settings.max_conns}: processes x MAX_CONNS (plus other "
+            f"Every process may open MAX_CONNS={self.settings.max_conns}: processes x MAX_CONNS (plus other "
             f"clients) must stay below {server}; lower MAX_CONNS or raise the server's limit"
         )
