@@ -121,8 +121,12 @@ async def storm(side: Side, engine: AsyncEngine, in_task_group: bool = False, se
     with warnings.catch_warnings(record=True) as caught, ProcesslistSampler(side.server) as sampler:
         warnings.simplefilter("always")
         await asyncio.gather(*(worker() for _ in range(20)))
-        await asyncio.sleep(0.5)  # what is still running half a second after the last cancel
-        figures.running_after = side.running()
+        # what still runs 1.5 s after the last cancel: the stops are given until then (on a loaded
+        # machine they may take more than a moment), where a 2 s sleep started at the end runs on
+        settled = loop.time() + 1.5
+        while (running := side.running()) and loop.time() < settled:
+            await asyncio.sleep(0.05)
+        figures.running_after = running
         gc.collect()
     figures.max_sessions = max(sampler.samples)
     figures.gc_warnings = sum("garbage collector" in str(w.message) for w in caught)
