@@ -1,5 +1,5 @@
-"""Project tasks: `nox -s demo`, `nox -s tests`, `nox -s lint typecheck`, `nox -s build`, `nox -s bench`,
-`nox -s soak`, `nox -s reliability`."""
+"""Project tasks: `nox -s demo`, `nox -s tests`, `nox -s tests_compiled`, `nox -s lint typecheck`,
+`nox -s build`, `nox -s bench`, `nox -s soak`, `nox -s reliability`."""
 
 from __future__ import annotations
 
@@ -23,7 +23,29 @@ def demo(session: nox.Session) -> None:
 def tests(session: nox.Session) -> None:
     """The whole suite: SQLite, and MariaDB through a throwaway server the tests start."""
     session.install("-e", ".[test]")
-    session.run("pytest", *session.posargs)
+    session.run("pytest", *session.posargs, env={"ACONN_COMPILED": "0"})
+
+
+def _compiled(session: nox.Session, extras: str) -> str:
+    """aconn's opt-in compiled build (pyproject.toml's mypyc hook; needs a C compiler), with
+    ``extras``: the requirement to install. Built from an sdist, in pip's own directory, so that
+    the compiled modules never land in the checkout, where they would shadow its .py files."""
+    session.install("build>=1.2")
+    dist = Path(session.create_tmp()).resolve() / "sdist"
+    shutil.rmtree(dist, ignore_errors=True)
+    session.run_install("python", "-m", "build", "--sdist", "--outdir", str(dist))
+    return f"{next(dist.glob('aconn-*.tar.gz'))}[{extras}]"
+
+
+_COMPILE = {"HATCH_BUILD_HOOK_ENABLE_MYPYC": "true"}
+
+
+@nox.session
+def tests_compiled(session: nox.Session) -> None:
+    """The whole suite again on the opt-in compiled build: aconn installed from a wheel whose
+    scope, pool and middleware modules mypyc compiled."""
+    session.install(_compiled(session, "test"), env=_COMPILE)
+    session.run("pytest", *session.posargs, env={"ACONN_COMPILED": "1"})
 
 
 @nox.session
@@ -83,11 +105,18 @@ def bench(session: nox.Session) -> None:
     workload with connections scarce and plentiful on three drivers: its section there too; then
     where a web request's CPU goes (py-spy under wrk): a section there as well."""
     session.install("-e", ".[test,bench]")
+    # the web workload also runs the middleware on the compiled build, from a venv of its own
+    compiled = Path(session.create_tmp()).resolve() / "compiled-venv"
+    session.run_install("python", "-m", "venv", "--clear", str(compiled))
+    compiled_python = str(compiled / "bin" / "python")
+    requirement = _compiled(session, "test")
+    session.run_install(compiled_python, "-m", "pip", "install", "--quiet", requirement, env=_COMPILE, external=True)
     session.run("python", "benchmarks/run.py", *session.posargs)
     session.run("python", "benchmarks/postgresql.py", *[a for a in session.posargs if a == "--quick"])
     session.run("python", "benchmarks/reset_cost.py", *(["--rounds", "1"] if "--quick" in session.posargs else []))
     session.run("python", "benchmarks/sqlalchemy_on_aconn.py", *[a for a in session.posargs if a == "--quick"])
-    session.run("python", "benchmarks/web.py", *[a for a in session.posargs if a == "--quick"])
+    quick = [a for a in session.posargs if a == "--quick"]
+    session.run("python", "benchmarks/web.py", "--compiled-python", compiled_python, *quick)
     session.run("python", "benchmarks/web_profile.py", *(["--rounds", "2"] if "--quick" in session.posargs else []))
 
 

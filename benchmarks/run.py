@@ -178,18 +178,23 @@ def web(settings: dict[str, Any], quick: bool, loop_name: str, title: str) -> pe
 
 
 def interleave_apps(
-    apps: dict[str, list[str]], rounds: int, load: Callable[[int, int], dict[str, float]]
+    apps: dict[str, list[str]],
+    rounds: int,
+    load: Callable[[int, int], dict[str, float]],
+    pythons: dict[str, str] | None = None,
 ) -> dict[str, list[dict[str, float]]]:
     """Each app (``benchmarks/webapp.py`` arguments; ``--port`` and ``--cpu`` added) in a uvicorn
     process of its own on the measured core; each loaded once to warm up, then once per round in
-    an order shuffled each round. ``load(pid, port)`` measures one run; the runs, per app."""
+    an order shuffled each round. ``load(pid, port)`` measures one run; the runs, per app.
+    ``pythons`` names another interpreter for some apps (the compiled build's); the rest run on this one."""
     servers: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
     pin_to(SERVER_CPU)  # the load generator runs beside the server, away from the apps
     try:
         for name, arguments in apps.items():
             port = free_port()
             cpu = ["--cpu", str(MEASURED_CPU)] if PINNED else []
-            command = [sys.executable, str(ROOT / "benchmarks" / "webapp.py"), *arguments, "--port", str(port), *cpu]
+            python = (pythons or {}).get(name, sys.executable)
+            command = [python, str(ROOT / "benchmarks" / "webapp.py"), *arguments, "--port", str(port), *cpu]
             env = {**os.environ, "PYTHONHASHSEED": "0"}  # same dict layouts in every process
             servers[name] = (subprocess.Popen(command, cwd=ROOT, env=env), port)
         for _, port in servers.values():

@@ -3,6 +3,10 @@ checks off and on) and aconn's scope inside the endpoint, against the hand-rolle
 
     python benchmarks/web.py            # rewrites the web section of docs/performance.md
     python benchmarks/web.py --quick    # fewer rounds, asyncio only
+    python benchmarks/web.py --compiled-python PATH   # and the middleware on the compiled build
+
+``nox -s bench`` passes ``--compiled-python``: an interpreter with aconn's opt-in compiled build
+(mypyc) installed, whose middleware app then runs beside the others, in the same rounds.
 
 Per driver (aiomysql, asyncmy on MariaDB; asyncpg on PostgreSQL), per query (``SELECT 1``; one
 that keeps the connection 2 ms), per setting (10 connections and 20 clients; 10 and 100
@@ -52,6 +56,7 @@ NAMES = {
     "middleware": "aconn middleware",
     "middleware-health": "aconn middleware, health checks on",
     "endpoint": "aconn scope in the endpoint",
+    "middleware-compiled": "aconn middleware, compiled build (mypyc)",
 }
 
 
@@ -73,12 +78,24 @@ def load(pid: int, port: int, seconds: int, clients: int) -> dict[str, float]:
 
 
 def group(
-    driver: str, settings: dict[str, Any], query: str, cap: int, clients: int, loop: str, rounds: int
+    driver: str,
+    settings: dict[str, Any],
+    query: str,
+    cap: int,
+    clients: int,
+    loop: str,
+    rounds: int,
+    compiled_python: str | None = None,
 ) -> dict[str, list[dict[str, float]]]:
-    """The four apps of one driver, query and setting, in interleaved rounds."""
+    """The four apps of one driver, query and setting (five with the compiled build's middleware),
+    in interleaved rounds."""
     common = ["--cap", str(cap), "--query", query, "--settings", json.dumps(settings), "--loop", loop]
     apps = {variant: ["serve-matrix", driver, variant, *common] for variant in MATRIX_VARIANTS}
-    return interleave_apps(apps, rounds, lambda pid, port: load(pid, port, 1, clients))
+    pythons = {}
+    if compiled_python is not None:
+        apps["middleware-compiled"] = apps["middleware"]
+        pythons["middleware-compiled"] = compiled_python
+    return interleave_apps(apps, rounds, lambda pid, port: load(pid, port, 1, clients), pythons)
 
 
 def render(title: str, results: dict[str, list[dict[str, float]]]) -> tuple[str, dict[str, float]]:
@@ -105,16 +122,25 @@ def render(title: str, results: dict[str, list[dict[str, float]]]) -> tuple[str,
 
 
 def targets(summary: list[tuple[str, bool, dict[str, float]]]) -> str:
+    compiled = any("middleware-compiled" in r for _, _, r in summary)
+    extra = " compiled build: middleware / pool, CPU / pool |" if compiled else ""
     lines = ["| group | middleware / pool (target) | CPU / pool (target <= 1.00x) "
-             "| health on / off (target >= 0.97x) |", "| --- | ---: | ---: | ---: |"]  # fmt: skip
+             "| health on / off (target >= 0.97x) |" + extra,
+             "| --- | ---: | ---: | ---: |" + (" ---: |" if compiled else "")]  # fmt: skip
+    mark = lambda ok: "met" if ok else "missed"  # noqa: E731
     for title, scarce, r in summary:
         want = 1.05 if scarce else 1.0
-        mark = lambda ok: "met" if ok else "missed"  # noqa: E731
-        lines.append(
+        line = (
             f"| {title} | {r['middleware']:.2f}x (>= {want:.2f}x: {mark(r['middleware'] >= want)}) "
             f"| {r['middleware:cpu']:.2f}x ({mark(r['middleware:cpu'] <= 1.0)}) "
             f"| {r['health']:.2f}x ({mark(r['health'] >= 0.97)}) |"
         )
+        if compiled:
+            line += (
+                f" {r['middleware-compiled']:.2f}x ({mark(r['middleware-compiled'] >= want)}),"
+                f" {r['middleware-compiled:cpu']:.2f}x ({mark(r['middleware-compiled:cpu'] <= 1.0)}) |"
+            )
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -122,6 +148,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--drivers", nargs="+", default=["aiomysql", "asyncmy", "asyncpg"])
+    parser.add_argument("--compiled-python", help="an interpreter with aconn's compiled build installed")
     args = parser.parse_args()
     rounds, loops = (3, ("asyncio",)) if args.quick else (7, ("asyncio", "uvloop"))
     pin_to(SERVER_CPU)
@@ -137,7 +164,9 @@ def main() -> int:
                     for label, cap, clients in SETTINGS:
                         title = f"{driver}, {loop}, {query_label}, {label}"
                         print("==", title, flush=True)
-                        results = group(driver, settings, queries[driver], cap, clients, loop, rounds)
+                        results = group(
+                            driver, settings, queries[driver], cap, clients, loop, rounds, args.compiled_python
+                        )
                         table, ratios = render(title, results)
                         print(table, flush=True)
                         tables.append(table)
@@ -156,7 +185,14 @@ def main() -> int:
             + f", keep-alive HTTP/1.1 clients) on core {SERVER_CPU}; {rounds} interleaved rounds of 1 s;"
             " medians, and medians of per-round ratios to the hand-rolled driver-pool app. aconn runs with"
             " RESET_ON_RELEASE off, as the aiomysql and asyncmy pools (asyncpg.Pool resets at every release:"
-            " its app here keeps that cost).",
+            " its app here keeps that cost)."
+            + (
+                " The compiled-build rows run the middleware app unchanged on an interpreter where aconn is"
+                " installed from its opt-in compiled wheel (mypyc: the scope, the pool, its holders and the"
+                " middleware), in the same rounds."
+                if args.compiled_python
+                else ""
+            ),
             "### Targets",
             targets(summary),
             "### Tables",

@@ -22,6 +22,35 @@ from postgres import PostgreSQL, find_postgres
 import aconn
 
 
+def _compiled_modules() -> list[str]:
+    """The modules the opt-in compiled build compiles: pyproject.toml's mypyc hook names them."""
+    import tomllib
+
+    with open(Path(__file__).parent.parent / "pyproject.toml", "rb") as file:
+        hook = tomllib.load(file)["tool"]["hatch"]["build"]["targets"]["wheel"]["hooks"]["mypyc"]
+    return [path.strip("/").removesuffix(".py").replace("/", ".") for path in hook["include"]]
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    import importlib
+
+    compiled = [name for name in _compiled_modules() if not importlib.import_module(name).__file__.endswith(".py")]
+    wanted = os.environ.get("ACONN_COMPILED")  # set by nox: "1" in tests_compiled, "0" in tests
+    if wanted == "1" and len(compiled) != len(_compiled_modules()):
+        raise pytest.UsageError(
+            f"ACONN_COMPILED=1 (nox -s tests_compiled) but aconn from {Path(aconn.__file__).parent} "
+            f"is not the compiled build: compiled {compiled or 'none'} of {_compiled_modules()}"
+        )
+    if wanted == "0" and compiled:
+        raise pytest.UsageError(
+            f"ACONN_COMPILED=0 (nox -s tests) but aconn from {Path(aconn.__file__).parent} has compiled "
+            f"modules {compiled}, which would run instead of their .py files: remove them (git clean -fX aconn)"
+        )
+    return f"aconn {aconn.__version__} from {Path(aconn.__file__).parent}: " + (
+        f"compiled with mypyc ({', '.join(compiled)})" if compiled else "pure Python"
+    )
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     servers = (
         ("mysql", find_binary("mariadbd", "mysqld"), "MariaDB", "mariadb-server"),

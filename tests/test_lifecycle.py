@@ -204,7 +204,7 @@ def test_typed_connection_for_mypy(tmp_path: Path) -> None:
     (tmp_path / "typed.py").write_text(code)
     result = subprocess.run(
         [sys.executable, "-m", "mypy", "--strict", "--no-incremental", str(tmp_path / "typed.py")],
-        capture_output=True, text=True, timeout=300, cwd=ROOT,
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,  # aconn as installed (editable or built)
     )  # fmt: skip
     assert result.returncode == 1, result.stdout + result.stderr
     errors = [line for line in result.stdout.splitlines() if ": error:" in line]
@@ -240,7 +240,7 @@ def test_alias_declared_once_is_typed_for_mypy(tmp_path: Path) -> None:
     (tmp_path / "typed_alias.py").write_text(code)
     result = subprocess.run(
         [sys.executable, "-m", "mypy", "--strict", "--no-incremental", str(tmp_path / "typed_alias.py")],
-        capture_output=True, text=True, timeout=300, cwd=ROOT,
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,  # aconn as installed (editable or built)
     )  # fmt: skip
     errors = [line for line in result.stdout.splitlines() if ": error:" in line]
     assert len(errors) == 2, result.stdout + result.stderr

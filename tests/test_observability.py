@@ -158,6 +158,6 @@ def test_use_time_off_leaves_the_scope_path_alone(tmp_path: Any) -> None:
     connections = aconn.Connections({"default": {"ENGINE": "sqlite", "NAME": str(tmp_path / "u.db")}})
     reader = InMemoryMetricReader()
     aconn.otel.instrument(connections, MeterProvider(metric_readers=[reader], shutdown_on_exit=False), use_time=False)
-    assert "release" not in connections.pool("default").__dict__  # release not wrapped
+    assert connections.pool("default")._watch is None  # nothing watched while a connection is taken
     found = points(reader)
     assert "db.client.connection.use_time" not in found and "db.client.connection.count" in found

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import os
 import traceback
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Final, Protocol
@@ -123,6 +124,21 @@ class Watch:
         self.on_use = on_use
 
 
+#: aconn's package directory: its frames are left out of a leak report's stack
+_PACKAGE_DIR: Final = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+def _callers_stack() -> list[str]:
+    """The stack that took a connection, formatted, up to the innermost frame outside aconn.
+
+    aconn's own frames are dropped by their file, not counted: a compiled build (mypyc) has none.
+    """
+    frames = traceback.extract_stack(limit=16)
+    while frames and frames[-1].filename.startswith(_PACKAGE_DIR):
+        frames.pop()
+    return traceback.format_list(frames)
+
+
 class Holder:
     """One pooled connection, its state, its owner and its timestamps."""
 
@@ -204,7 +220,7 @@ class Holder:
     def watched(self, watch: Watch) -> None:
         """Start the leak timer, if the pool watches for leaks."""
         if watch.leak_timeout is not None:
-            self.taken_stack = traceback.format_stack(limit=16)[:-3]  # up to the caller of the pool's take
+            self.taken_stack = _callers_stack()
             self.leak_timer = asyncio.get_running_loop().call_later(watch.leak_timeout, self._leaked, watch)
 
     def _leaked(self, watch: Watch) -> None:
