@@ -43,7 +43,7 @@ _COMPILE = {"HATCH_BUILD_HOOK_ENABLE_MYPYC": "true"}
 @nox.session
 def tests_compiled(session: nox.Session) -> None:
     """The whole suite again on the opt-in compiled build: aconn installed from a wheel whose
-    scope, pool and middleware modules mypyc compiled."""
+    scope and pool modules mypyc compiled."""
     session.install(_compiled(session, "test"), env=_COMPILE)
     session.run("pytest", *session.posargs, env={"ACONN_COMPILED": "1"})
 

@@ -4,6 +4,7 @@ checks off and on) and aconn's scope inside the endpoint, against the hand-rolle
     python benchmarks/web.py            # rewrites the web section of docs/performance.md
     python benchmarks/web.py --quick    # fewer rounds, asyncio only
     python benchmarks/web.py --compiled-python PATH   # and the middleware on the compiled build
+    python benchmarks/web.py --only "aiomysql, asyncio, SELECT 1, scarce" --rounds 15   # some groups, printed
 
 ``nox -s bench`` passes ``--compiled-python``: an interpreter with aconn's opt-in compiled build
 (mypyc) installed, whose middleware app then runs beside the others, in the same rounds.
@@ -149,8 +150,11 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--drivers", nargs="+", default=["aiomysql", "asyncmy", "asyncpg"])
     parser.add_argument("--compiled-python", help="an interpreter with aconn's compiled build installed")
+    parser.add_argument("--rounds", type=int, help="rounds per group (default: 7, --quick 3)")
+    parser.add_argument("--only", help="only the groups whose title holds this text (printed, docs left alone)")
     args = parser.parse_args()
     rounds, loops = (3, ("asyncio",)) if args.quick else (7, ("asyncio", "uvloop"))
+    rounds = args.rounds or rounds
     pin_to(SERVER_CPU)
     mariadb, postgres = MariaDB(extra_args=["--max-connections=500"]).start(), PostgreSQL().start()
     pin_to(MEASURED_CPU)
@@ -163,6 +167,8 @@ def main() -> int:
                 for query_label, queries in QUERIES.items():
                     for label, cap, clients in SETTINGS:
                         title = f"{driver}, {loop}, {query_label}, {label}"
+                        if args.only and args.only not in title:
+                            continue
                         print("==", title, flush=True)
                         results = group(
                             driver, settings, queries[driver], cap, clients, loop, rounds, args.compiled_python
@@ -174,6 +180,9 @@ def main() -> int:
     finally:
         mariadb.close()
         postgres.close()
+    if args.only:
+        print(targets(summary))
+        return 0
     write_section(
         "benchmarks/web.py",
         [
@@ -188,8 +197,8 @@ def main() -> int:
             " its app here keeps that cost)."
             + (
                 " The compiled-build rows run the middleware app unchanged on an interpreter where aconn is"
-                " installed from its opt-in compiled wheel (mypyc: the scope, the pool, its holders and the"
-                " middleware), in the same rounds."
+                " installed from its opt-in compiled wheel (mypyc: the scope, the pool and its holders), in the"
+                " same rounds."
                 if args.compiled_python
                 else ""
             ),

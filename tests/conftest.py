@@ -31,11 +31,17 @@ def _compiled_modules() -> list[str]:
     return [path.strip("/").removesuffix(".py").replace("/", ".") for path in hook["include"]]
 
 
-def pytest_report_header(config: pytest.Config) -> str:
+def _compiled_now() -> list[str]:
+    """Those of them that this run imports compiled."""
     import importlib
 
-    compiled = [name for name in _compiled_modules() if not importlib.import_module(name).__file__.endswith(".py")]
-    wanted = os.environ.get("ACONN_COMPILED")  # set by nox: "1" in tests_compiled, "0" in tests
+    return [name for name in _compiled_modules() if not str(importlib.import_module(name).__file__).endswith(".py")]
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """nox says which build a run is for (``ACONN_COMPILED``: "1" in tests_compiled, "0" in tests):
+    a run on the other one stops here, whatever the verbosity."""
+    compiled, wanted = _compiled_now(), os.environ.get("ACONN_COMPILED")
     if wanted == "1" and len(compiled) != len(_compiled_modules()):
         raise pytest.UsageError(
             f"ACONN_COMPILED=1 (nox -s tests_compiled) but aconn from {Path(aconn.__file__).parent} "
@@ -46,6 +52,10 @@ def pytest_report_header(config: pytest.Config) -> str:
             f"ACONN_COMPILED=0 (nox -s tests) but aconn from {Path(aconn.__file__).parent} has compiled "
             f"modules {compiled}, which would run instead of their .py files: remove them (git clean -fX aconn)"
         )
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    compiled = _compiled_now()
     return f"aconn {aconn.__version__} from {Path(aconn.__file__).parent}: " + (
         f"compiled with mypyc ({', '.join(compiled)})" if compiled else "pure Python"
     )
