@@ -31,7 +31,9 @@ def _compiled(session: nox.Session, extras: str) -> str:
     ``extras``: the requirement to install. Built from an sdist, in pip's own directory, so that
     the compiled modules never land in the checkout, where they would shadow its .py files."""
     session.install("build>=1.2")
-    dist = Path(session.create_tmp()).resolve() / "sdist"
+    # beside the venv, not in session.create_tmp(): that points TMPDIR into the checkout for the rest
+    # of the session, where the suite's Galera nodes (run as the mysql user) cannot create their files
+    dist = Path(session.bin).parent / "sdist"
     shutil.rmtree(dist, ignore_errors=True)
     session.run_install("python", "-m", "build", "--sdist", "--outdir", str(dist))
     return f"{next(dist.glob('aconn-*.tar.gz'))}[{extras}]"
@@ -106,7 +108,7 @@ def bench(session: nox.Session) -> None:
     where a web request's CPU goes (py-spy under wrk): a section there as well."""
     session.install("-e", ".[test,bench]")
     # the web workload also runs the middleware on the compiled build, from a venv of its own
-    compiled = Path(session.create_tmp()).resolve() / "compiled-venv"
+    compiled = Path(session.bin).parent / "compiled-venv"
     session.run_install("python", "-m", "venv", "--clear", str(compiled))
     compiled_python = str(compiled / "bin" / "python")
     requirement = _compiled(session, "test")
