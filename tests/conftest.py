@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -22,17 +23,19 @@ from postgres import PostgreSQL, find_postgres
 import aconn
 
 
-def _compiled_modules() -> list[str]:
+@functools.cache
+def _compiled_modules() -> tuple[str, ...]:
     """The modules the opt-in compiled build compiles: pyproject.toml's mypyc hook names them."""
     import tomllib
 
     with open(Path(__file__).parent.parent / "pyproject.toml", "rb") as file:
         hook = tomllib.load(file)["tool"]["hatch"]["build"]["targets"]["wheel"]["hooks"]["mypyc"]
-    return [path.strip("/").removesuffix(".py").replace("/", ".") for path in hook["include"]]
+    return tuple(path.strip("/").removesuffix(".py").replace("/", ".") for path in hook["include"])
 
 
+@functools.cache
 def _compiled_now() -> list[str]:
-    """Those of them that this run imports compiled."""
+    """Those of them that this run imports compiled (read once: the session start checks it, the header shows it)."""
     import importlib
 
     return [name for name in _compiled_modules() if not str(importlib.import_module(name).__file__).endswith(".py")]
@@ -45,7 +48,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     if wanted == "1" and len(compiled) != len(_compiled_modules()):
         raise pytest.UsageError(
             f"ACONN_COMPILED=1 (nox -s tests_compiled) but aconn from {Path(aconn.__file__).parent} "
-            f"is not the compiled build: compiled {compiled or 'none'} of {_compiled_modules()}"
+            f"is not the compiled build: compiled {compiled or 'none'} of {list(_compiled_modules())}"
         )
     if wanted == "0" and compiled:
         raise pytest.UsageError(
