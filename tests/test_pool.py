@@ -238,14 +238,16 @@ async def test_random_cancellations_keep_the_pool_consistent(server: FakeServer,
 
     async def one(i: int) -> None:
         conn_delay = rng.random() * 0.004
-        async with asyncio.timeout(rng.random() * 0.006):
+        # The last unit of each batch cannot miss its deadline on a working pool, so both
+        # outcomes are there however fast the machine is.
+        async with asyncio.timeout(10.0 if i % 10 == 9 else rng.random() * 0.006):
             assert await use(connections, i, delay=conn_delay) == i
 
     results: list[Any] = []
     for batch in range(0, 1000, 10):  # ten at a time over four connections
         results += await asyncio.gather(*(one(i) for i in range(batch, batch + 10)), return_exceptions=True)
     assert all(r is None or isinstance(r, TimeoutError) for r in results), {type(r) for r in results}
-    assert any(isinstance(r, TimeoutError) for r in results) and any(r is None for r in results)
+    assert any(isinstance(r, TimeoutError) for r in results) and all(r is None for r in results[9::10])
     await eventually(lambda: connections.stats().closing == 0)
     stats = check(connections)
     assert stats.in_use == 0 and stats.waiting == 0
