@@ -40,8 +40,64 @@ PARTS = {
     "select-pool": "SELECT 1 through the driver's own pool",
     "asgi-middleware": "one HTTP call through ConnectionsMiddleware: connection(), response start and body sent",
     "asgi-pool": "the same call, the app acquiring from aiomysql.Pool itself (a hand-rolled app)",
+    # benchmarks/web.py's Starlette apps, called in-process (no HTTP server), 20 requests at a time
+    # over 10 connections; per request, the SELECT 1 included
+    "web-pool": "web app, hand-rolled driver pool: a request, 20 at a time over 10 connections",
+    "web-middleware": "web app, aconn's middleware: the same",
+    "web-middleware-health": "web app, aconn's middleware with health checks on: the same",
+    "web-endpoint": "web app, aconn's scope in the endpoint: the same",
 }
+#: requests in flight at once in the web-* parts (their pools have 10 connections)
+WEB_CLIENTS = 20
 ITERATIONS = {"select-raw": 1000, "select-scope": 1000, "select-pool": 1000}  # the rest: -n
+ITERATIONS.update({part: 50 for part in PARTS if part.startswith("web-")})  # 20 requests each
+
+
+async def measure_web(settings: dict[str, Any], variant: str, n: int) -> None:
+    """``n`` rounds of WEB_CLIENTS concurrent requests into one of web.py's apps, its lifespan run around them."""
+    from webapp import build_matrix_app
+
+    driver = "asyncmy" if settings["ENGINE"] == "asyncmy" else "aiomysql"
+    app = build_matrix_app(driver, variant, 10, "SELECT 1", settings)
+    inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    inbox.put_nowait({"type": "lifespan.startup"})
+    state: dict[str, Any] = {}
+    lifespan = asyncio.create_task(
+        app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": state}, inbox.get, outbox.put)
+    )
+    started = await outbox.get()
+    assert started["type"] == "lifespan.startup.complete", started
+    request = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+        "path": "/", "raw_path": b"/", "query_string": b"", "root_path": "", "headers": [(b"host", b"bench")],
+        "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
+    }  # fmt: skip
+    answered = {"type": "http.request", "body": b"", "more_body": False}
+
+    async def receive() -> dict[str, Any]:
+        return answered
+
+    async def one() -> None:
+        body: list[bytes] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.body":
+                body.append(message.get("body", b""))
+
+        await app({**request, "state": dict(state)}, receive, send)
+        assert body == [b"1"], body
+
+    async def unit() -> None:
+        await asyncio.gather(*(one() for _ in range(WEB_CLIENTS)))
+
+    for _ in range(20):  # warm: every connection open, the same state in the 0 and the N runs
+        await unit()
+    for _ in range(n):
+        await unit()
+    inbox.put_nowait({"type": "lifespan.shutdown"})
+    assert (await outbox.get())["type"] == "lifespan.shutdown.complete"
+    await lifespan
 
 
 async def measure(settings: dict[str, Any], part: str, n: int) -> None:
@@ -207,7 +263,10 @@ def main() -> int:
         import json
 
         part, n, settings = args.child
-        asyncio.run(measure(json.loads(settings), part, int(n)))
+        if part.startswith("web-"):
+            asyncio.run(measure_web(json.loads(settings), part.removeprefix("web-"), int(n)))
+        else:
+            asyncio.run(measure(json.loads(settings), part, int(n)))
         return 0
     if shutil.which("valgrind") is None:
         print("valgrind is not installed: apt-get install -y valgrind", file=sys.stderr)
@@ -227,6 +286,8 @@ def main() -> int:
                 continue
             n = ITERATIONS.get(part, args.n)
             per = (count(settings, part, n) - count(settings, part, 0)) / n
+            if part.startswith("web-"):
+                per /= WEB_CLIENTS  # per request
             print(f"| {label} | {per:,.0f} |", flush=True)
     finally:
         server.close()
