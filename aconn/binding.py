@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import threading
 import weakref
 from collections.abc import AsyncGenerator
 from typing import Protocol
@@ -99,7 +100,7 @@ class LoopBinding:
         scopes = handler._scopes
         loop = asyncio.get_running_loop()
         if scopes.loop is None:
-            scopes.loop = loop
+            scopes.loop, scopes.thread = loop, threading.get_ident()
             self._watch_loop_end()
         elif scopes.loop is not loop:
             old = scopes.loop
@@ -125,7 +126,7 @@ class LoopBinding:
             # Its work in the old loop is done: move to this one. The idle connections belong to
             # the old loop; their sockets are closed with no I/O.
             handler._left_loop()
-            scopes.loop = loop
+            scopes.loop, scopes.thread = loop, threading.get_ident()
             self._watch_loop_end()
         return loop
 

@@ -17,6 +17,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
+from threading import get_ident
 from time import monotonic
 from types import TracebackType
 from typing import Any, ParamSpec, Self, TypeVar, cast, overload
@@ -434,7 +435,11 @@ class Connections:
             raise ScopeError(
                 f"connections.connection({alias!r}) was called outside a scope: {self.outside_scope_advice}"
             )
-        task = task_of(get_running_loop())
+        # ScopeState.running_task(), written out: the running task with no system call
+        state = self._scopes
+        task = task_of(state.loop) if state.thread == get_ident() else None  # type: ignore[arg-type]
+        if task is None or scope.task is not task:
+            task = task_of(get_running_loop())
         if scope.task is not task:
             owner = scope.task.get_name() if scope.task is not None else "?"
             name = task.get_name() if task is not None else "?"
@@ -599,7 +604,12 @@ class RoutedConnections(Connections):
         reads = self._reads
         replicas = reads.sets.get(alias)
         scope = self._scopes.var.get(None)
-        if replicas is not None and read_only and scope is not None and scope.task is task_of(get_running_loop()):
+        if (
+            replicas is not None
+            and read_only
+            and scope is not None
+            and scope.task is (self._scopes.running_task() or task_of(get_running_loop()))
+        ):
             holder = await reads.holder(scope, scope.task, replicas)
             if expected is not None and not isinstance(holder.conn, expected):
                 raise _not_expected(alias, holder.conn, expected)

@@ -18,6 +18,7 @@ import asyncio
 from asyncio import get_running_loop
 from collections.abc import Callable, Coroutine, Hashable
 from contextvars import ContextVar, Token
+from threading import get_ident
 from time import monotonic
 from types import TracebackType
 from typing import Any
@@ -46,7 +47,7 @@ class ScopeState:
     :param sweep: closes expired idle connections and sets :attr:`next_sweep`.
     """
 
-    __slots__ = ("active", "closing", "drained", "loop", "next_sweep", "prepare", "sweep", "var")
+    __slots__ = ("active", "closing", "drained", "loop", "next_sweep", "prepare", "sweep", "thread", "var")
 
     def __init__(self, name: str, prepare: Callable[[], asyncio.AbstractEventLoop], sweep: Callable[[], None]) -> None:
         #: the current scope of the running context
@@ -61,12 +62,36 @@ class ScopeState:
         """As for a handler never opened: bound to no loop, not closing."""
         #: the event loop the handler is bound to
         self.loop: asyncio.AbstractEventLoop | None = None
+        #: the thread :attr:`loop` was last seen running in (0: none yet), for :meth:`running_task`
+        self.thread = 0
         #: the handler is closing or closed: entering a scope goes through :attr:`prepare`
         self.closing = False
         #: set by each exiting scope while ``aclose()`` waits for them
         self.drained: asyncio.Event | None = None
         #: monotonic time of the next sweep of idle connections at scope entry
         self.next_sweep = 0.0
+
+    def running_task(self) -> asyncio.Task[Any] | None:
+        """The task running now, read off the bound loop: None if that cannot be done here.
+
+        The scope path's way to the running task with no system call: 3.11's
+        ``get_running_loop()`` makes one (``getpid()``) at every call. Valid when this thread is
+        the one the bound loop was seen running in: a thread runs one loop at a time, so a task
+        of that loop running now is this thread's. None when the bound loop runs no task now (a
+        new loop in this thread, the old one ended) or another thread asks: then the caller
+        goes through :meth:`enter`, or ``get_running_loop()``.
+        """
+        return task_of(self.loop) if self.thread == get_ident() else None  # type: ignore[arg-type]
+
+    def enter(self) -> asyncio.Task[Any] | None:
+        """A scope entering off the fast path (see :meth:`running_task`): the handler closing or
+        closed, bound to no loop or to another, or this thread not yet seen running its loop.
+        The checks of :attr:`prepare` where due, then the running task."""
+        loop = get_running_loop()
+        if self.closing or loop is not self.loop:
+            loop = self.prepare()  # ClosedError; or revived, or bound to this loop (raises if in use in another)
+        self.thread = get_ident()
+        return task_of(loop)
 
 
 class Scope:
@@ -124,12 +149,12 @@ class Scope:
 
     async def __aenter__(self) -> Scope:
         state = self._state
-        loop = get_running_loop()
-        if state.closing or loop is not state.loop:
-            state.prepare()  # ClosedError; or revived, or bound to this loop (raises if in use in another)
+        # ScopeState.running_task(), written out: the running task with no system call
+        task = task_of(state.loop) if state.thread == get_ident() else None  # type: ignore[arg-type]
+        if task is None or state.closing:
+            task = state.enter()
         var = state.var
         current = var.get(None)
-        task = task_of(loop)
         if current is not None and current.task is task:
             return current  # nested in the same task: the outer scope does the work (no token set)
         self.task = task
@@ -188,10 +213,8 @@ class Unit(Scope):
 
     async def __aenter__(self) -> Unit:
         state = self._state
-        loop = get_running_loop()
-        if state.closing or loop is not state.loop:
-            state.prepare()
-        self.task = task_of(loop)
+        task = state.running_task()
+        self.task = state.enter() if task is None or state.closing else task
         self._token = _DETACHED
         state.active += 1
         return self

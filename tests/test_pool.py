@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import random
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -370,6 +372,46 @@ def test_open_handler_refuses_another_live_loop_then_reopens_there(aconn_logs: A
     assert "event loop is ending" not in aconn_logs.text
 
 
+async def test_another_thread_gets_no_connection_while_the_bound_loop_runs_a_task(
+    server: FakeServer, fake: Any
+) -> None:
+    """The scope path reads the running task off the bound loop (no system call); from another
+    thread that read would see this loop's task, so it is not trusted there. This task blocks in
+    ``join()`` on purpose: the bound loop's running task is this one all the while."""
+    connections = fake()
+    outcomes: list[BaseException | None] = []
+
+    def in_thread(coro: Callable[[], Awaitable[Any]]) -> None:
+        try:
+            asyncio.run(coro())
+            outcomes.append(None)
+        except BaseException as exc:
+            outcomes.append(exc)
+
+    async def new_scope() -> None:
+        async with connections.scope():
+            await connections.connection()
+
+    async with connections.scope():
+        conn = await connections.connection()
+        # a thread of its own: a scope of its own, in its own loop
+        thread = threading.Thread(target=in_thread, args=(new_scope,))
+        thread.start()
+        thread.join(10)
+        # a thread that sees this scope (its context copied, as asyncio.to_thread does)
+        context = contextvars.copy_context()
+        thread = threading.Thread(target=context.run, args=(in_thread, connections.connection))
+        thread.start()
+        thread.join(10)
+        assert await connections.connection() is conn
+    assert isinstance(outcomes[0], aconn.AconnError) and "in use in another event loop" in str(outcomes[0])
+    assert isinstance(outcomes[1], aconn.ScopeError) and "a connection is never shared between tasks" in str(
+        outcomes[1]
+    )
+    stats = check(connections)
+    assert stats.in_use == 0 and stats.open == 1
+
+
 def test_lazy_handler_moves_to_the_next_loop(aconn_logs: Any) -> None:
     """Used without open() in one asyncio.run(), then in the next: works, and the first loop's end says so."""
     connections = aconn.Connections({"default": entry(FakeServer(), NAME="x")})
@@ -380,9 +422,7 @@ def test_lazy_handler_moves_to_the_next_loop(aconn_logs: Any) -> None:
 
 
 async def test_open_failure_closes_what_it_opened(server: FakeServer, make: Any) -> None:
-    connections = make(
-        {"default": entry(server, NAME="x"), "other": entry(server, NAME="y", CONN_MAX_AGE=0)}
-    )
+    connections = make({"default": entry(server, NAME="x"), "other": entry(server, NAME="y", CONN_MAX_AGE=0)})
     server.denied = {"y"}  # "default" connects, then "other" is refused
     with pytest.raises(PermissionError) as info:
         await connections.open()

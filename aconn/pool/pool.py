@@ -148,8 +148,9 @@ class Pool:
         """
         if self.closed:
             raise ClosedError(f"aconn alias {self.alias!r} is closed")
-        # one deadline for every step from here: pings, connects and the wait
-        loop = asyncio.get_running_loop()
+        # one deadline for every step from here: pings, connects and the wait (the loop read off
+        # the task: 3.11's get_running_loop() makes a system call, getpid(), at every call)
+        loop = task.get_loop() if task is not None else asyncio.get_running_loop()
         deadline = loop.time() + self.settings.acquire_timeout
         waiters = self._waiters
         if not waiters and self._idle:
