@@ -101,21 +101,11 @@ class ConnectionsMiddleware:
         self.atomic_aliases = tuple(a for a in connections.aliases if connections.settings(a).atomic_requests)
 
     async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        if kind == "lifespan":
-            await self._lifespan(scope, receive, send)
-        elif not self.scopes:
-            await self.app(scope, receive, send)
-        elif kind == "http":
-            await self._http(scope, receive, send)
-        elif kind == "websocket":
-            async with self.connections.scope():
-                await self.app(scope, receive, send)
-        else:
-            await self.app(scope, receive, send)
-
-    async def _http(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
-        """One request in a scope; no connection to be had before the response started: 503."""
+        if scope["type"] != "http" or not self.scopes:
+            await self._not_http(scope, receive, send)
+            return
+        # One request in a scope; no connection to be had before the response started: 503.
+        # (Here, not in a method of its own: a coroutine less per request.)
         started = False
         own = self.connections.scope()
         release_early = self.release_early  # and only for a scope of its own: see below
@@ -155,6 +145,17 @@ class ConnectionsMiddleware:
                 }
             )
             await send({"type": "http.response.body", "body": b"Service Unavailable: no database connection free\n"})
+
+    async def _not_http(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
+        """The lifespan, a WebSocket session in a scope, anything else passed through."""
+        kind = scope["type"]
+        if kind == "lifespan":
+            await self._lifespan(scope, receive, send)
+        elif kind == "websocket" and self.scopes:
+            async with self.connections.scope():
+                await self.app(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
 
     async def _in_transactions(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
         """ATOMIC_REQUESTS: the app in one atomic() block per alias; its final body message sent after COMMIT."""

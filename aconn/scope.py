@@ -122,29 +122,34 @@ class Scope:
             stacks = self._atomic = {}
         return stacks.setdefault(alias, [])
 
-    def give_back_unused(self) -> list[Coroutine[Any, Any, None]]:
+    def give_back_unused(self) -> list[Coroutine[Any, Any, None]] | None:
         """Give back now each connection that is clean (no transaction open, nothing the driver
         reports in use or broken: the backend's ``reusable``) and that no ``atomic()`` block and no
         integration's checkout (SQLAlchemy's) holds, as the scope's exit would; the others stay to
         the exit. A later ``connection()`` in the scope takes one again. What the middleware does
         once a response is complete.
 
-        Returns the releases' network work (a reset with ``RESET_ON_RELEASE``, a rollback), for the
-        caller to await shielded (:func:`~aconn._asyncio.run_shielded`) when it suits it: the
-        connections are out of the scope already.
+        Returns the releases' network work (a reset with ``RESET_ON_RELEASE``), for the caller to
+        await shielded (:func:`~aconn._asyncio.run_shielded`) when it suits it: the connections
+        are out of the scope already. None when there is none (the common case: no list built).
         """
         held = self.held
-        slow: list[Coroutine[Any, Any, None]] = []
         if not held:
-            return slow
-        blocks = self._atomic or {}
-        for alias, holder in list(held.items()):
-            if blocks.get(alias) or id(holder.conn) in LENT or not holder.pool.backend.reusable(holder.conn):
+            return None
+        blocks = self._atomic
+        slow: list[Coroutine[Any, Any, None]] | None = None
+        for alias, holder in tuple(held.items()):
+            conn = holder.conn
+            pool = holder.pool
+            if (blocks is not None and blocks.get(alias)) or id(conn) in LENT or not pool.backend.reusable(conn):
                 continue
             del held[alias]
-            work = holder.pool.release(holder, None)
+            work = pool.release(holder, None, True)
             if work is not None:
-                slow.append(work)
+                if slow is None:
+                    slow = [work]
+                else:
+                    slow.append(work)
         return slow
 
     async def __aenter__(self) -> Scope:

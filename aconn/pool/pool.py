@@ -445,11 +445,15 @@ class Pool:
 
     # -- release --------------------------------------------------------------------------
 
-    def release(self, holder: Holder, exc: BaseException | None) -> Coroutine[Any, Any, None] | None:
+    def release(
+        self, holder: Holder, exc: BaseException | None, clean: bool = False
+    ) -> Coroutine[Any, Any, None] | None:
         """Give a connection back at scope exit.
 
         Returns None when done (the common case: no I/O at all), else a
         coroutine with the work that needs the network, to be awaited shielded.
+        ``clean``: the caller has just found it reusable (the backend's ``reusable``), so that
+        is not asked again.
         """
         if holder.state is not _IN_USE:
             if holder.state is _PINNED:
@@ -459,7 +463,12 @@ class Pool:
         if self._watch is not None:
             holder.unwatched(self._watch)
         now = monotonic()
-        if exc is None and now < holder.close_at and not self.closed and self._reusable(holder.conn):
+        if (
+            exc is None
+            and now < holder.close_at
+            and not self.closed
+            and ((clean and not self._reset_on_release) or self._reusable(holder.conn))
+        ):
             holder.last_used = now
             if self._waiters:
                 self._put_back(holder)
