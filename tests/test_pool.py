@@ -282,6 +282,35 @@ async def test_refused_until_the_deadline_explains_the_budget(server: FakeServer
     assert stats.open == 0 and stats.connect_errors >= 2
 
 
+async def test_a_wait_that_ran_out_says_the_server_refused_meanwhile(server: FakeServer, fake: Any) -> None:
+    """A task queued while the server refused new connections, whose wait runs out after a connect
+    succeeded again: the refusal was during its wait, so its error still explains the budget
+    (it said so only while the last connect was refused: CI saw a worker's timeouts without it)."""
+    connections = fake(MAX_CONNS=2, ACQUIRE_TIMEOUT=1)
+    keep = asyncio.Event()
+
+    async def take_and_keep() -> None:
+        async with connections.scope():
+            await connections.connection()
+            await keep.wait()
+
+    async with holding(connections):  # the first slot, held throughout
+        server.failures["connect"] = OSError("refused: too many connections")
+        opener = asyncio.create_task(take_and_keep())  # the second slot: refused, backing off
+        await eventually(lambda: connections.stats().connect_errors >= 1)
+        waiter = asyncio.create_task(use(connections, 3))  # queues: both slots are taken
+        await eventually(lambda: connections.stats().waiting == 2)
+        del server.failures["connect"]
+        try:
+            await eventually(lambda: connections.stats().in_use == 2)  # the opener's retry got one
+            with pytest.raises(aconn.AcquireTimeout, match=r"refused new connections meanwhile.*processes x MAX_CONNS"):
+                await waiter
+        finally:
+            keep.set()
+            await opener
+    check(connections)
+
+
 async def test_failed_connect_passes_the_slot_on(server: FakeServer, fake: Any) -> None:
     connections = fake(MAX_CONNS=1)
     server.failures["connect"] = ConnectionError("server down")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
@@ -53,7 +54,10 @@ class Connector:
         self._background = background
         #: what the last successful connect learned of the server
         self.limits: ServerLimits | None = None
+        #: the server refuses new connections now: the last connect was refused, none succeeded since
         self._refusing = False
+        #: loop time a connect succeeded after refusals, ending the last such spell (-inf: none yet)
+        self._refusals_ended = -math.inf
 
     async def connect(
         self,
@@ -95,6 +99,7 @@ class Connector:
                     f"aconn alias {self.alias!r}: connecting to {settings.target} took longer "
                     f"than {bound:g}s (CONNECT_TIMEOUT={settings.connect_timeout:g}s, "
                     f"ACQUIRE_TIMEOUT={settings.acquire_timeout:g}s)"
+                    + self.refusals_note(loop.time())  # cut short by the deadline, after refusals
                 ) from None
             except Exception as exc:
                 counters.connect_errors += 1
@@ -126,7 +131,9 @@ class Connector:
                 elif (granted := await rest(delay, deadline)) is not None:
                     return granted
             else:
-                self._refusing = False
+                if self._refusing:
+                    self._refusing = False
+                    self._refusals_ended = loop.time()
                 self.limits = limits
                 return conn, limits, node
 
@@ -170,10 +177,14 @@ class Connector:
             f"ACQUIRE_TIMEOUT={self.settings.acquire_timeout:g}s ran out ({exc}). {self.budget_hint()}"
         )
 
-    @property
-    def refusing(self) -> bool:
-        """The server refuses new connections now (the last connect was refused, none succeeded since)."""
-        return self._refusing
+    def refusals_note(self, now: float) -> str:
+        """What the message of a wait that ran out at loop time ``now`` adds when the server
+        refused new connections during it (any time within ``ACQUIRE_TIMEOUT``, the longest a
+        wait lasts: it refuses them now, or a spell of refusals ended since; a connect that
+        succeeded since does not undo it): that, and the budget. Else nothing."""
+        if self._refusing or self._refusals_ended >= now - self.settings.acquire_timeout:
+            return f". The server refused new connections meanwhile. {self.budget_hint()}"
+        return ""
 
     def budget_hint(self) -> str:
         """Why a server refuses a fleet's connections, and what to change."""

@@ -334,13 +334,13 @@ class Pool:
     def _timed_out(self) -> AcquireTimeout:
         holders = sorted({h.task.get_name() if h.task else "?" for h in self._holders if h.state is _IN_USE})
         shown = ", ".join(holders[:10]) + (f" and {len(holders) - 10} more" if len(holders) > 10 else "")
-        # a wait that ran out while the server refused new connections: why, as the connects' own error says
-        refused = f". The server refused new connections meanwhile. {self._connector.budget_hint()}"
+        # the server refused new connections during the wait: why, as the connects' own error says
+        refusals = self._connector.refusals_note(asyncio.get_running_loop().time())
         return AcquireTimeout(
             f"aconn alias {self.alias!r}: no connection within ACQUIRE_TIMEOUT="
             f"{self.settings.acquire_timeout:g}s (MAX_CONNS={self.settings.max_conns}, "
             f"{self._in_use} in use, {self._opening} opening, {self._waiters.live} waiting; "
-            f"held by tasks: {shown or 'none'})" + (refused if self._connector.refusing else "")
+            f"held by tasks: {shown or 'none'}){refusals}"
         )
 
     async def _open(self, deadline: float, background: bool = False) -> Holder:
