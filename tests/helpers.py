@@ -61,26 +61,30 @@ def assert_balanced(stats: aconn.PoolStats) -> None:
 
 class ProcesslistSampler:
     """Samples the application user's sessions on the server (MariaDB or PostgreSQL: ``app_threads()``)
-    from a thread while load runs."""
+    from a thread while load runs, on one admin connection opened before the load: a server at its
+    ``max_connections`` (plain SQLAlchemy's storms take it there) refuses new ones, root's too."""
 
     def __init__(self, server: Any) -> None:
         self.server = server
         self.samples: list[int] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+        self._conn: Any = None
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.samples.append(len(self.server.app_threads()))
+            self.samples.append(len(self.server.app_threads(conn=self._conn)))
             self._stop.wait(0.01)
 
     def __enter__(self) -> ProcesslistSampler:
+        self._conn = self.server.admin_connection()
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
+        self._conn.close()
 
 
 #: aconn's ENGINE for each of the five drivers

@@ -206,18 +206,23 @@ class MariaDB:
     def admin_connection(self) -> pymysql.connections.Connection:
         return pymysql.connect(unix_socket=self.socket, user="root", autocommit=True, connect_timeout=5)
 
-    def sql(self, *statements: str) -> list[tuple[Any, ...]]:
-        """Run admin SQL as root over the unix socket; the rows of the last statement."""
-        with contextlib.closing(self.admin_connection()) as conn, conn.cursor() as cur:
+    def sql(self, *statements: str, conn: Any = None) -> list[tuple[Any, ...]]:
+        """Run admin SQL as root over the unix socket (on ``conn``, an admin connection the caller
+        holds, else on a new one); the rows of the last statement."""
+        if conn is None:
+            with contextlib.closing(self.admin_connection()) as new:
+                return self.sql(*statements, conn=new)
+        with conn.cursor() as cur:
             rows: list[tuple[Any, ...]] = []
             for statement in statements:
                 cur.execute(statement)
                 rows = list(cur.fetchall())
             return rows
 
-    def app_threads(self, user: str = APP_USER) -> list[int]:
-        """Server thread ids of the sessions of ``user`` now open."""
-        return [int(r[0]) for r in self.sql(f"SELECT ID FROM information_schema.PROCESSLIST WHERE USER='{user}'")]
+    def app_threads(self, user: str = APP_USER, conn: Any = None) -> list[int]:
+        """Server thread ids of the sessions of ``user`` now open (asked on ``conn``: see :meth:`sql`)."""
+        rows = self.sql(f"SELECT ID FROM information_schema.PROCESSLIST WHERE USER='{user}'", conn=conn)
+        return [int(r[0]) for r in rows]
 
     def kill_sessions(self, *thread_ids: int, user: str = APP_USER) -> None:
         """KILL CONNECTION, and wait until the server has dropped the sessions.

@@ -183,18 +183,22 @@ class PostgreSQL:
         return psycopg.connect(host=str(self.dir), port=self.port, user="postgres", dbname="postgres",
                                autocommit=True, connect_timeout=5)  # fmt: skip
 
-    def sql(self, *statements: str) -> list[tuple[Any, ...]]:
-        """Run admin SQL as the superuser over the unix socket; the rows of the last statement."""
-        with contextlib.closing(self.admin_connection()) as conn:
-            rows: list[tuple[Any, ...]] = []
-            for statement in statements:
-                cur = conn.execute(statement)
-                rows = list(cur.fetchall()) if cur.description else []
-            return rows
+    def sql(self, *statements: str, conn: Any = None) -> list[tuple[Any, ...]]:
+        """Run admin SQL as the superuser over the unix socket (on ``conn``, an admin connection the
+        caller holds, else on a new one); the rows of the last statement."""
+        if conn is None:
+            with contextlib.closing(self.admin_connection()) as new:
+                return self.sql(*statements, conn=new)
+        rows: list[tuple[Any, ...]] = []
+        for statement in statements:
+            cur = conn.execute(statement)
+            rows = list(cur.fetchall()) if cur.description else []
+        return rows
 
-    def app_backends(self, user: str = APP_USER) -> list[int]:
-        """Backend pids of the sessions of ``user`` now open."""
-        return [int(r[0]) for r in self.sql(f"SELECT pid FROM pg_stat_activity WHERE usename = '{user}'")]
+    def app_backends(self, user: str = APP_USER, conn: Any = None) -> list[int]:
+        """Backend pids of the sessions of ``user`` now open (asked on ``conn``: see :meth:`sql`)."""
+        rows = self.sql(f"SELECT pid FROM pg_stat_activity WHERE usename = '{user}'", conn=conn)
+        return [int(r[0]) for r in rows]
 
     app_threads = app_backends  # the MariaDB harness' name: test_concurrency_mysql.ProcesslistSampler samples either
 
@@ -220,13 +224,15 @@ class PostgreSQL:
         rows = self.sql(f"SELECT query FROM pg_stat_activity WHERE usename = '{user}' AND state = 'active'")
         return [str(r[0]) for r in rows]
 
-    def sleeping_statements(self, user: str = APP_USER) -> list[str]:
-        """Queries of ``user`` now inside ``pg_sleep()``. Narrower than :meth:`running_statements`:
-        a session is 'active' already while it parses the statement (asyncpg prepares it first),
-        and a caller cancelled at that point leaves no statement running to stop."""
+    def sleeping_statements(self, user: str = APP_USER, conn: Any = None) -> list[str]:
+        """Queries of ``user`` now inside ``pg_sleep()`` (asked on ``conn``: see :meth:`sql`). Narrower
+        than :meth:`running_statements`: a session is 'active' already while it parses the statement
+        (asyncpg prepares it first), and a caller cancelled at that point leaves no statement running
+        to stop."""
         rows = self.sql(
             f"SELECT query FROM pg_stat_activity WHERE usename = '{user}' AND state = 'active' "
-            "AND wait_event = 'PgSleep'"
+            "AND wait_event = 'PgSleep'",
+            conn=conn,
         )
         return [str(r[0]) for r in rows]
 

@@ -78,12 +78,13 @@ class Side:
         url = f"{SCHEMES[self.driver]}://{s['USER']}:{s['PASSWORD']}@127.0.0.1:{s['PORT']}/{s['NAME']}"
         return plain_create_async_engine(url, **kwargs)
 
-    def running(self) -> int:
-        """Sleep statements of the app's user still running on the server."""
+    def running(self, conn: Any = None) -> int:
+        """Sleep statements of the app's user still running on the server (asked on ``conn``, an
+        admin connection held: plain SQLAlchemy's storms fill the server's max_connections)."""
         if self.mysql:
-            found = self.server.sql("SELECT INFO FROM information_schema.PROCESSLIST WHERE USER = 'app'")
+            found = self.server.sql("SELECT INFO FROM information_schema.PROCESSLIST WHERE USER = 'app'", conn=conn)
             return sum(1 for (info,) in found if info and "SLEEP(2)" in info)
-        return len(self.server.sleeping_statements())
+        return len(self.server.sleeping_statements(conn=conn))
 
 
 def report(request: pytest.FixtureRequest, what: str, ours: Figures, peer: Figures) -> None:
@@ -118,16 +119,20 @@ async def storm(side: Side, engine: AsyncEngine, in_task_group: bool = False, se
             except Exception:
                 figures.errors += 1
 
-    with warnings.catch_warnings(record=True) as caught, ProcesslistSampler(side.server) as sampler:
-        warnings.simplefilter("always")
-        await asyncio.gather(*(worker() for _ in range(20)))
-        # what still runs 1.5 s after the last cancel: the stops are given until then (on a loaded
-        # machine they may take more than a moment), where a 2 s sleep started at the end runs on
-        settled = loop.time() + 1.5
-        while (running := side.running()) and loop.time() < settled:
-            await asyncio.sleep(0.05)
-        figures.running_after = running
-        gc.collect()
+    admin = side.server.admin_connection()  # opened before the storm, as the sampler's
+    try:
+        with warnings.catch_warnings(record=True) as caught, ProcesslistSampler(side.server) as sampler:
+            warnings.simplefilter("always")
+            await asyncio.gather(*(worker() for _ in range(20)))
+            # what still runs 1.5 s after the last cancel: the stops are given until then (on a loaded
+            # machine they may take more than a moment), where a 2 s sleep started at the end runs on
+            settled = loop.time() + 1.5
+            while (running := side.running(admin)) and loop.time() < settled:
+                await asyncio.sleep(0.05)
+            figures.running_after = running
+            gc.collect()
+    finally:
+        admin.close()
     figures.max_sessions = max(sampler.samples)
     figures.gc_warnings = sum("garbage collector" in str(w.message) for w in caught)
     return figures
