@@ -55,7 +55,7 @@ from sqlalchemy.util.concurrency import in_greenlet
 from ._asyncio import run_shielded, task_of
 from .errors import AcquireTimeout, ConfigError, ScopeError
 from .handler import Connections
-from .scope import LENT, Unit
+from .scope import LENT, ScopeState, Unit
 
 __all__ = ("create_async_engine",)
 
@@ -94,6 +94,8 @@ _PG_IDLE: Final = 0
 
 #: the token of a transaction the driver opened by itself (the alias' AUTOCOMMIT off): no BEGIN sent
 _IMPLICIT: Final = object()
+#: the token of a transaction whose BEGIN goes with its first statement (aiomysql: one write with a SELECT)
+_DEFERRED: Final = object()
 
 
 def create_async_engine(connections: Connections, alias: str = "default", **kwargs: Any) -> AsyncEngine:
@@ -156,6 +158,32 @@ class _Lender:
     @property
     def backend(self) -> Any:
         return self.connections._pool(self.alias).backend
+
+    def lend_now(self) -> _Lease | None:
+        """:meth:`lend`'s common case, with no await (no greenlet switch): in the task that entered
+        the scope, the scope's connection of the alias, taken now if it has none and the top idle
+        connection passes the hand-out check. None when :meth:`lend` must sort it out."""
+        connections, alias = self.connections, self.alias
+        scopes = connections._scopes
+        scope = scopes.var.get(None)
+        if scope is None or self.read_only:
+            return None
+        task = scopes.running_task()
+        if task is None or scope.task is not task:
+            return None
+        holder = scope.held.get(alias)
+        if holder is None:
+            if alias in connections._reads.sets:
+                return None  # a primary with replicas: connection() marks it taken (read-your-writes)
+            holder = (connections._sources.get(alias) or connections._pool(alias)).take_idle(task)
+            if holder is None:
+                return None
+            scope.held[alias] = holder
+        conn = holder.conn
+        if id(conn) in LENT:
+            return None  # a second engine connection at once: a unit of its own
+        LENT[id(conn)] = None
+        return _Lease(conn, None, holder.pool.backend)
 
     async def lend(self) -> _Lease:
         connections, alias = self.connections, self.alias
@@ -247,14 +275,15 @@ class _Pool(sa_pool.Pool):
         return self._dialect.dbapi.connect(async_creator_fn=ready)  # type: ignore[union-attr]
 
     def _do_get(self) -> sa_pool.ConnectionPoolEntry:
-        lease = await_only(self._lender.lend())
+        lease = self._lender.lend_now() or await_only(self._lender.lend())
         try:
             conn = lease.conn
-            records = _state(conn).records
-            record = records.get(self)
+            state = _state(conn)
+            record = state.records.get(self)
             if record is None or record._is_hard_or_soft_invalidated():
                 self._lending = conn
-                record = records[self] = self._create_connection()
+                record = state.records[self] = self._create_connection()
+                state.scopes = self._lender.connections._scopes
             record.info["aconn_lease"] = lease
             return record
         except BaseException:
@@ -302,7 +331,7 @@ class _Pool(sa_pool.Pool):
 class _ConnState:
     """What aconn.sqlalchemy keeps on a driver connection (its ``aconn_sqlalchemy``), for its lifetime."""
 
-    __slots__ = ("autocommit", "blocks", "isolation", "records", "user")
+    __slots__ = ("autocommit", "blocks", "isolation", "records", "scopes", "user")
 
     def __init__(self) -> None:
         #: each engine's (each pool's) SQLAlchemy record of the connection
@@ -315,6 +344,8 @@ class _ConnState:
         self.isolation: str | None = None
         #: the task running a statement on the connection now
         self.user: asyncio.Task[Any] | None = None
+        #: the handler's scope state, to read the running task off (no system call)
+        self.scopes: ScopeState | None = None
 
 
 def _state(conn: Any) -> _ConnState:
@@ -334,41 +365,43 @@ class _OneTaskAtATime:
         return cls  # this class, not the driver's plain one (psycopg's names its async dialect)
 
     def do_execute(self, cursor: Any, statement: Any, parameters: Any, context: Any = None) -> None:
-        with _Running(cursor._connection):
+        state = _claim(cursor._connection)
+        try:
             super().do_execute(cursor, statement, parameters, context)  # type: ignore[misc]
+        finally:
+            state.user = None
 
     def do_executemany(self, cursor: Any, statement: Any, parameters: Any, context: Any = None) -> None:
-        with _Running(cursor._connection):
+        state = _claim(cursor._connection)
+        try:
             super().do_executemany(cursor, statement, parameters, context)  # type: ignore[misc]
+        finally:
+            state.user = None
 
     def do_execute_no_params(self, cursor: Any, statement: Any, context: Any = None) -> None:
-        with _Running(cursor._connection):
+        state = _claim(cursor._connection)
+        try:
             super().do_execute_no_params(cursor, statement, context)  # type: ignore[misc]
+        finally:
+            state.user = None
 
 
-class _Running:
-    """``with _Running(conn):`` around a statement: the current task is the connection's user
-    meanwhile; another task's statement then fails at once with a ``ScopeError``."""
-
-    __slots__ = ("shared",)
-
-    def __init__(self, conn: Any) -> None:
-        state = self.shared = _state(conn)
-        user = state.user
-        task = task_of(asyncio.get_running_loop())
-        if user is not None and user is not task:
-            raise ScopeError(
-                f"one SQLAlchemy session (or engine connection) was used by task {_name(task)!r} while "
-                f"task {_name(user)!r} ran a statement on it: a session belongs to one task at a time. "
-                "Give each task its own session (async_sessionmaker), as for asyncio.gather over queries"
-            )
-        state.user = task
-
-    def __enter__(self) -> None:
-        pass
-
-    def __exit__(self, *exc: object) -> None:
-        self.shared.user = None
+def _claim(conn: Any) -> _ConnState:
+    """The current task becomes the user of driver connection ``conn`` for one statement (the
+    caller sets ``user`` back to None after it); another task's statement meanwhile fails at
+    once with a ``ScopeError``."""
+    state = _state(conn)
+    scopes = state.scopes
+    task = (scopes.running_task() if scopes is not None else None) or task_of(asyncio.get_running_loop())
+    user = state.user
+    if user is not None and user is not task:
+        raise ScopeError(
+            f"one SQLAlchemy session (or engine connection) was used by task {_name(task)!r} while "
+            f"task {_name(user)!r} ran a statement on it: a session belongs to one task at a time. "
+            "Give each task its own session (async_sessionmaker), as for asyncio.gather over queries"
+        )
+    state.user = task
+    return state
 
 
 def _name(task: asyncio.Task[Any] | None) -> str:
@@ -392,12 +425,18 @@ class _Transactions(_OneTaskAtATime):
         outermost = not (self._transaction_open(conn) if implicit else backend.in_transaction(conn))
         if outermost and implicit:
             token = _IMPLICIT
+        elif outermost:
+            token = self._begin(backend, conn)
         else:
-            token = await_only(backend.begin_block(conn, None if outermost else f"aconn_sa_{next(_SAVEPOINTS)}"))
+            token = await_only(backend.begin_block(conn, f"aconn_sa_{next(_SAVEPOINTS)}"))
         state.blocks.append((backend, token))
         isolation = state.isolation
         if isolation is not None and outermost:
             await_only(backend.execute(conn, f"SET TRANSACTION ISOLATION LEVEL {isolation}"))
+
+    def _begin(self, backend: Any, conn: Any) -> Any:
+        """Begin the outermost transaction: the token :func:`_end` ends it with."""
+        return await_only(backend.begin_block(conn, None))
 
     def _transaction_open(self, conn: Any) -> bool:
         """A transaction is open on ``conn`` now, as the driver knows it."""
@@ -436,6 +475,8 @@ def _end(conn: Any, commit: bool) -> None:
         return
     backend, token = blocks.pop()
     try:
+        if token is _DEFERRED and conn.aconn_drop_begin():
+            return  # no statement since: the BEGIN never went, nothing to end
         if backend.is_dead(conn) or backend.left_running(conn):
             # the server ended the session; or a cancelled caller left a statement running,
             # which a ROLLBACK would wait behind: the release stops it, then rolls back (or discards)
@@ -457,11 +498,17 @@ def _end(conn: Any, commit: bool) -> None:
 def _ending(backend: Any, conn: Any, token: Any, commit: bool) -> Coroutine[Any, Any, None]:
     """What ends the block: the backend's, or the driver's COMMIT/ROLLBACK for an implicit transaction."""
     if token is not _IMPLICIT:
-        return backend.end_block(conn, token, commit)  # type: ignore[no-any-return]
+        return backend.end_block(conn, None if token is _DEFERRED else token, commit)  # type: ignore[no-any-return]
     return conn.commit() if commit else backend.rollback(conn)  # type: ignore[no-any-return]
 
 
 class _MySQL(_Transactions):
+    def _begin(self, backend: Any, conn: Any) -> Any:
+        # aiomysql: the BEGIN goes with the first statement, in one write with a SELECT (one
+        # round trip, as under SQLAlchemy's own pool, where the driver's implicit transaction
+        # begins with the first statement)
+        return _DEFERRED if backend.defer_begin(conn) else super()._begin(backend, conn)
+
     def _transaction_open(self, conn: Any) -> bool:
         return bool(conn.server_status & _SERVER_STATUS_IN_TRANS)
 

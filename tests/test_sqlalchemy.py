@@ -19,6 +19,8 @@
 | engine.dispose() leaves the connections to the handler | test_dispose_leaves_the_connections |
 | a connection SQLAlchemy finds disconnected is discarded, not reused | test_invalidated_connection_is_discarded |
 | one engine across event loops | test_one_engine_across_event_loops |
+| MySQL: BEGIN goes with the first statement | test_a_transaction_begins_with_its_first_statement |
+| aiomysql: a BEGIN refused is raised, in step | test_a_begin_the_server_refuses_is_raised_after_its_select |
 
 The known failures of plain SQLAlchemy, side by side: ``tests/test_sqlalchemy_failures.py``.
 """
@@ -432,4 +434,74 @@ async def test_two_sessions_of_one_task_in_a_test_transaction(tmp_path: Any, mak
         await first.execute(select(1))
         with pytest.raises(AcquireTimeout, match="test's transaction"):
             await second.execute(select(1))
+    assert connections.stats().in_use == 0
+
+
+MYSQL_PARAMS = [p for p in DRIVER_PARAMS if getattr(p, "values", [p])[0] in ("aiomysql", "asyncmy")]
+
+
+async def session_status(conn: Any, name: str) -> int:
+    """A counter of the driver connection's own session (``Com_begin``...), read with the driver's API."""
+    async with conn.cursor() as cur:
+        await cur.execute(f"SHOW SESSION STATUS LIKE '{name}'")
+        return int((await cur.fetchone())[1])
+
+
+@pytest.mark.parametrize("name", MYSQL_PARAMS)
+async def test_a_transaction_begins_with_its_first_statement(
+    request: pytest.FixtureRequest, name: str, make: Any, tmp_path: Any
+) -> None:
+    """On MySQL a SQLAlchemy transaction's BEGIN goes with its first statement (aiomysql: in one
+    write with a SELECT, one round trip, as the implicit transaction of SQLAlchemy's own pool):
+    the SELECT runs inside the transaction, a write first is inside it too, and a transaction
+    that ends before any statement sends nothing on aiomysql."""
+    connections = make({"default": settings_for(request, name, tmp_path, CONN_MAX_AGE=60)})
+    engine = await engine_with_a_fresh_table(connections)
+    async with connections.scope():
+        raw = await connections.connection()
+        async with AsyncSession(engine) as session:
+            assert (await session.execute(text("SELECT @@in_transaction"))).scalar() == 1
+            await session.execute(insert(items).values(id=1, name="rolled back"))
+            await session.rollback()
+            await session.execute(insert(items).values(id=2, name="first, then rolled back"))
+            assert (await session.execute(text("SELECT @@in_transaction"))).scalar() == 1
+            await session.rollback()
+            await session.execute(select(items.c.id))
+            await session.execute(insert(items).values(id=3, name="committed"))
+            await session.commit()
+        begins, commits = await session_status(raw, "Com_begin"), await session_status(raw, "Com_commit")
+        async with engine.begin():
+            pass  # no statement
+        sent = 0 if name == "aiomysql" else 1
+        assert (await session_status(raw, "Com_begin"), await session_status(raw, "Com_commit")) == (
+            begins + sent,
+            commits + sent,
+        )
+        async with engine.connect() as conn:
+            await conn.begin()
+            await conn.rollback()  # no statement either
+        assert connections._pool("default").backend.in_transaction(raw) is False
+    assert await names(engine) == ["committed"]
+    assert connections.stats().in_use == 0
+
+
+@pytest.mark.mysql
+async def test_a_begin_the_server_refuses_is_raised_after_its_select(db: Any, make: Any) -> None:
+    """aiomysql: a BEGIN written together with a SELECT, which the server refuses (an XA
+    transaction is active): the caller gets the refusal, the SELECT's reply has been read (the
+    connection stays in step) and nothing is left held back."""
+    import pymysql
+
+    connections = make({"default": db.settings(ENGINE="mysql", CONN_MAX_AGE=60)})
+    async with connections.acquire() as conn, conn.cursor() as cur:
+        await cur.execute("XA START 'aconn_refused_begin'")
+        conn.aconn_defer_begin()
+        with pytest.raises(pymysql.err.MySQLError) as refused:
+            await cur.execute("SELECT 1")
+        assert refused.value.args[0] == 1399  # ER_XAER_RMFAIL: not while the XA transaction is active
+        assert conn.aconn_drop_begin() is False
+        await cur.execute("SELECT 2")
+        assert await cur.fetchone() == (2,)
+        await cur.execute("XA END 'aconn_refused_begin'")
+        await cur.execute("XA ROLLBACK 'aconn_refused_begin'")
     assert connections.stats().in_use == 0

@@ -4,6 +4,8 @@ The private attributes of aiomysql read only here: ``_writer``, ``_reader``, ``_
 ``_client_auth_plugin``/``_server_auth_plugin``, and those of asyncio's StreamReader
 (``_eof``, ``_exception``), for liveness checks that cost no round trip and the
 authentication hook; ``test_liveness_reads_driver_internals`` fails if they change.
+The BEGIN sent in one write with a transaction's first SELECT (:class:`_PipelinedBegin`)
+uses ``_execute_command``, ``_read_query_result`` and ``_next_seq_id``.
 What both drivers share is in :mod:`.mysqlcommon`, including the private names they both
 have (``_host``, ``_port``, ``_ssl_context``, ``_unix_socket``, ``_secure`` in
 ``CheckedConnection``; ``_execute_command`` and ``_read_ok_packet`` for
@@ -20,13 +22,90 @@ import aiomysql
 import pymysql
 
 from ..settings import Address
-from .mysqlcommon import CheckedConnection, MySQLProtocolBackend, reusable_unless
+from .mysqlcommon import IN_TRANS, CheckedConnection, MySQLProtocolBackend, reusable_unless
 from .nesting import NestingBeginConnection
 
 __all__ = ("MySQLBackend",)
 
+_COM_QUERY = 3
+_BEGIN = b"BEGIN"
+_SELECT = b"SELECT"
 
-class _Connection(CheckedConnection, NestingBeginConnection, aiomysql.Connection):  # type: ignore[misc]
+
+class _PipelinedBegin:
+    """A transaction's ``BEGIN`` held back until its first statement, and written together with
+    it when that is a ``SELECT``: one round trip where the driver makes two.
+
+    SQLAlchemy on aconn begins its transactions with a ``BEGIN`` (the connections are in
+    autocommit mode between transactions), where SQLAlchemy's own pool lets the driver's
+    implicit transaction begin with the first statement; this makes the two cost the same.
+    While it is held back, the connection's ``server_status`` says a transaction is open (what
+    every check of one reads), and its ``query`` and ``_execute_command`` are this class's
+    (instance attributes over the class's methods, so that a connection with nothing held back
+    pays nothing). Only a ``SELECT`` is written with it: if the server refused the ``BEGIN``,
+    the ``SELECT`` has run on its own, its reply is read, and the refusal raised. Any other
+    statement or command has the ``BEGIN`` sent first on its own; a transaction that ends
+    before any statement sends neither (:meth:`aconn_drop_begin`).
+    """
+
+    server_status: int
+    encoding: str
+    _next_seq_id: int
+    _affected_rows: int
+
+    def aconn_defer_begin(self) -> None:
+        """Begin a transaction with the next statement."""
+        self.server_status |= IN_TRANS  # the next reply sets it for real
+        self.__dict__["query"] = self._aconn_query_after_begin
+        self.__dict__["_execute_command"] = self._aconn_command_after_begin
+
+    def aconn_drop_begin(self) -> bool:
+        """The transaction ends: True if its ``BEGIN`` was still held back (and is now never sent)."""
+        if not self._aconn_sending():
+            return False
+        self.server_status &= ~IN_TRANS
+        return True
+
+    def _aconn_sending(self) -> bool:
+        """The held-back ``BEGIN`` goes now (or never): the driver's own methods again. True if one was held."""
+        held = self.__dict__.pop("query", None) is not None
+        self.__dict__.pop("_execute_command", None)
+        return held
+
+    async def _aconn_begin(self) -> None:
+        await self._execute_command(_COM_QUERY, _BEGIN)  # type: ignore[attr-defined]
+        await self._read_query_result()  # type: ignore[attr-defined]
+
+    async def _aconn_command_after_begin(self, command: int, sql: Any) -> None:
+        """Any command but a query (a ping, the driver's commit()...): the ``BEGIN`` goes first, on its own."""
+        self._aconn_sending()
+        await self._aconn_begin()
+        await self._execute_command(command, sql)  # type: ignore[attr-defined]
+
+    async def _aconn_query_after_begin(self, sql: Any, unbuffered: bool = False) -> int:
+        self._aconn_sending()
+        if isinstance(sql, str):
+            sql = sql.encode(self.encoding, "surrogateescape")
+        if unbuffered or sql.lstrip()[:6].upper() != _SELECT:
+            await self._aconn_begin()
+            return await self.query(sql, unbuffered)  # type: ignore[attr-defined,no-any-return]
+        await self._execute_command(_COM_QUERY, _BEGIN)  # type: ignore[attr-defined]
+        await self._execute_command(_COM_QUERY, sql)  # type: ignore[attr-defined]
+        refused: pymysql.err.MySQLError | None = None
+        try:
+            await self._read_query_result()  # type: ignore[attr-defined]
+        except pymysql.err.MySQLError as exc:
+            if self._writer is None:  # type: ignore[attr-defined]
+                raise  # the connection is lost, not the BEGIN refused
+            refused = exc
+        self._next_seq_id = 1  # the SELECT's reply is numbered as a command's first
+        await self._read_query_result()  # type: ignore[attr-defined]
+        if refused is not None:
+            raise refused
+        return self._affected_rows
+
+
+class _Connection(_PipelinedBegin, CheckedConnection, NestingBeginConnection, aiomysql.Connection):  # type: ignore[misc]
     """aiomysql's connection, with the authentication steps checked before any credential leaves.
 
     aiomysql starts TLS only if the server's greeting offers it, and otherwise

@@ -219,6 +219,11 @@ class CheckedConnection:
     async def aconn_statement(self, sql: str) -> None:
         await self.query(sql)  # type: ignore[attr-defined]
 
+    def aconn_drop_begin(self) -> bool:
+        """The transaction ends: True if its ``BEGIN`` was held back, to go with its first statement,
+        and none went (aiomysql's, ``backends/mysql.py``); this driver sends every ``BEGIN`` at once."""
+        return False
+
     def close(self) -> None:
         if self.aconn_stream_open() and not self.aconn_closing:
             self.aconn_dropped = True  # the driver closes from inside a failed or cancelled command
@@ -471,9 +476,23 @@ class MySQLProtocolBackend(CountsBlocks, Backend):
 
     async def rollback(self, conn: Any) -> None:
         forget_blocks(conn)  # the driver's rollback() is then its own, a real ROLLBACK
-        await conn.rollback()
+        if not conn.aconn_drop_begin():  # else nothing went since the BEGIN held back: nothing to roll back
+            await conn.rollback()
         if self.settings.autocommit and not conn.server_status & AUTOCOMMIT:
             await conn.autocommit(True)  # the scope switched it off: restore the session
+
+    def defer_begin(self, conn: Any) -> bool:
+        """Open a transaction block (as :meth:`begin_block` with no savepoint) whose ``BEGIN`` goes
+        out with the next statement, in one write when that is a ``SELECT``, if the driver's
+        connection can (aiomysql's): True then, else nothing is done. Its :meth:`end_block` token
+        is None; a block that ends before any statement ends with nothing sent
+        (``conn.aconn_drop_begin()``)."""
+        defer = getattr(conn, "aconn_defer_begin", None)
+        if defer is None:
+            return False
+        defer()
+        conn.aconn_blocks += 1  # as CountsBlocks.begin_block
+        return True
 
     async def execute(self, conn: Any, sql: str) -> None:
         # the connection's own query(), no cursor: BEGIN, SAVEPOINT and COMMIT return no rows, and
