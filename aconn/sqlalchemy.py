@@ -23,7 +23,10 @@ transaction of ``aconn.testing``, the driver's own ``begin()``) is a savepoint
 that the enclosing transaction commits or rolls back; and ``atomic()`` inside a
 SQLAlchemy transaction is a savepoint of it. (On asyncpg SQLAlchemy drives
 asyncpg's own transaction objects, which nest the same way.) Connections stay
-in aconn's autocommit mode between transactions. On an alias with ``AUTOCOMMIT``
+in aconn's autocommit mode between transactions; on aiomysql the outermost ``BEGIN``
+goes out with the transaction's first statement, in one write when that is a
+``SELECT`` (one round trip, as the driver's implicit transaction under
+SQLAlchemy's own pool), and a transaction with no statement sends nothing. On an alias with ``AUTOCOMMIT``
 off, the outermost transaction is the one the driver opens by itself with its first
 statement, as under SQLAlchemy's own pool: no ``BEGIN`` is sent.
 
@@ -477,9 +480,11 @@ def _end(conn: Any, commit: bool) -> None:
     try:
         if token is _DEFERRED and conn.aconn_drop_begin():
             return  # no statement since: the BEGIN never went, nothing to end
-        if backend.is_dead(conn) or backend.left_running(conn):
-            # the server ended the session; or a cancelled caller left a statement running,
-            # which a ROLLBACK would wait behind: the release stops it, then rolls back (or discards)
+        if backend.is_dead(conn, peek=False) or backend.left_running(conn):
+            # the session known ended (its flags: no system call at every commit; a ROLLBACK on a
+            # session ended unnoticed fails, and SQLAlchemy invalidates the connection); or a
+            # cancelled caller left a statement running, which a ROLLBACK would wait behind: the
+            # release stops it, then rolls back (or discards)
             return
         try:
             await_only(_ending(backend, conn, token, commit))

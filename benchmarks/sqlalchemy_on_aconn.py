@@ -189,8 +189,9 @@ def main() -> int:
             f" aconn {aconn.__version__}, asyncio; {rounds} interleaved rounds of 1 s, medians; ratios are"
             " medians of per-round ratios to plain SQLAlchemy without pre_ping. Plain SQLAlchemy's unit is"
             " SELECT + ROLLBACK on MySQL (the driver's implicit transaction); aconn's connections are in"
-            " autocommit mode between transactions, so its session sends BEGIN + SELECT + ROLLBACK"
-            " (docs/sqlalchemy.md: why). On asyncpg both send BEGIN + SELECT + ROLLBACK. aconn runs with"
+            " autocommit mode between transactions, so its session sends BEGIN + SELECT + ROLLBACK, the"
+            " BEGIN in one write with the SELECT on aiomysql: two round trips on both (docs/sqlalchemy.md)."
+            " On asyncpg both send BEGIN + SELECT + ROLLBACK, three round trips. aconn runs with"
             " RESET_ON_RELEASE off, as SQLAlchemy's pool (which rolls back, and resets nothing else).",
             *tables,
         ],

@@ -245,7 +245,9 @@ async def test_liveness_reads_driver_internals(db: MariaDB, make: Any) -> None:
     async with connections.scope():
         conn = await connections.connection()
         if db.driver == "aiomysql":
-            for attr in ("_writer", "_reader", "_result", "server_status"):
+            # and what the BEGIN written with a SELECT uses (backends/mysql.py's _PipelinedBegin)
+            pipelined = ("_next_seq_id", "_execute_command", "_read_query_result")
+            for attr in ("_writer", "_reader", "_result", "server_status", *pipelined):
                 assert hasattr(conn, attr), attr
             assert conn._writer.transport.get_extra_info("socket") is not None
             assert conn._reader._eof is conn._reader.at_eof() is False

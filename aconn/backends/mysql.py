@@ -15,6 +15,7 @@ have (``_host``, ``_port``, ``_ssl_context``, ``_unix_socket``, ``_secure`` in
 from __future__ import annotations
 
 import inspect
+import struct
 from types import ModuleType
 from typing import Any, ClassVar
 
@@ -29,6 +30,8 @@ __all__ = ("MySQLBackend",)
 
 _COM_QUERY = 3
 _BEGIN = b"BEGIN"
+#: BEGIN as a command packet: 3-byte length, sequence number 0, COM_QUERY, the statement
+_BEGIN_PACKET = struct.pack("<iB", len(_BEGIN) + 1, _COM_QUERY) + _BEGIN
 _SELECT = b"SELECT"
 
 
@@ -74,7 +77,12 @@ class _PipelinedBegin:
 
     async def _aconn_begin(self) -> None:
         await self._execute_command(_COM_QUERY, _BEGIN)  # type: ignore[attr-defined]
-        await self._read_query_result()  # type: ignore[attr-defined]
+        await self._read_ok_packet()  # type: ignore[attr-defined]  # a refusal raises the server's error
+
+    def _aconn_write_after_begin(self, data: bytes) -> None:
+        """The statement's first write, with the ``BEGIN`` packet in front of it: one send."""
+        del self.__dict__["_write_bytes"]
+        self._write_bytes(_BEGIN_PACKET + data)  # type: ignore[attr-defined]
 
     async def _aconn_command_after_begin(self, command: int, sql: Any) -> None:
         """Any command but a query (a ping, the driver's commit()...): the ``BEGIN`` goes first, on its own."""
@@ -89,14 +97,20 @@ class _PipelinedBegin:
         if unbuffered or sql.lstrip()[:6].upper() != _SELECT:
             await self._aconn_begin()
             return await self.query(sql, unbuffered)  # type: ignore[attr-defined,no-any-return]
-        await self._execute_command(_COM_QUERY, _BEGIN)  # type: ignore[attr-defined]
-        await self._execute_command(_COM_QUERY, sql)  # type: ignore[attr-defined]
+        self.__dict__["_write_bytes"] = self._aconn_write_after_begin
+        try:
+            await self._execute_command(_COM_QUERY, sql)  # type: ignore[attr-defined]
+        finally:
+            self.__dict__.pop("_write_bytes", None)
         refused: pymysql.err.MySQLError | None = None
         try:
-            await self._read_query_result()  # type: ignore[attr-defined]
+            await self._read_ok_packet()  # type: ignore[attr-defined]  # the BEGIN's reply, numbered 1
         except pymysql.err.MySQLError as exc:
-            if self._writer is None:  # type: ignore[attr-defined]
-                raise  # the connection is lost, not the BEGIN refused
+            if exc.args and isinstance(exc.args[0], int) and 2000 <= exc.args[0] < 3000:
+                # the client's own error (the connection lost, a reply out of step), not the
+                # server refusing the BEGIN: the stream cannot be trusted any more
+                self.close()  # type: ignore[attr-defined]
+                raise
             refused = exc
         self._next_seq_id = 1  # the SELECT's reply is numbered as a command's first
         await self._read_query_result()  # type: ignore[attr-defined]
