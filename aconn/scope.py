@@ -223,3 +223,45 @@ class Unit(Scope):
         self._token = _DETACHED
         state.active += 1
         return self
+
+    def leave(self) -> Coroutine[Any, Any, None] | None:
+        """:meth:`__aexit__` with no exception, with no await in the common case: each connection
+        given back now. Returns the work that needs the network (a rollback, a reset, a close),
+        for the caller to await shielded, else None; the unit counts as active until it is done.
+        For a caller that cannot await cheaply (SQLAlchemy's checkin, in a greenlet)."""
+        slow: list[Coroutine[Any, Any, None]] = []
+        failure: BaseException | None = None
+        for holder in self.held.values():
+            try:
+                work = holder.pool.release(holder, None)
+            except BaseException as exc:  # the others are given back all the same
+                failure = failure or exc
+                continue
+            if work is not None:
+                slow.append(work)
+        self.held.clear()
+        if slow:
+            return self._finish(slow, failure)
+        self._left()
+        if failure is not None:
+            raise failure
+        return None
+
+    async def _finish(self, slow: list[Coroutine[Any, Any, None]], failure: BaseException | None) -> None:
+        """:meth:`leave`'s network work, each to its end; then the first failure is re-raised."""
+        try:
+            for work in slow:
+                try:
+                    await run_shielded(work)
+                except BaseException as exc:
+                    failure = failure or exc
+        finally:
+            self._left()
+        if failure is not None:
+            raise failure
+
+    def _left(self) -> None:
+        state = self._state
+        state.active -= 1
+        if state.drained is not None:
+            state.drained.set()

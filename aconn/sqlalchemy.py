@@ -55,7 +55,7 @@ from sqlalchemy.ext.asyncio import create_async_engine as _sa_create_async_engin
 from sqlalchemy.util import await_only
 from sqlalchemy.util.concurrency import in_greenlet
 
-from ._asyncio import run_shielded, task_of
+from ._asyncio import task_of
 from .errors import AcquireTimeout, ConfigError, ScopeError
 from .handler import Connections
 from .scope import LENT, ScopeState, Unit
@@ -236,7 +236,9 @@ class _Lender:
         if unit is None:
             return
         if in_greenlet():
-            await_only(run_shielded(unit.__aexit__(None, None, None)))
+            slow = unit.leave()  # no await unless a release needs the network
+            if slow is not None:
+                await_only(slow)  # shielded, each release to its end
             return
         # the garbage collector returned a connection SQLAlchemy's caller never closed: no I/O
         # here, the unit ends in a task of its own
