@@ -201,9 +201,17 @@ class Scope:
                 if failure is not None:
                     raise failure
         finally:
-            state.active -= 1
+            state.active -= 1  # _left(), written out
             if state.drained is not None:
                 state.drained.set()
+
+    def _left(self) -> None:
+        """The scope is over: no longer counted active (``aclose()`` waits for none to be).
+        ``__aexit__`` writes it out: the scope path saves the call."""
+        state = self._state
+        state.active -= 1
+        if state.drained is not None:
+            state.drained.set()
 
 
 class Unit(Scope):
@@ -259,9 +267,3 @@ class Unit(Scope):
             self._left()
         if failure is not None:
             raise failure
-
-    def _left(self) -> None:
-        state = self._state
-        state.active -= 1
-        if state.drained is not None:
-            state.drained.set()
