@@ -2,7 +2,7 @@
 
 | # | promise | tests |
 | --- | --- | --- |
-| 1 | a cancelled statement is stopped at the server before its slot is reused | test_cancellation_storm_holds_the_cap_on_the_server, test_row_lock_of_a_cancelled_scope_is_released, test_idle_connection_sends_the_kill, test_statement_of_a_lost_connection_is_stopped, test_cancel_on_server_can_be_turned_off, test_unverified_session_id_sends_no_kill |
+| 1 | a cancelled statement is stopped at the server before its slot is reused | test_cancellation_storm_holds_the_cap_on_the_server, test_row_lock_of_a_cancelled_scope_is_released, test_idle_connection_sends_the_kill, test_statement_of_a_lost_connection_is_stopped, test_cancel_on_server_can_be_turned_off, test_unverified_session_id_sends_no_kill, test_stop_on_a_killed_server_ends_at_once |
 | 2 | STATEMENT_TIMEOUT, set once per session | test_statement_timeout_raises_and_keeps_the_connection |
 | 3 | 1226 (max_user_connections) retried like 1040 | test_max_user_connections_is_retried_within_the_deadline |
 | 4 | a hand-off passes the hand-out checks | test_hand_off_of_a_killed_session, test_hand_offs_under_load_after_every_session_is_killed |
@@ -554,3 +554,28 @@ async def test_cancelled_connect_is_never_swallowed(monkeypatch: pytest.MonkeyPa
         for writer in accepted:
             writer.transport.abort()
         server.close()
+
+
+@pytest.mark.mysql_drivers
+async def test_stop_on_a_killed_server_ends_at_once(db: MariaDB, make: Any) -> None:
+    """The server is killed mid-statement: the connection its address refuses for the stop proves
+    the session gone, so the stop ends there and frees the slot, instead of retrying for its
+    whole bound and counting a failure (a killed Galera writer held every slot that long)."""
+    connections = make({"default": db.settings(CONN_MAX_AGE=60)})
+    started = asyncio.Event()
+
+    async def job() -> None:
+        async with connections.scope():
+            conn = await connections.connection()
+            started.set()
+            await fetch(conn, "SELECT SLEEP(5)")
+
+    task = asyncio.create_task(job())
+    await started.wait()
+    await eventually(lambda: bool(db.sql("SELECT 1 FROM information_schema.PROCESSLIST WHERE INFO LIKE 'SELECT SLEEP%'")))
+    await asyncio.to_thread(db.kill)
+    with pytest.raises(db.errors.OperationalError):
+        await task
+    await eventually(lambda: connections.stats().open == 0, timeout=3)  # the stop's bound is 5 s
+    stats = connections.stats()
+    assert stats.server_cancels == 1 and stats.server_cancels_failed == 0, stats

@@ -168,6 +168,20 @@ class NodeState:
 _STEP_FIRST, _STEP_CAP = 0.002, 0.05
 
 
+def refused(exc: BaseException) -> bool:
+    """True if ``exc``, or an exception it was raised from, is a refused connection: nothing
+    listens at the address, so the server process is gone (killed, stopped, restarting) and every
+    session it held with it. The network drivers keep the ``ConnectionRefusedError`` as the cause."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # a chain is short; bounded against a cycle
+        if seen is None:
+            return False
+        if isinstance(seen, ConnectionRefusedError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 async def _until_done(step: Callable[[Any], Awaitable[bool]], conn: Any) -> None:
     """Call ``step(conn)`` until it returns True, with growing pauses between."""
     pause = Backoff(_STEP_FIRST, _STEP_CAP)
@@ -297,6 +311,8 @@ class Backend:
                         if await step(side):
                             return
                     except Exception as exc:
+                        if side is None and refused(exc):
+                            return  # the server process is gone, the session with it
                         if held.conn is side:
                             held.conn = None
                         if side is not None:
