@@ -40,7 +40,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Coroutine, Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy import pool as sa_pool
 from sqlalchemy.dialects import registry
@@ -58,7 +58,11 @@ from sqlalchemy.util.concurrency import in_greenlet
 from ._asyncio import task_of
 from .errors import AcquireTimeout, ConfigError, ScopeError
 from .handler import Connections
-from .scope import LENT, ScopeState, Unit
+from .scope import LENT, Scope, ScopeState, Unit
+
+if TYPE_CHECKING:
+    from .pool import Pool
+    from .transactions import PinnedConnection
 
 __all__ = ("create_async_engine",)
 
@@ -162,31 +166,42 @@ class _Lender:
     def backend(self) -> Any:
         return self.connections._pool(self.alias).backend
 
-    def lend_now(self) -> _Lease | None:
+    def lend_now(self) -> _Lease | Coroutine[Any, Any, _Lease]:
         """:meth:`lend`'s common case, with no await (no greenlet switch): in the task that entered
         the scope, the scope's connection of the alias, taken now if it has none and the top idle
-        connection passes the hand-out check. None when :meth:`lend` must sort it out."""
+        connection passes the hand-out check. Else the coroutine that gets one: the pool's
+        acquire, in that same case with nothing idle; :meth:`lend` for the rest."""
         connections, alias = self.connections, self.alias
         scopes = connections._scopes
         scope = scopes.var.get(None)
         if scope is None or self.read_only:
-            return None
+            return self.lend()
         task = scopes.running_task()
         if task is None or scope.task is not task:
-            return None
+            return self.lend()
         holder = scope.held.get(alias)
         if holder is None:
             if alias in connections._reads.sets:
-                return None  # a primary with replicas: connection() marks it taken (read-your-writes)
-            holder = (connections._sources.get(alias) or connections._pool(alias)).take_idle(task)
+                return self.lend()  # a primary with replicas: connection() marks it taken (read-your-writes)
+            source = connections._sources.get(alias) or connections._pool(alias)
+            holder = source.take_idle(task)
             if holder is None:
-                return None
+                return self._acquire(scope, task, source)
             scope.held[alias] = holder
         conn = holder.conn
         if id(conn) in LENT:
-            return None  # a second engine connection at once: a unit of its own
+            return self.lend()  # a second engine connection at once: a unit of its own
         LENT[id(conn)] = None
         return _Lease(conn, None, holder.pool.backend)
+
+    async def _acquire(self, scope: Scope, task: asyncio.Task[Any], source: Pool | PinnedConnection) -> _Lease:
+        """:meth:`lend_now` when the scope has no connection of the alias and none is idle: the
+        scope's, acquired as ``connections.connection()`` acquires it (the waiter queue)."""
+        holder = scope.held[self.alias] = await source.acquire(task)
+        if id(holder.conn) in LENT:
+            return await self.lend()  # a test's one connection, lent already: a unit of its own
+        LENT[id(holder.conn)] = None
+        return _Lease(holder.conn, None, holder.pool.backend)
 
     async def lend(self) -> _Lease:
         connections, alias = self.connections, self.alias
@@ -280,7 +295,9 @@ class _Pool(sa_pool.Pool):
         return self._dialect.dbapi.connect(async_creator_fn=ready)  # type: ignore[union-attr]
 
     def _do_get(self) -> sa_pool.ConnectionPoolEntry:
-        lease = self._lender.lend_now() or await_only(self._lender.lend())
+        lease = self._lender.lend_now()
+        if not isinstance(lease, _Lease):
+            lease = await_only(lease)
         try:
             conn = lease.conn
             state = _state(conn)

@@ -33,7 +33,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from helpers import DRIVER_PARAMS, settings_for
+from helpers import DRIVER_PARAMS, eventually, settings_for
 from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -144,6 +144,40 @@ async def test_scope_shares_the_driver_connection(setup: tuple[aconn.Connections
     assert await names(engine) == []
     stats = connections.stats()
     assert (stats.in_use, stats.opened) == (0, 1)
+
+
+async def test_a_session_that_waits_for_a_connection_takes_the_scopes(
+    setup: tuple[aconn.Connections, AsyncEngine],
+) -> None:
+    """Every connection is held: a scope whose first use of the alias is a session queues as
+    ``connection()`` would, and the connection it gets is the scope's (the driver's API sees it)."""
+    connections, engine = setup
+    sessions = async_sessionmaker(engine)
+    release = asyncio.Event()
+    holding = 0
+
+    async def hold() -> None:
+        nonlocal holding
+        async with connections.scope():
+            await connections.connection()
+            holding += 1
+            await release.wait()
+
+    holders = [asyncio.create_task(hold()) for _ in range(3)]  # MAX_CONNS=3
+    await eventually(lambda: holding == 3)
+
+    async def waiter() -> bool:
+        async with connections.scope(), sessions() as session:
+            await session.execute(select(1))
+            return driver_of(await session.connection()) is await connections.connection()
+
+    waiting = asyncio.create_task(waiter())
+    await eventually(lambda: connections.stats().waiting == 1)
+    release.set()
+    assert await waiting
+    await asyncio.gather(*holders)
+    stats = connections.stats()
+    assert (stats.in_use, stats.opened) == (0, 3)
 
 
 async def test_outside_a_scope_each_connection_is_a_unit(setup: tuple[aconn.Connections, AsyncEngine]) -> None:
