@@ -2,7 +2,7 @@
 
 | # | promise | tests |
 | --- | --- | --- |
-| 1 | a cancelled statement is stopped at the server before its slot is reused | test_cancellation_storm_holds_the_cap_on_the_server, test_row_lock_of_a_cancelled_scope_is_released, test_idle_connection_sends_the_kill, test_statement_of_a_lost_connection_is_stopped, test_cancel_on_server_can_be_turned_off, test_unverified_session_id_sends_no_kill, test_stop_on_a_killed_server_ends_at_once |
+| 1 | a cancelled statement is stopped at the server before its slot is reused | test_cancellation_storm_holds_the_cap_on_the_server, test_row_lock_of_a_cancelled_scope_is_released, test_idle_connection_sends_the_kill, test_statement_of_a_lost_connection_is_stopped, test_cancel_on_server_can_be_turned_off, test_unverified_session_id_sends_no_kill, test_stop_on_a_killed_server_ends_at_once, test_a_stop_across_a_restart_never_kills_a_recycled_id |
 | 2 | STATEMENT_TIMEOUT, set once per session | test_statement_timeout_raises_and_keeps_the_connection |
 | 3 | 1226 (max_user_connections) retried like 1040 | test_max_user_connections_is_retried_within_the_deadline |
 | 4 | a hand-off passes the hand-out checks | test_hand_off_of_a_killed_session, test_hand_offs_under_load_after_every_session_is_killed |
@@ -572,10 +572,72 @@ async def test_stop_on_a_killed_server_ends_at_once(db: MariaDB, make: Any) -> N
 
     task = asyncio.create_task(job())
     await started.wait()
-    await eventually(lambda: bool(db.sql("SELECT 1 FROM information_schema.PROCESSLIST WHERE INFO LIKE 'SELECT SLEEP%'")))
+    await eventually(
+        lambda: bool(db.sql("SELECT 1 FROM information_schema.PROCESSLIST WHERE INFO LIKE 'SELECT SLEEP%'"))
+    )
     await asyncio.to_thread(db.kill)
     with pytest.raises(db.errors.OperationalError):
         await task
     await eventually(lambda: connections.stats().open == 0, timeout=3)  # the stop's bound is 5 s
     stats = connections.stats()
     assert stats.server_cancels == 1 and stats.server_cancels_failed == 0, stats
+
+
+async def test_a_stop_across_a_restart_never_kills_a_recycled_id(db: MariaDB, make: Any) -> None:
+    """The server restarts while a stop waits to reach it (a proxy hides the refusal): session ids
+    start over, and the stopped session's id names another session once the server is back. The
+    stop reads the server's uptime first, sees a server started after the stopped session
+    connected, and sends no KILL: the other session lives on."""
+    import pymysql
+
+    await asyncio.to_thread(db.restart)  # a fresh run of the server: the next run gives out the same ids
+    proxy = Proxy(db.port).start()
+    others: list[Any] = []
+    try:
+        connections = make({"default": db.settings(PORT=proxy.port, CONN_MAX_AGE=60)})
+        ids: list[int] = []
+
+        async def job() -> None:
+            async with connections.scope():
+                conn = await connections.connection()
+                ids.append(conn.thread_id())
+                await fetch(conn, "SELECT SLEEP(30)")
+
+        task = asyncio.create_task(job())
+        await eventually(
+            lambda: (
+                bool(ids)
+                and bool(
+                    db.sql(
+                        f"SELECT 1 FROM information_schema.PROCESSLIST WHERE ID = {ids[0]} AND INFO LIKE 'SELECT SLEEP%'"
+                    )
+                )
+            )
+        )
+        await asyncio.sleep(2.5)  # the uptime counts whole seconds: a restart 2 s later is surely later
+        proxy.refuse = True  # the stop's sessions are reset until the other session has the id
+        await asyncio.to_thread(db.restart)
+        with pytest.raises(db.errors.OperationalError):
+            await task  # 2013: the server went away mid-statement; its stop retries through the proxy
+
+        def app_session() -> Any:
+            return pymysql.connect(
+                host="127.0.0.1", port=db.port, user=APP_USER, password=APP_PASSWORD, autocommit=True
+            )
+
+        while not others or others[-1].thread_id() < ids[0]:  # ids given out in order from the start
+            others.append(await asyncio.to_thread(app_session))
+        assert others[-1].thread_id() == ids[0], (
+            "this run of the server skipped the id",
+            ids[0],
+            others[-1].thread_id(),
+        )
+        proxy.refuse = False
+        await connections.close_old()  # waits for the stop
+        stats = connections.stats()
+        assert stats.server_cancels == 1 and stats.server_cancels_failed == 0, stats
+        await asyncio.to_thread(others[-1].ping, False)  # not killed
+    finally:
+        for other in others:
+            other.close()
+        proxy.close()

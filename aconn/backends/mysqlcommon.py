@@ -16,6 +16,7 @@ import os
 import ssl
 import struct
 from collections.abc import Awaitable, Callable, Collection, Mapping
+from time import monotonic
 from types import ModuleType
 from typing import Any, ClassVar, Final
 
@@ -86,6 +87,8 @@ _TLS_KEYS = frozenset({"ca", "cert", "key", "check_hostname"})
 #: the server's answer to a KILL of a session that has already ended
 _UNKNOWN_THREAD = ER.NO_SUCH_THREAD
 _SESSION_ALIVE_SQL = "SELECT 1 FROM information_schema.PROCESSLIST WHERE ID = %s"
+#: seconds since the server started (MariaDB and MySQL, no privilege needed)
+_UPTIME_SQL = "SHOW GLOBAL STATUS LIKE 'Uptime'"
 #: "The server is running with the --read-only option": a demoted primary
 _OPTION_PREVENTS_STATEMENT = ER.OPTION_PREVENTS_STATEMENT
 #: the protocol command that resets a session in place (MySQL 5.7.3+, MariaDB 10.2.4+)
@@ -152,14 +155,29 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _kill_step(errors: ModuleType, session_id: int) -> Callable[[Any], Awaitable[bool]]:
+def _kill_step(errors: ModuleType, session_id: int, connected_at: float | None) -> Callable[[Any], Awaitable[bool]]:
     """One step of stopping ``session_id``: ``KILL CONNECTION`` it (once it went out, not
-    again), then say whether the server has dropped it."""
+    again), then say whether the server has dropped it.
+
+    A session id names a session of one run of the server: after a restart the ids start over,
+    and the stopped session's id may name another session (ours, or another client's of the
+    same user). So each session the step runs on first reads the server's ``Uptime``: a server
+    started after the stopped session connected (``connected_at``, monotonic) holds none of the
+    sessions it had, and there is nothing left to stop.
+    """
     killed = False
+    checked: Any = None  # the session the server's start was last read on
 
     async def step(conn: Any) -> bool:
-        nonlocal killed
+        nonlocal killed, checked
         async with conn.cursor() as cur:
+            if conn is not checked and connected_at is not None:
+                elapsed = monotonic() - connected_at  # taken before the server reads its uptime
+                await cur.execute(_UPTIME_SQL)
+                row = await cur.fetchone()
+                if row is not None and _started_since(float(row[1]), elapsed):
+                    return True
+                checked = conn
             if not killed:
                 try:
                     await cur.execute("KILL CONNECTION %s", (session_id,))
@@ -170,6 +188,12 @@ def _kill_step(errors: ModuleType, session_id: int) -> Callable[[Any], Awaitable
             return not await cur.execute(_SESSION_ALIVE_SQL, (session_id,))
 
     return step
+
+
+def _started_since(uptime: float, elapsed: float) -> bool:
+    """True if a server up for ``uptime`` seconds (whole seconds: up to 1 s more) surely started
+    after a session of it connected ``elapsed`` seconds ago; 0.1% allowed for clock drift."""
+    return uptime + 1 + 0.001 * elapsed < elapsed
 
 
 def _skip_tls_shutdown(transport: Any) -> None:
@@ -194,6 +218,8 @@ class CheckedConnection:
     aconn_errors: ClassVar[ModuleType]
     #: the id ``CONNECTION_ID()`` reported at connect, when it matches the handshake's (else None)
     aconn_session_id: int | None = None
+    #: when the handshake completed (monotonic): the server's session began before
+    aconn_connected_at: float | None = None
     #: the driver dropped the connection itself while talking to the server (a cancelled or
     #: failed read, a read timeout, a stream out of step): a statement may still run there
     aconn_dropped = False
@@ -386,6 +412,7 @@ class MySQLProtocolBackend(CountsBlocks, Backend):
 
     async def connect(self, address: Address | None = None) -> tuple[Any, ServerLimits]:
         conn = await self._open(address)
+        conn.aconn_connected_at = monotonic()
         try:
             mariadb = "mariadb" in conn.server_version.lower()
             statement_time = _MARIADB_STATEMENT_TIME if mariadb else _MYSQL_STATEMENT_TIME
@@ -538,7 +565,8 @@ class MySQLProtocolBackend(CountsBlocks, Backend):
         session at once rolls back its transaction and releases its locks. KILL returns
         before the killed thread ends, so the processlist is read until it is gone.
         """
-        await self._on_another_session(via, _kill_step(self.errors, conn.aconn_session_id), address)
+        step = _kill_step(self.errors, conn.aconn_session_id, conn.aconn_connected_at)
+        await self._on_another_session(via, step, address)
 
     async def _open_side(self, address: Address | None) -> Any:
         return await self._open(address)
