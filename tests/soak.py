@@ -22,6 +22,7 @@ import collections
 import random
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,7 +127,11 @@ async def soak(
         known = isinstance(exc, aconn.AcquireTimeout | errors.InterfaceError) or code in EXPLAINED_CODES
         recent = faulting or time.monotonic() - last_fault_end < EXPLAIN_WINDOW
         if not (known and recent):
-            summary.unexplained.append(f"{kind}: {exc}")
+            # where it came from, for the next one to read: aconn's notes (a connect says so) and
+            # the innermost frames
+            where = "".join(traceback.format_exception(exc, limit=-8))
+            since = time.monotonic() - last_fault_end
+            summary.unexplained.append(f"{kind}: {exc}; the last fault ended {since:.2f}s before\n{where}")
 
     async def child(m: int) -> None:
         async with connections.scope():
