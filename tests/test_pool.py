@@ -522,3 +522,34 @@ async def test_reopened_in_the_same_loop_stays_open(fake: Any) -> None:
     await old_watch.aclose()  # finalised now, as the garbage collector would at any time
     assert connections._opened and connections.stats().open == 1
     assert await use(connections, 5) == 5
+
+
+async def test_a_dead_side_session_is_closed_before_another_opens(make: Any, server: FakeServer) -> None:
+    """The side session that stops statements died between two steps of a stop (the server
+    dropped it): its end is closed before another opens, not left open for the garbage collector
+    (aiomysql's warns: "Unclosed connection", an error under pytest)."""
+    connections = make({"default": entry(server)})
+    backend = connections.pool("default").backend
+    sides: list[FakeConn] = []
+
+    async def open_side(address: Any) -> FakeConn:
+        conn, _ = await backend.connect()
+        sides.append(conn)
+        return conn
+
+    backend._open_side = open_side
+    steps = 0
+
+    async def step(conn: FakeConn) -> bool:
+        nonlocal steps
+        steps += 1
+        if steps == 1:
+            conn.alive = False  # dropped by the server after this step, the stop not yet done
+            return False
+        return True
+
+    async with asyncio.timeout(5):
+        await backend._on_another_session(None, step)
+    assert steps == 2 and len(sides) == 2
+    assert sides[0].closed and sides[1].closed  # the dead one closed, the second at the end
+    assert backend.side_sessions_lost == 0  # gone from the server: nothing runs on there

@@ -306,6 +306,9 @@ class Backend:
                     side = held.conn
                     try:
                         if side is None or self.is_dead(side, peek=False):
+                            if side is not None:  # the server dropped it between two steps: close our end
+                                held.conn = None
+                                self.abort(side)
                             side = None
                             side = held.conn = await self._open_side(address)
                         if await step(side):
@@ -326,7 +329,11 @@ class Backend:
             held.users -= 1
             if held.users == 0 and held.conn is not None:
                 side, held.conn = held.conn, None
-                await self.close(side)
+                try:
+                    await self.close(side)
+                except BaseException:  # the caller's time bound cut the goodbye short
+                    self.abort(side)
+                    raise
 
     def is_dead(self, conn: Any, *, peek: bool = True) -> bool:
         """Cheap liveness: True if the connection is known unusable. No round trip.
