@@ -1,7 +1,7 @@
 """A throwaway 3-node MariaDB Galera cluster on localhost, for the cluster tests.
 
 Each node is a ``mariadbd`` with the ``galera-4`` provider, run as the ``mysql`` system user on a
-data directory it owns, on free ports below the kernel's ephemeral range (:func:`stable_port`):
+data directory it owns, on free ports (below the kernel's ephemeral range: ``free_port()``):
 its SQL port, its group communication ``base_port`` (IST listens on ``base_port + 1``) and its
 rsync SST address. The first node bootstraps the cluster (``--wsrep-new-cluster``); the others join one after
 another and receive its data by state transfer. A node can be isolated from the others
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import shutil
 import socket
 import subprocess
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pymysql
-from mariadb import APP_PASSWORD, APP_USER, DATABASE, MariaDB, as_user, find_binary
+from mariadb import APP_PASSWORD, APP_USER, DATABASE, MariaDB, as_user, find_binary, free_port
 
 PROVIDER = "/usr/lib/galera/libgalera_smm.so"
 SYNCED = "4"
@@ -32,48 +31,6 @@ def find_galera() -> str | None:
     return PROVIDER if Path(PROVIDER).exists() and find_binary("rsync") else None
 
 
-def _outside_ephemeral_range() -> range:
-    """Ports the kernel never gives a client socket as its local port: below its ephemeral range.
-
-    A node binds some of its ports only now and then: IST's listener (``base_port + 1``) and
-    rsync's for a state transfer, and every port again when a killed node starts. A port taken
-    from the ephemeral range (``free_port()``) can meanwhile become the local port of any
-    outgoing connection, and the bind fails ("Address already in use": a rejoining node found
-    IST unavailable and exited, in CI).
-    """
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768
-    return range(10000, max(10002, low - 1))
-
-
-_STABLE = _outside_ephemeral_range()
-#: ports handed out to this process's nodes
-_TAKEN: set[int] = set()
-
-
-def stable_port(span: int = 1) -> int:
-    """A free port (``span`` consecutive free ports: the first) outside the ephemeral range."""
-    rng = random.Random()
-    for _ in range(2000):
-        first = rng.choice(_STABLE)
-        ports = range(first, first + span)
-        if ports[-1] < 65536 and not _TAKEN.intersection(ports) and all(_bindable(p) for p in ports):
-            _TAKEN.update(ports)
-            return first
-    raise RuntimeError("no free port below the ephemeral range for the Galera nodes")
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
 class GaleraNode(MariaDB):
     """One node. :meth:`start` launches it (joining the others), :meth:`wait_synced` waits for state 4."""
 
@@ -82,8 +39,7 @@ class GaleraNode(MariaDB):
         self.cluster = cluster
         self.index = index
         self.base_port = 0
-        self.port = stable_port()  # the SQL port: bound again when a killed node starts
-        self.sst_port = stable_port()
+        self.sst_port = free_port()
         self.run_as = "mysql" if os.geteuid() == 0 else None
         if self.run_as:
             shutil.chown(self.dir, self.run_as, self.run_as)
@@ -176,7 +132,7 @@ class GaleraCluster:
 
     def __init__(self, size: int = 3) -> None:
         self.nodes = [GaleraNode(self, i) for i in range(size)]
-        ports = [stable_port(span=2) for _ in range(size)]  # IST listens on base_port + 1
+        ports = [free_port(span=2) for _ in range(size)]  # IST listens on base_port + 1
         for node, port in zip(self.nodes, ports, strict=True):
             node.base_port = port
         self.gcomm = "gcomm://" + ",".join(f"127.0.0.1:{p}" for p in ports)

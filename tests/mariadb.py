@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -58,10 +59,44 @@ def as_user(user: str | None, cwd: Path) -> dict[str, Any]:
     return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": [], "cwd": str(cwd)}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _below_the_ephemeral_range() -> range:
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return range(10000, max(10002, low - 1))
+
+
+_PORTS = _below_the_ephemeral_range()
+#: ports handed out in this process
+_TAKEN: set[int] = set()
+
+
+def free_port(span: int = 1) -> int:
+    """A free port (with ``span``: the first of that many free in a row), never handed out before here.
+
+    Below the kernel's ephemeral range, which it picks client sockets' local ports from: a
+    server's port from there could be taken while the server restarts (its bind then fails;
+    a Galera node rejoining found its IST port so taken and exited, in CI), and a connect to
+    a port nothing listens on could be given that very port as its own (a TCP self-connect).
+    """
+    rng = random.Random()
+    for _ in range(2000):
+        first = rng.choice(_PORTS)
+        ports = range(first, first + span)
+        if not _TAKEN.intersection(ports) and all(_bindable(p) for p in ports):
+            _TAKEN.update(ports)
+            return first
+    raise RuntimeError("no free port below the ephemeral range")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 class MariaDB:
