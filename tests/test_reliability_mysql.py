@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import aiomysql
+import pymysql
 import pytest
 from faults import FakeMySQLServer, Proxy, make_certificates
 from helpers import age_idle, assert_balanced, assert_no_password, eventually, fetch, in_scope, scalar
@@ -145,37 +146,37 @@ async def test_idle_connection_sends_the_kill(db: MariaDB, make: Any) -> None:
     assert db.wait_app_threads(lambda ids: ids == [idle_thread]) == [idle_thread]
 
 
+async def sleeping_in_a_scope(
+    connections: aconn.Connections, db: MariaDB, seconds: int
+) -> tuple[asyncio.Task[None], int]:
+    """A task whose scope runs ``SELECT SLEEP(seconds)``, once the server runs it; and its session id."""
+    ids: list[int] = []
+
+    async def job() -> None:
+        async with connections.scope():
+            conn = await connections.connection()
+            ids.append(conn.thread_id())
+            await fetch(conn, f"SELECT SLEEP({seconds})")
+
+    task = asyncio.create_task(job())
+    running = "SELECT 1 FROM information_schema.PROCESSLIST WHERE ID = {} AND INFO LIKE 'SELECT SLEEP%'"
+    await eventually(lambda: bool(ids) and bool(db.sql(running.format(ids[0]))))
+    return task, ids[0]
+
+
 async def test_statement_of_a_lost_connection_is_stopped(db: MariaDB, make: Any) -> None:
     """The network path breaks mid-statement: the server runs on, so the statement is stopped too."""
     proxy = Proxy(db.port).start()
     try:
         connections = make({"default": db.settings(PORT=proxy.port, CONN_MAX_AGE=60)})
-        threads: list[int] = []
-
-        async def job() -> None:
-            async with connections.scope():
-                conn = await connections.connection()
-                threads.append(conn.thread_id())
-                await fetch(conn, "SELECT SLEEP(5)")
-
-        task = asyncio.create_task(job())
-        await eventually(
-            lambda: (
-                bool(threads)
-                and bool(
-                    db.sql(
-                        f"SELECT 1 FROM information_schema.PROCESSLIST WHERE ID = {threads[0]} AND INFO LIKE 'SELECT SLEEP%'"
-                    )
-                )
-            )
-        )
+        task, thread = await sleeping_in_a_scope(connections, db, 5)
         proxy.reset_all()
         with pytest.raises(db.errors.OperationalError) as info:
             await task
         assert info.value.args[0] == 2013
         await connections.close_old()  # waits for the stop
         assert connections.stats().server_cancels == 1
-        assert threads[0] not in db.app_threads()  # gone at once, not when SLEEP(5) ends
+        assert thread not in db.app_threads()  # gone at once, not when SLEEP(5) ends
     finally:
         proxy.close()
 
@@ -562,19 +563,7 @@ async def test_stop_on_a_killed_server_ends_at_once(db: MariaDB, make: Any) -> N
     the session gone, so the stop ends there and frees the slot, instead of retrying for its
     whole bound and counting a failure (a killed Galera writer held every slot that long)."""
     connections = make({"default": db.settings(CONN_MAX_AGE=60)})
-    started = asyncio.Event()
-
-    async def job() -> None:
-        async with connections.scope():
-            conn = await connections.connection()
-            started.set()
-            await fetch(conn, "SELECT SLEEP(5)")
-
-    task = asyncio.create_task(job())
-    await started.wait()
-    await eventually(
-        lambda: bool(db.sql("SELECT 1 FROM information_schema.PROCESSLIST WHERE INFO LIKE 'SELECT SLEEP%'"))
-    )
+    task, _ = await sleeping_in_a_scope(connections, db, 5)
     await asyncio.to_thread(db.kill)
     with pytest.raises(db.errors.OperationalError):
         await task
@@ -588,32 +577,12 @@ async def test_a_stop_across_a_restart_never_kills_a_recycled_id(db: MariaDB, ma
     start over, and the stopped session's id names another session once the server is back. The
     stop reads the server's uptime first, sees a server started after the stopped session
     connected, and sends no KILL: the other session lives on."""
-    import pymysql
-
     await asyncio.to_thread(db.restart)  # a fresh run of the server: the next run gives out the same ids
     proxy = Proxy(db.port).start()
     others: list[Any] = []
     try:
         connections = make({"default": db.settings(PORT=proxy.port, CONN_MAX_AGE=60)})
-        ids: list[int] = []
-
-        async def job() -> None:
-            async with connections.scope():
-                conn = await connections.connection()
-                ids.append(conn.thread_id())
-                await fetch(conn, "SELECT SLEEP(30)")
-
-        task = asyncio.create_task(job())
-        await eventually(
-            lambda: (
-                bool(ids)
-                and bool(
-                    db.sql(
-                        f"SELECT 1 FROM information_schema.PROCESSLIST WHERE ID = {ids[0]} AND INFO LIKE 'SELECT SLEEP%'"
-                    )
-                )
-            )
-        )
+        task, stopped = await sleeping_in_a_scope(connections, db, 30)
         await asyncio.sleep(2.5)  # the uptime counts whole seconds: a restart 2 s later is surely later
         proxy.refuse = True  # the stop's sessions are reset until the other session has the id
         await asyncio.to_thread(db.restart)
@@ -625,11 +594,11 @@ async def test_a_stop_across_a_restart_never_kills_a_recycled_id(db: MariaDB, ma
                 host="127.0.0.1", port=db.port, user=APP_USER, password=APP_PASSWORD, autocommit=True
             )
 
-        while not others or others[-1].thread_id() < ids[0]:  # ids given out in order from the start
+        while not others or others[-1].thread_id() < stopped:  # ids given out in order from the start
             others.append(await asyncio.to_thread(app_session))
-        assert others[-1].thread_id() == ids[0], (
+        assert others[-1].thread_id() == stopped, (
             "this run of the server skipped the id",
-            ids[0],
+            stopped,
             others[-1].thread_id(),
         )
         proxy.refuse = False
