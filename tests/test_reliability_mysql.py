@@ -2,7 +2,7 @@
 
 | # | promise | tests |
 | --- | --- | --- |
-| 1 | a cancelled statement is stopped at the server before its slot is reused | test_cancellation_storm_holds_the_cap_on_the_server, test_row_lock_of_a_cancelled_scope_is_released, test_idle_connection_sends_the_kill, test_statement_of_a_lost_connection_is_stopped, test_cancel_on_server_can_be_turned_off, test_unverified_session_id_sends_no_kill, test_stop_on_a_killed_server_ends_at_once, test_a_stop_across_a_restart_never_kills_a_recycled_id |
+| 1 | a cancelled statement is stopped at the server before its slot is reused | test_cancellation_storm_holds_the_cap_on_the_server, test_row_lock_of_a_cancelled_scope_is_released, test_idle_connection_sends_the_kill, test_statement_of_a_lost_connection_is_stopped, test_cancel_on_server_can_be_turned_off, test_unverified_session_id_sends_no_kill, test_stop_on_a_killed_server_ends_at_once, test_a_stop_across_a_restart_never_kills_a_recycled_id, test_a_kill_refused_as_another_users_session_ends_the_stop |
 | 2 | STATEMENT_TIMEOUT, set once per session | test_statement_timeout_raises_and_keeps_the_connection |
 | 3 | 1226 (max_user_connections) retried like 1040 | test_max_user_connections_is_retried_within_the_deadline |
 | 4 | a hand-off passes the hand-out checks | test_hand_off_of_a_killed_session, test_hand_offs_under_load_after_every_session_is_killed |
@@ -23,6 +23,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import aiomysql
@@ -610,3 +611,21 @@ async def test_a_stop_across_a_restart_never_kills_a_recycled_id(db: MariaDB, ma
         for other in others:
             other.close()
         proxy.close()
+
+
+async def test_a_kill_refused_as_another_users_session_ends_the_stop(db: MariaDB, make: Any) -> None:
+    """A restart within a second of the stopped session's connect escapes the uptime (whole
+    seconds), and its id may then name another user's session: the server refuses that KILL
+    (1095). The stopped session had our user, so it is gone: the stop is done, not failed, and
+    the other session lives on."""
+    connections = make({"default": db.settings()})
+    await connections.open()
+    backend = connections.pool("default").backend
+    other = await asyncio.to_thread(db.admin_connection)  # root's: another user's session
+    try:
+        stopped = SimpleNamespace(aconn_session_id=other.thread_id(), aconn_connected_at=None)
+        async with asyncio.timeout(5):
+            await backend.cancel_on_server(stopped)  # raised OperationalError(1095) before
+        await asyncio.to_thread(other.ping, False)  # not killed
+    finally:
+        other.close()

@@ -86,6 +86,9 @@ _MYSQL_STATEMENT_TIME = "@@SESSION.max_execution_time / 1000"  # milliseconds
 _TLS_KEYS = frozenset({"ca", "cert", "key", "check_hostname"})
 #: the server's answer to a KILL of a session that has already ended
 _UNKNOWN_THREAD = ER.NO_SUCH_THREAD
+#: the server's answer to a KILL of another user's session: the id was given out again (a
+#: restart the uptime could not tell), so the stopped session, which was ours, is gone
+_ANOTHER_USERS = ER.KILL_DENIED_ERROR
 _SESSION_ALIVE_SQL = "SELECT 1 FROM information_schema.PROCESSLIST WHERE ID = %s"
 #: seconds since the server started (MariaDB and MySQL, no privilege needed)
 _UPTIME_SQL = "SHOW GLOBAL STATUS LIKE 'Uptime'"
@@ -163,7 +166,9 @@ def _kill_step(errors: ModuleType, session_id: int, connected_at: float | None) 
     and the stopped session's id may name another session (ours, or another client's of the
     same user). So each session the step runs on first reads the server's ``Uptime``: a server
     started after the stopped session connected (``connected_at``, monotonic) holds none of the
-    sessions it had, and there is nothing left to stop.
+    sessions it had, and there is nothing left to stop. ``Uptime`` counts whole seconds, so a
+    restart within about a second of the connect goes unseen; a ``KILL`` refused because the id
+    names another user's session (1095) says the same, and ends the stop.
     """
     killed = False
     checked: Any = None  # the session the server's start was last read on
@@ -182,7 +187,10 @@ def _kill_step(errors: ModuleType, session_id: int, connected_at: float | None) 
                 try:
                     await cur.execute("KILL CONNECTION %s", (session_id,))
                 except errors.OperationalError as exc:
-                    if not exc.args or exc.args[0] != _UNKNOWN_THREAD:
+                    code = exc.args[0] if exc.args else None
+                    if code == _ANOTHER_USERS:
+                        return True
+                    if code != _UNKNOWN_THREAD:
                         raise
                 killed = True
             return not await cur.execute(_SESSION_ALIVE_SQL, (session_id,))
