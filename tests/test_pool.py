@@ -553,3 +553,30 @@ async def test_a_dead_side_session_is_closed_before_another_opens(make: Any, ser
     assert steps == 2 and len(sides) == 2
     assert sides[0].closed and sides[1].closed  # the dead one closed, the second at the end
     assert backend.side_sessions_lost == 0  # gone from the server: nothing runs on there
+
+
+async def test_a_stop_that_gets_no_answer_says_so(
+    make: Any, server: FakeServer, aconn_logs: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop of a statement left running that the server does not answer within its bound is
+    counted as failed, its slot freed, and the WARNING says why in words (a bare TimeoutError
+    has no message of its own)."""
+    monkeypatch.setattr(aconn.pool.pool, "CLEANUP_TIMEOUT", 0.2)
+    connections = make({"default": entry(server)})
+    backend = connections.pool("default").backend
+    never = asyncio.Event()
+
+    async def unanswered(conn: Any, via: Any = None, address: Any = None) -> None:
+        await never.wait()  # a server that takes the KILL and never answers
+
+    backend.left_running = lambda conn: True
+    backend.cancel_on_server = unanswered
+    async with connections.scope():
+        conn: FakeConn = await connections.connection()
+        conn.alive = False  # dropped mid-command: released as dead, its statement maybe running
+    await connections.close_old()  # waits for the stop
+    stats = check(connections)
+    assert stats.server_cancels_failed == 1 and stats.server_cancels == 0 and stats.open == 0
+    record = next(r for r in aconn_logs.records if "could not stop" in r.getMessage())
+    assert record.levelno == logging.WARNING
+    assert "(no answer within 0.2 s)" in record.getMessage(), record.getMessage()

@@ -646,13 +646,17 @@ class Pool:
             via_exc = exc
             self.counters.server_cancels_failed += 1
             # WARNING once until a stop succeeds again (a server restarting fails them all)
+            why = (
+                f"no answer within {CLEANUP_TIMEOUT:g} s"
+                if isinstance(exc, TimeoutError) and not str(exc)
+                else f"{type(exc).__name__}: {exc}"
+            )
             logger.log(
                 logging.INFO if self._stops_failing else logging.WARNING,
-                "aconn alias %r: could not stop a statement left running at the server (%s: %s); "
+                "aconn alias %r: could not stop a statement left running at the server (%s); "
                 "its session may run on until the statement ends",
                 self.alias,
-                type(exc).__name__,
-                exc,
+                why,
             )
             self._stops_failing = True
         finally:
