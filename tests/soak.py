@@ -1,6 +1,7 @@
 """Soak: mixed load on aconn while faults are injected at random, then the invariants.
 
     python tests/soak.py --seconds 300      # what `nox -s soak` runs
+    python tests/soak.py --fault-gap 0.1 0.4  # faults about three times as often
     (tests/test_soak.py runs a short version in the suite)
 
 Load: scopes with checked results, transactions (committed and rolled
@@ -97,8 +98,15 @@ class Summary:
 
 
 async def soak(
-    server: MariaDB, seconds: float, seed: int = 1, concurrency: int = 24, faults: bool = True, driver: str = "aiomysql"
+    server: MariaDB,
+    seconds: float,
+    seed: int = 1,
+    concurrency: int = 24,
+    faults: bool = True,
+    driver: str = "aiomysql",
+    fault_gap: tuple[float, float] = (0.5, 1.5),
 ) -> Summary:
+    """``fault_gap``: the seconds between one fault's end and the next one's start, drawn evenly."""
     rng = random.Random(seed)
     server.driver = driver  # the ENGINE of server.settings()
     errors = driver_errors(driver)
@@ -197,7 +205,7 @@ async def soak(
     async def inject() -> None:
         nonlocal last_fault_end, faulting, restarted_at
         while time.monotonic() < deadline - 2:
-            await asyncio.sleep(rng.uniform(0.5, 1.5))
+            await asyncio.sleep(rng.uniform(*fault_gap))
             fault = rng.choice(["kill", "restart", "freeze", "reset", "blackhole"])
             summary.faults[fault] += 1
             faulting = True
@@ -245,10 +253,15 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=300)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--driver", choices=list(DRIVERS), default="aiomysql", help="the MySQL driver")
+    parser.add_argument(
+        "--fault-gap", type=float, nargs=2, default=(0.5, 1.5), metavar=("MIN", "MAX"),
+        help="seconds between two faults, drawn evenly from MIN to MAX (default: 0.5 1.5)",
+    )  # fmt: skip
     args = parser.parse_args()
     server = MariaDB().start()
     try:
-        summary = asyncio.run(soak(server, args.seconds, args.seed, driver=args.driver))
+        gap = (args.fault_gap[0], args.fault_gap[1])
+        summary = asyncio.run(soak(server, args.seconds, args.seed, driver=args.driver, fault_gap=gap))
     finally:
         server.close()
     print(f"{args.driver}: {summary.line()}")
