@@ -259,6 +259,19 @@ def test_handshake_lost_is_retried_within_the_deadline(engine: str) -> None:
     assert backend.classify(backend.errors.OperationalError(1045, "denied"), connecting=True) is ErrorKind.OTHER
 
 
+@pytest.mark.parametrize("engine", ["mysql", "asyncmy"])
+def test_a_session_the_server_ends_is_a_disconnect(engine: str) -> None:
+    """The server's last words to a session, MariaDB's 1927 (killed mid-command) and 1053 (shutting
+    down), mean it is gone, as a lost connection does: closed at release with no ping, its stop
+    retried on a new side session, and, while connecting, the connect retried. They were "other"
+    errors: a stop whose session the admin killed failed (seen in a soak run)."""
+    backend = load_backend(aconn.Connections({"default": {"ENGINE": engine}}).settings())
+    for code, message in ((1927, "Connection was killed"), (1053, "Server shutdown in progress")):
+        ended = backend.errors.OperationalError(code, message)
+        assert backend.classify(ended) is ErrorKind.DISCONNECT, code
+        assert backend.classify(ended, connecting=True) is ErrorKind.RETRYABLE, code
+
+
 async def test_health_check_never_reconnects(db: MariaDB, make: Any) -> None:
     """Row 22: a ping never opens a new session behind aconn's back."""
     connections = make({"default": db.settings(CONN_MAX_AGE=60, CONN_HEALTH_CHECKS=True)})

@@ -48,10 +48,17 @@ _ISOLATION_LEVELS = frozenset({"read uncommitted", "read committed", "repeatable
 
 #: MySQL 8's "disconnected by the server because of inactivity" (not in PyMySQL's ER)
 _CLIENT_INTERACTION_TIMEOUT = 4031
-# client-side error codes that mean the session is gone or out of step (asyncmy uses PyMySQL's codes)
+#: MariaDB's "Connection was killed": the reply of a session a KILL CONNECTION ended mid-command
+#: (not in PyMySQL's ER)
+_CONNECTION_KILLED = 1927
+#: the server's last words to a session it ends: killed, or the server shutting down
+_SESSION_ENDED_CODES = frozenset({_CONNECTION_KILLED, ER.SERVER_SHUTDOWN})
+# error codes that mean the session is gone or out of step: the client's own, and the server's
+# last words (asyncmy uses PyMySQL's codes)
 _DISCONNECT_CODES = frozenset({
     CR.CR_CONN_HOST_ERROR, CR.CR_SERVER_GONE_ERROR, CR.CR_SERVER_LOST, CR.CR_COMMANDS_OUT_OF_SYNC,
     CR.CR_SHARED_MEMORY_CONNECT_ABANDONED_ERROR, CR.CR_SERVER_LOST_EXTENDED, _CLIENT_INTERACTION_TIMEOUT,
+    *_SESSION_ENDED_CODES,
 })  # fmt: skip
 # server refused a new session for now: retry inside the acquire deadline
 # (max_connections, and max_user_connections of the account, in its two spellings)
@@ -615,8 +622,8 @@ class MySQLProtocolBackend(CountsBlocks, Backend):
         errors = self.errors
         if isinstance(exc, errors.MySQLError) and exc.args and isinstance(exc.args[0], int):
             code = exc.args[0]
-            if code in _RETRY_CODES or (connecting and code == CR.CR_SERVER_LOST):
-                return ErrorKind.RETRYABLE
+            if code in _RETRY_CODES or (connecting and (code == CR.CR_SERVER_LOST or code in _SESSION_ENDED_CODES)):
+                return ErrorKind.RETRYABLE  # a new session ended in its handshake or set-up: try again
             if code in _DISCONNECT_CODES:
                 return ErrorKind.DISCONNECT
             if code == _OPTION_PREVENTS_STATEMENT and "read-only" in str(exc.args[-1]).lower():
