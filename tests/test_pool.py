@@ -12,6 +12,7 @@ import contextlib
 import contextvars
 import logging
 import random
+import re
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -561,6 +562,7 @@ async def test_a_stop_that_gets_no_answer_says_so(
     """A stop of a statement left running that the server does not answer within its bound is
     counted as failed, its slot freed, and the WARNING says why in words (a bare TimeoutError
     has no message of its own)."""
+    # 5 s on the compiled build, whose pool module has the Final constant inlined
     monkeypatch.setattr(aconn.pool.pool, "CLEANUP_TIMEOUT", 0.2)
     connections = make({"default": entry(server)})
     backend = connections.pool("default").backend
@@ -579,4 +581,4 @@ async def test_a_stop_that_gets_no_answer_says_so(
     assert stats.server_cancels_failed == 1 and stats.server_cancels == 0 and stats.open == 0
     record = next(r for r in aconn_logs.records if "could not stop" in r.getMessage())
     assert record.levelno == logging.WARNING
-    assert "(no answer within 0.2 s)" in record.getMessage(), record.getMessage()
+    assert re.search(r"\(no answer within (0\.2|5) s\)", record.getMessage()), record.getMessage()
