@@ -1,7 +1,7 @@
 """Soak: mixed load on aconn while faults are injected at random, then the invariants.
 
     python tests/soak.py --seconds 300      # what `nox -s soak` runs
-    python tests/soak.py --fault-gap 0.1 0.4  # faults about three times as often
+    python tests/soak.py --fault-gap 0.1 0.4  # faults about twice as often
     (tests/test_soak.py runs a short version in the suite)
 
 Load: scopes with checked results, transactions (committed and rolled

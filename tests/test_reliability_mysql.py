@@ -626,7 +626,7 @@ async def test_a_stop_goes_on_when_the_server_ends_its_session(db: MariaDB, make
     async def step(conn: Any) -> bool:
         used.append(conn)
         if len(used) < 3:
-            raise killed  # on the pool's idle connection, then on the first side session
+            raise killed  # on the pool connection given to the stop, then on the first side session
         return await scalar(conn, "SELECT 1") == 1
 
     async with connections.scope():

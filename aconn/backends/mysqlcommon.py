@@ -60,6 +60,8 @@ _DISCONNECT_CODES = frozenset({
     CR.CR_SHARED_MEMORY_CONNECT_ABANDONED_ERROR, CR.CR_SERVER_LOST_EXTENDED, _CLIENT_INTERACTION_TIMEOUT,
     *_SESSION_ENDED_CODES,
 })  # fmt: skip
+#: a new session lost in its handshake or set-up: worth another try within the acquire deadline
+_LOST_WHILE_CONNECTING = frozenset({CR.CR_SERVER_LOST, *_SESSION_ENDED_CODES})
 # server refused a new session for now: retry inside the acquire deadline
 # (max_connections, and max_user_connections of the account, in its two spellings)
 #: a Galera node's state (SHOW STATUS works on a node that refuses statements)
@@ -622,8 +624,8 @@ class MySQLProtocolBackend(CountsBlocks, Backend):
         errors = self.errors
         if isinstance(exc, errors.MySQLError) and exc.args and isinstance(exc.args[0], int):
             code = exc.args[0]
-            if code in _RETRY_CODES or (connecting and (code == CR.CR_SERVER_LOST or code in _SESSION_ENDED_CODES)):
-                return ErrorKind.RETRYABLE  # a new session ended in its handshake or set-up: try again
+            if code in _RETRY_CODES or (connecting and code in _LOST_WHILE_CONNECTING):
+                return ErrorKind.RETRYABLE
             if code in _DISCONNECT_CODES:
                 return ErrorKind.DISCONNECT
             if code == _OPTION_PREVENTS_STATEMENT and "read-only" in str(exc.args[-1]).lower():
