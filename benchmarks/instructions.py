@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import shutil
 import subprocess
@@ -241,15 +242,27 @@ async def measure(settings: dict[str, Any], part: str, n: int) -> None:
     await scarce.aclose()
 
 
-def count(settings_json: str, part: str, n: int) -> int:
+def callgrind_count(script: str, *args: str) -> int:
+    """User-space instructions of ``python script args...`` run under callgrind (hash seed fixed)."""
     out = subprocess.run(
-        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__,
-         "--child", part, str(n), settings_json],
-        capture_output=True, text=True, check=True,
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, script, *args],
+        capture_output=True, text=True, check=True, env={**os.environ, "PYTHONHASHSEED": "0"},
     )  # fmt: skip
     match = re.search(r"Collected : (\d+)", out.stderr)
     assert match, out.stderr
     return int(match.group(1))
+
+
+def valgrind_missing() -> bool:
+    """True (and says so on stderr) when valgrind is not installed."""
+    if shutil.which("valgrind") is not None:
+        return False
+    print("valgrind is not installed: apt-get install -y valgrind", file=sys.stderr)
+    return True
+
+
+def count(settings_json: str, part: str, n: int) -> int:
+    return callgrind_count(__file__, "--child", part, str(n), settings_json)
 
 
 def main() -> int:
@@ -268,8 +281,7 @@ def main() -> int:
         else:
             asyncio.run(measure(json.loads(settings), part, int(n)))
         return 0
-    if shutil.which("valgrind") is None:
-        print("valgrind is not installed: apt-get install -y valgrind", file=sys.stderr)
+    if valgrind_missing():
         return 2
     import json
 

@@ -19,10 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import re
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,19 +27,17 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-VARIANTS = {
-    "sa": "plain SQLAlchemy (QueuePool, no pre_ping)",
-    "sa-aconn": "SQLAlchemy on aconn, a scope per unit",
-    "sa-aconn-unit": "SQLAlchemy on aconn, no scope (a unit per session)",
-}
-CAP = 10
+from instructions import callgrind_count, valgrind_missing  # noqa: E402
+from sqlalchemy_on_aconn import CAP, NAMES, url_of  # noqa: E402
+
+#: S1's variants without pre_ping (which adds a round trip, not Python)
+VARIANTS = ("sa", "sa-aconn", "sa-aconn-unit")
 
 
 async def units(driver: str, variant: str, settings: dict[str, Any], n: int, tasks: int) -> None:
     """``n`` units over ``tasks`` tasks, after a warm-up that opens every connection."""
     from sqlalchemy import text
     from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
-    from sqlalchemy_on_aconn import url_of
 
     import aconn
     import aconn.sqlalchemy
@@ -78,14 +72,7 @@ async def units(driver: str, variant: str, settings: dict[str, Any], n: int, tas
 
 
 def count(driver: str, variant: str, settings: str, n: int, tasks: int) -> int:
-    out = subprocess.run(
-        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__,
-         "--child", driver, variant, str(n), str(tasks), settings],
-        capture_output=True, text=True, check=True, env={**os.environ, "PYTHONHASHSEED": "0"},
-    )  # fmt: skip
-    match = re.search(r"Collected : (\d+)", out.stderr)
-    assert match, out.stderr
-    return int(match.group(1))
+    return callgrind_count(__file__, "--child", driver, variant, str(n), str(tasks), settings)
 
 
 def main() -> int:
@@ -99,8 +86,7 @@ def main() -> int:
         driver, variant, n, tasks, settings = args.child
         asyncio.run(units(driver, variant, json.loads(settings), int(n), int(tasks)))
         return 0
-    if shutil.which("valgrind") is None:
-        print("valgrind is not installed: apt-get install -y valgrind", file=sys.stderr)
+    if valgrind_missing():
         return 2
     from mariadb import MariaDB
     from postgres import PostgreSQL
@@ -113,12 +99,12 @@ def main() -> int:
             print(f"\n{driver}, {args.tasks} task(s), {args.n} units\n")
             print("| variant | instructions per unit |\n| --- | ---: |")
             base = None
-            for variant, label in VARIANTS.items():
+            for variant in VARIANTS:
                 measured = count(driver, variant, encoded, args.n, args.tasks)
                 per = (measured - count(driver, variant, encoded, 0, args.tasks)) / args.n
                 base = base or per
                 share = "" if variant == "sa" else f" ({per / base - 1:+.1%})"
-                print(f"| {label} | {per:,.0f}{share} |", flush=True)
+                print(f"| {NAMES[variant]} | {per:,.0f}{share} |", flush=True)
         finally:
             server.close()
     return 0
